@@ -1,0 +1,1 @@
+//! The CloudPillar device agent.

@@ -1,0 +1,1 @@
+//! Reconcilers that mirror CloudPillar resources into IoT Hub device twins.
