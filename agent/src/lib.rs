@@ -1,1 +1,6 @@
-//! The CloudPillar device agent.
+//! The CloudPillar device agent: follows its twin, runs signed recipes without disturbing
+//! clinical work, and reports every step.
+
+pub mod config;
+pub mod durable;
+pub mod state;

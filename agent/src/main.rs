@@ -1,5 +1,5 @@
 //! `cloudpillar-agent`: the device daemon.
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the agent daemon is not built yet; see README 'Known limitations'")
+    anyhow::bail!("the agent daemon is not wired yet")
 }

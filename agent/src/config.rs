@@ -1,0 +1,385 @@
+//! Agent configuration: a TOML file with environment overrides.
+//!
+//! The file is read once at start. Every key can be overridden by an environment
+//! variable named `CP_AGENT_` followed by the upper-case dotted path with `__`
+//! for the dots, e.g. `CP_AGENT_HUB__HOST` or `CP_AGENT_STRICT_MODE`.
+
+mod env;
+mod keys;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use keys::{KeyFileError, read_secret_file};
+
+/// Errors raised while loading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}")]
+    Read {
+        /// File that was read.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("failed to parse config file {path}")]
+    Parse {
+        /// File that was parsed.
+        path: PathBuf,
+        /// Parser error with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// An environment override could not be applied.
+    #[error("failed to apply environment override {name}: {reason}")]
+    Override {
+        /// Variable name.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The local API would listen beyond this machine.
+    #[error("local API bind address {addr} is not a loopback address; refusing to start")]
+    NonLoopbackBind {
+        /// The refused address.
+        addr: SocketAddr,
+    },
+    /// A semantic rule of the configuration is broken.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Device id in the hub; with DPS it is learnt at provisioning and may be left out.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Directory holding state, journals and transfer progress.
+    pub state_dir: PathBuf,
+    /// Working directory of recipes; downloads land below it. Default `<state_dir>/work`.
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// Forbid shell actions and enforce zones.
+    #[serde(default)]
+    pub strict_mode: bool,
+    /// Refuse recipes whose `changeSign` does not verify. Only local configuration may
+    /// turn this off.
+    #[serde(default = "default_true")]
+    pub require_signatures: bool,
+    /// PEM files with the public keys allowed to sign recipes and files.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Hub connection; absent until provisioned through DPS.
+    #[serde(default)]
+    pub hub: Option<HubConfig>,
+    /// Device authentication towards the hub.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Device Provisioning Service.
+    #[serde(default)]
+    pub dps: Option<DpsConfig>,
+    /// Local REST API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Named upload and download zones.
+    #[serde(default)]
+    pub zones: BTreeMap<String, ZoneConfig>,
+    /// Transfer tuning.
+    #[serde(default)]
+    pub transfer: TransferConfig,
+    /// Shell step defaults.
+    #[serde(default)]
+    pub shell: ShellConfig,
+}
+
+/// Where the hub listens and how to trust it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Hub host name, also used in the SAS resource URI.
+    pub host: String,
+    /// MQTT over TLS port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// PEM bundle of CAs to trust; without it the built-in web roots are not used and the
+    /// connection fails, so production configs name the Azure roots explicitly.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Lifetime of generated SAS tokens.
+    #[serde(default = "default_sas_ttl")]
+    pub sas_ttl_secs: u64,
+}
+
+/// How the device proves its identity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// Symmetric key in a file (base64 text, mode 0600).
+    Sas {
+        /// Key file.
+        key_file: PathBuf,
+    },
+    /// Client certificate and private key in PEM files (key mode 0600).
+    X509 {
+        /// Certificate chain.
+        cert_file: PathBuf,
+        /// Private key.
+        key_file: PathBuf,
+    },
+}
+
+/// Device Provisioning Service with a symmetric key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DpsConfig {
+    /// DPS global endpoint host.
+    pub host: String,
+    /// MQTT over TLS port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// PEM CA bundle for the DPS endpoint.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// ID scope of the DPS instance.
+    pub id_scope: String,
+    /// Registration id; defaults to the device id.
+    #[serde(default)]
+    pub registration_id: Option<String>,
+    /// Key file (base64, 0600): the individual enrollment key or the group key.
+    pub key_file: PathBuf,
+    /// The key is an enrollment-group key: the device key is derived from it.
+    #[serde(default)]
+    pub group: bool,
+}
+
+/// The loopback REST API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address; must be loopback.
+    #[serde(default = "default_api_bind")]
+    pub bind: SocketAddr,
+    /// File (0600) with the value callers send in `CP-SECRET-KEY`.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+    /// Serve HTTPS with a certificate generated at first start and kept in the state dir.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// One named zone: where a transfer may read or write.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Which transfer the zone governs.
+    pub action: ZoneAction,
+    /// Allow zones grant, deny zones forbid.
+    #[serde(default)]
+    pub kind: ZoneKind,
+    /// Root directory of the zone; `${Name}` in recipes expands to it.
+    pub root: PathBuf,
+    /// Gitignore-style patterns relative to the root; empty means everything below it.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Largest file the zone accepts, in bytes.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+}
+
+/// The transfer direction a zone applies to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneAction {
+    /// Files sent to the cloud.
+    Upload,
+    /// Files received from the cloud.
+    Download,
+}
+
+/// Whether a zone grants or forbids.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneKind {
+    /// Files matching the zone are allowed.
+    #[default]
+    Allow,
+    /// Files matching the zone are refused.
+    Deny,
+}
+
+/// Transfer tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Attempts before a download with bad integrity fails the step.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Raw bytes per upload chunk (the base64 text grows by 4/3).
+    #[serde(default = "default_chunk")]
+    pub upload_chunk_bytes: usize,
+    /// Messages kept in the offline D2C queue.
+    #[serde(default = "default_queue")]
+    pub offline_queue_limit: usize,
+    /// Seconds without a chunk before a range is requested again.
+    #[serde(default = "default_stall")]
+    pub stall_secs: u64,
+}
+
+/// Shell step defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// Seconds before a step is killed.
+    #[serde(default = "default_step_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mqtt_port() -> u16 {
+    8883
+}
+fn default_sas_ttl() -> u64 {
+    3600
+}
+fn default_api_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_chunk() -> usize {
+    48 * 1024
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_stall() -> u64 {
+    30
+}
+fn default_step_timeout() -> u64 {
+    3600
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            bind: default_api_bind(),
+            secret_key_file: None,
+            tls: false,
+        }
+    }
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            upload_chunk_bytes: default_chunk(),
+            offline_queue_limit: default_queue(),
+            stall_secs: default_stall(),
+        }
+    }
+}
+
+impl Default for ShellConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_step_timeout(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file at `path`, applies `CP_AGENT_*` overrides from the process
+    /// environment and checks the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &vars)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(path: &Path, vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_with_env(&text, path, vars)
+    }
+
+    /// Parses TOML text, applies overrides and validates.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        vars: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        env::apply_overrides(&mut table, vars)?;
+        let config: Config = table.try_into().map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that the schema alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.api.bind.ip().is_loopback() {
+            return Err(ConfigError::NonLoopbackBind {
+                addr: self.api.bind,
+            });
+        }
+        if self.device_id.is_none() && self.dps.is_none() {
+            return Err(ConfigError::Invalid(
+                "either device_id or [dps] is required".into(),
+            ));
+        }
+        if self.hub.is_some() && self.auth.is_none() && self.dps.is_none() {
+            return Err(ConfigError::Invalid("[hub] needs [auth] or [dps]".into()));
+        }
+        if self.require_signatures && self.trusted_keys.is_empty() {
+            return Err(ConfigError::Invalid(
+                "require_signatures is on but trusted_keys is empty".into(),
+            ));
+        }
+        if self.transfer.upload_chunk_bytes == 0 || self.transfer.upload_chunk_bytes > 48 * 1024 {
+            return Err(ConfigError::Invalid(
+                "transfer.upload_chunk_bytes must be 1..=49152".into(),
+            ));
+        }
+        for (name, zone) in &self.zones {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::Invalid(format!(
+                    "zone name {name:?} must be ASCII letters, digits or '_'"
+                )));
+            }
+            if !zone.root.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "zone {name} root must be absolute"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The recipe working directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("work"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
