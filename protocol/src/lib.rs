@@ -1,1 +1,5 @@
 //! Twin documents, cloud/device messages and signing shared by the operator, hub and agent.
+//!
+//! Pure types and logic: nothing here does I/O.
+
+pub mod twin;
