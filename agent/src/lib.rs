@@ -4,3 +4,4 @@
 pub mod config;
 pub mod durable;
 pub mod state;
+pub mod zones;
