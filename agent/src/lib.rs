@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod durable;
+pub mod engine;
 pub mod state;
 pub mod zones;

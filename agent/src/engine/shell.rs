@@ -1,0 +1,282 @@
+//! `executeOnce` shell steps: bash and sh everywhere, PowerShell where installed.
+//!
+//! Every step runs in its own process group so a timeout or a cancel ends the whole
+//! tree. Output (stdout and stderr) is kept as a bounded tail for `ResultText`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::outcome::{StepOutcome, codes};
+
+/// Bytes of output kept for `ResultText`.
+pub const OUTPUT_TAIL_BYTES: usize = 1024;
+
+/// A shell a recipe may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// POSIX sh.
+    Sh,
+    /// Windows PowerShell (`powershell`), run by whichever PowerShell is installed.
+    PowerShell,
+    /// PowerShell 7 (`pwsh`).
+    Pwsh,
+}
+
+impl Shell {
+    /// Parses the recipe's `shell` field.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "bash" => Some(Self::Bash),
+            "sh" => Some(Self::Sh),
+            "powershell" => Some(Self::PowerShell),
+            "pwsh" => Some(Self::Pwsh),
+            _ => None,
+        }
+    }
+
+    fn is_posix(self) -> bool {
+        matches!(self, Self::Bash | Self::Sh)
+    }
+
+    /// Executable names to look for, in order of preference.
+    fn candidates(self) -> &'static [&'static str] {
+        match self {
+            Self::Bash => &["bash"],
+            Self::Sh => &["sh"],
+            Self::PowerShell => &["powershell", "pwsh"],
+            Self::Pwsh => &["pwsh"],
+        }
+    }
+}
+
+/// What a shell step needs besides its body.
+#[derive(Debug, Clone)]
+pub struct ShellRun<'a> {
+    /// The recipe's `shell` value.
+    pub shell: &'a str,
+    /// The recipe's `command` body.
+    pub body: &'a str,
+    /// Working directory.
+    pub work_dir: &'a Path,
+    /// Extra environment, e.g. zone roots by name.
+    pub env: &'a BTreeMap<String, PathBuf>,
+    /// Kill after this long.
+    pub timeout: Duration,
+    /// Exit codes that count as success besides 0.
+    pub success_codes: &'a [i64],
+}
+
+/// Wraps a PowerShell body so the process exits with the code of the failure (F18):
+/// cmdlet errors become terminating and trap to 1, and the last native program's
+/// `$LASTEXITCODE` is passed on.
+pub fn powershell_wrapper(body: &str) -> String {
+    format!(
+        "$ErrorActionPreference = 'Stop'\n\
+         $PSNativeCommandUseErrorActionPreference = $false\n\
+         trap {{ [Console]::Error.WriteLine($_); exit 1 }}\n\
+         $global:LASTEXITCODE = 0\n\
+         {body}\n\
+         if ($LASTEXITCODE -ne 0) {{ exit $LASTEXITCODE }}\n\
+         exit 0\n"
+    )
+}
+
+/// Runs one shell step to completion, timeout or cancel.
+pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome {
+    let Some(shell) = Shell::parse(step.shell) else {
+        return StepOutcome::failed(
+            codes::UNKNOWN_SHELL,
+            format!("unknown shell {:?}", step.shell),
+        );
+    };
+    if shell.is_posix() && step.body.contains('\r') {
+        return StepOutcome::failed(
+            codes::CRLF_IN_BASH,
+            "script contains CR characters (CRLF line endings); refused before running",
+        );
+    }
+    let Some(program) = shell
+        .candidates()
+        .iter()
+        .find_map(|name| find_in_path(name))
+    else {
+        return StepOutcome::failed(
+            codes::SHELL_MISSING,
+            format!("shell {:?} is not installed on this device", step.shell),
+        );
+    };
+
+    let mut command = Command::new(&program);
+    let _script_file;
+    if shell.is_posix() {
+        command.arg("-c").arg(step.body);
+    } else {
+        let file = match write_script(step.work_dir, &powershell_wrapper(step.body)) {
+            Ok(file) => file,
+            Err(e) => return StepOutcome::failed(codes::SPAWN_FAILED, e.to_string()),
+        };
+        command.args([
+            "-NoProfile",
+            "-NonInteractive",
+            "-ExecutionPolicy",
+            "Bypass",
+            "-File",
+        ]);
+        command.arg(file.path());
+        _script_file = file;
+    }
+    command
+        .current_dir(step.work_dir)
+        .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return StepOutcome::failed(codes::SPAWN_FAILED, format!("failed to start: {e}"));
+        }
+    };
+    let pid = child.id();
+    let tail = Tail::default();
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+    ];
+    let pumps: Vec<_> = readers
+        .into_iter()
+        .flatten()
+        .map(|r| tokio::spawn(pump(r, tail.clone())))
+        .collect();
+
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = tokio::time::sleep(step.timeout) => {
+            kill_group(pid);
+            let _ = child.wait().await;
+            let text = format!("timed out after {} s", step.timeout.as_secs());
+            return StepOutcome::failed(codes::TIMEOUT, text);
+        }
+        () = cancel.cancelled() => {
+            kill_group(pid);
+            let _ = child.wait().await;
+            return StepOutcome::failed(codes::CANCELLED, "cancelled");
+        }
+    };
+    // A background grandchild may hold the pipes open: wait briefly, then take the tail.
+    let _ = tokio::time::timeout(Duration::from_secs(2), futures_join(pumps)).await;
+    let tail = tail.text();
+    match status {
+        Ok(status) => match status.code() {
+            Some(code) => {
+                let ok = code == 0 || step.success_codes.contains(&i64::from(code));
+                let text = if tail.is_empty() && ok {
+                    StepOutcome::DONE_TEXT.into()
+                } else {
+                    tail
+                };
+                if ok {
+                    StepOutcome::succeeded(code.to_string(), text)
+                } else {
+                    StepOutcome::failed(code.to_string(), text)
+                }
+            }
+            None => StepOutcome::failed(codes::KILLED, format!("killed by a signal; {tail}")),
+        },
+        Err(e) => StepOutcome::failed(codes::SPAWN_FAILED, format!("failed to wait: {e}")),
+    }
+}
+
+fn write_script(dir: &Path, text: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".cp-step-")
+        .suffix(".ps1")
+        .tempfile_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}
+
+/// Finds an executable by name in `PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn kill_group(pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
+    let group = nix::unistd::Pid::from_raw(pid);
+    if let Err(error) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+        tracing::debug!(%error, pid, "process group already gone");
+    }
+}
+
+/// The last output bytes of a step, shared by the stdout and stderr readers.
+#[derive(Debug, Clone, Default)]
+struct Tail(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Tail {
+    fn push(&self, piece: &[u8]) {
+        let Ok(mut buf) = self.0.lock() else { return };
+        buf.extend_from_slice(piece);
+        if buf.len() > 4 * OUTPUT_TAIL_BYTES {
+            let excess = buf.len() - OUTPUT_TAIL_BYTES;
+            buf.drain(..excess);
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().map(|buf| tail_text(&buf)).unwrap_or_default()
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(mut reader: R, tail: Tail) {
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.push(&buf[..n]);
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// The last [`OUTPUT_TAIL_BYTES`] of `bytes` as trimmed text, cut on a character boundary.
+pub fn tail_text(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(OUTPUT_TAIL_BYTES);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    text.trim_start_matches('\u{fffd}').trim().to_owned()
+}

@@ -1,0 +1,174 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::outcome::{StepStatus, codes};
+use super::shell::*;
+
+async fn run_in(
+    dir: &std::path::Path,
+    shell: &str,
+    body: &str,
+    success: &[i64],
+) -> super::outcome::StepOutcome {
+    let env = BTreeMap::from([("LogUploadAllow".to_string(), PathBuf::from("/var/log/app"))]);
+    let step = ShellRun {
+        shell,
+        body,
+        work_dir: dir,
+        env: &env,
+        timeout: Duration::from_secs(20),
+        success_codes: success,
+    };
+    run(step, &CancellationToken::new()).await
+}
+
+#[tokio::test]
+async fn bash_step_reports_exit_code_and_output_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = run_in(dir.path(), "bash", "echo hello; echo world >&2", &[]).await;
+    assert_eq!((ok.status, ok.code.as_str()), (StepStatus::Success, "0"));
+    assert!(
+        ok.text.contains("hello") && ok.text.contains("world"),
+        "{}",
+        ok.text
+    );
+
+    let failed = run_in(dir.path(), "sh", "echo broken; exit 7", &[]).await;
+    assert_eq!(
+        (failed.status, failed.code.as_str()),
+        (StepStatus::Failure, "7")
+    );
+    assert_eq!(failed.text, "broken");
+}
+
+#[tokio::test]
+async fn silent_success_reports_the_standard_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = run_in(dir.path(), "bash", "true", &[]).await;
+    assert_eq!(ok.text, "Operation Completed Successfully");
+}
+
+#[tokio::test]
+async fn extra_success_codes_count_as_success() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = run_in(dir.path(), "bash", "exit 3010", &[0, 3010]).await;
+    // Exit codes are taken modulo 256 by the kernel.
+    assert_eq!(outcome.code, (3010 % 256).to_string());
+    let outcome = run_in(dir.path(), "bash", "exit 194", &[194]).await;
+    assert!(outcome.is_success());
+    assert_eq!(outcome.code, "194");
+}
+
+#[tokio::test]
+async fn f19_crlf_bash_step_is_refused_before_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let body = format!("#!/bin/bash\r\ntouch {}\r\necho ok\r\n", marker.display());
+    let outcome = run_in(dir.path(), "bash", &body, &[]).await;
+    assert_eq!(
+        (outcome.status, outcome.code.as_str()),
+        (StepStatus::Failure, codes::CRLF_IN_BASH)
+    );
+    assert!(!marker.exists(), "nothing may run");
+}
+
+#[tokio::test]
+async fn missing_powershell_fails_with_a_clear_reason() {
+    if find_in_path("pwsh").is_some() || find_in_path("powershell").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = run_in(dir.path(), "powershell", "Get-Item .", &[]).await;
+    assert_eq!(outcome.code, codes::SHELL_MISSING);
+    assert_eq!(
+        outcome.text,
+        "shell \"powershell\" is not installed on this device"
+    );
+}
+
+#[tokio::test]
+async fn unknown_shell_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = run_in(dir.path(), "cmd.exe", "dir", &[]).await;
+    assert_eq!(outcome.code, codes::UNKNOWN_SHELL);
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = BTreeMap::new();
+    let marker = dir.path().join("late");
+    let body = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+    let step = ShellRun {
+        shell: "bash",
+        body: &body,
+        work_dir: dir.path(),
+        env: &env,
+        timeout: Duration::from_millis(300),
+        success_codes: &[],
+    };
+    let outcome = run(step, &CancellationToken::new()).await;
+    assert_eq!(outcome.code, codes::TIMEOUT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !marker.exists(),
+        "background child must be killed with the group"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = BTreeMap::new();
+    let cancel = CancellationToken::new();
+    let step = ShellRun {
+        shell: "bash",
+        body: "sleep 30",
+        work_dir: dir.path(),
+        env: &env,
+        timeout: Duration::from_secs(60),
+        success_codes: &[],
+    };
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        trigger.cancel();
+    });
+    let outcome = run(step, &cancel).await;
+    assert_eq!(
+        (outcome.status, outcome.code.as_str()),
+        (StepStatus::Cancelled, codes::CANCELLED)
+    );
+}
+
+#[tokio::test]
+async fn zone_roots_are_exported_to_shell_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = run_in(dir.path(), "bash", "echo ${LogUploadAllow}/x.log", &[]).await;
+    assert_eq!(outcome.text, "/var/log/app/x.log");
+}
+
+#[test]
+fn f18_powershell_wrapper_keeps_the_real_exit_code() {
+    let script = powershell_wrapper("& ./tool.exe --flag");
+    assert!(script.starts_with("$ErrorActionPreference = 'Stop'\n"));
+    assert!(script.contains("$PSNativeCommandUseErrorActionPreference = $false"));
+    assert!(script.contains("trap { [Console]::Error.WriteLine($_); exit 1 }"));
+    let body_at = script.find("& ./tool.exe --flag").expect("body");
+    let exit_at = script
+        .find("if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }")
+        .expect("exit");
+    assert!(body_at < exit_at, "the exit code check follows the body");
+    assert!(script.ends_with("exit 0\n"));
+}
+
+#[test]
+fn output_tail_is_bounded_and_cut_on_characters() {
+    let long = "ü".repeat(OUTPUT_TAIL_BYTES);
+    let text = tail_text(long.as_bytes());
+    assert!(text.len() <= OUTPUT_TAIL_BYTES);
+    assert!(text.chars().all(|c| c == 'ü'));
+}
