@@ -2,4 +2,6 @@
 //!
 //! Pure types and logic: nothing here does I/O.
 
+mod hex;
+pub mod keys;
 pub mod twin;
