@@ -15,6 +15,7 @@ async fn device_round_trips_through_the_api_server() -> anyhow::Result<()> {
         mode: DeviceMode::Strict,
         ..Default::default()
     };
+    spec.hub_ref.name = "edge".into();
     spec.tags.insert("site".into(), "lab-3".into());
     let created = devices
         .create(&PostParams::default(), &Device::new("mri-01", spec.clone()))
@@ -40,7 +41,7 @@ async fn api_server_rejects_a_device_that_violates_the_schema() -> anyhow::Resul
         "apiVersion": "cloudpillar.io/v1alpha1",
         "kind": "Device",
         "metadata": { "name": "bad-mode" },
-        "spec": { "mode": "TURBO" }
+        "spec": { "hubRef": { "name": "edge" }, "mode": "TURBO" }
     }))?;
 
     let err = raw
