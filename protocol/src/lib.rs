@@ -4,4 +4,5 @@
 
 mod hex;
 pub mod keys;
+pub mod limits;
 pub mod twin;
