@@ -1,0 +1,241 @@
+//! Blob round trips on the filesystem store and on Azurite.
+
+mod common;
+
+use bytes::Bytes;
+use cloudpillar_backend::blob::{BlobConfig, BlobStores, UploadAssembler, UploadProgress};
+use futures::TryStreamExt;
+
+/// Writes, range-reads, block-writes, lists and deletes through one set of containers.
+async fn round_trip(stores: &BlobStores, prefix: &str) {
+    let data = common::pattern(3 * 1024 * 1024 + 17, 7);
+    let whole = format!("{prefix}/whole.bin");
+    stores
+        .patches
+        .put(&whole, Bytes::from(data.clone()))
+        .await
+        .expect("put");
+    assert_eq!(
+        stores.patches.size(&whole).await.expect("size"),
+        data.len() as u64
+    );
+
+    // Range reads at the start, across the middle and at the short tail.
+    for range in [
+        0..1u64,
+        49_152..98_304,
+        1_000_000..2_500_000,
+        data.len() as u64 - 5..data.len() as u64,
+    ] {
+        let got = stores
+            .patches
+            .read_range(&whole, range.clone())
+            .await
+            .expect("range");
+        assert_eq!(
+            &got[..],
+            &data[range.start as usize..range.end as usize],
+            "range {range:?}"
+        );
+    }
+
+    // A block write in uneven pieces reads back byte-exact, also as a stream.
+    let blocks = format!("{prefix}/blocks.bin");
+    let mut writer = stores.patches.writer(&blocks).await.expect("writer");
+    for piece in data.chunks(700_001) {
+        writer
+            .write(Bytes::copy_from_slice(piece))
+            .await
+            .expect("write");
+    }
+    assert!(
+        !stores.patches.exists(&blocks).await.expect("exists"),
+        "visible before commit"
+    );
+    writer.finish().await.expect("finish");
+    let streamed: Vec<Bytes> = stores
+        .patches
+        .read_stream(&blocks)
+        .await
+        .expect("stream")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(streamed.concat(), data);
+
+    let listed = stores.patches.list(prefix).await.expect("list");
+    assert_eq!(listed, vec![blocks.clone(), whole.clone()]);
+    stores.patches.delete(&whole).await.expect("delete");
+    stores
+        .patches
+        .delete(&whole)
+        .await
+        .expect("deleting twice is fine");
+    assert!(!stores.patches.exists(&whole).await.expect("exists"));
+}
+
+/// Chunks arriving out of order and twice assemble into the exact file.
+async fn upload_assembles(stores: &BlobStores, device: &str) {
+    let data = common::pattern(200_000, 11);
+    let assembler = UploadAssembler::new(stores.uploads.clone(), stores.state.clone());
+    let chunks: Vec<(u64, &[u8])> = data
+        .chunks(49_152)
+        .enumerate()
+        .map(|(i, c)| (i as u64 * 49_152, c))
+        .collect();
+    let order = [3, 0, 0, 4, 2, 3];
+    for index in order {
+        let (offset, chunk) = chunks[index];
+        let progress = assembler
+            .accept(
+                device,
+                "app.log",
+                offset,
+                Bytes::copy_from_slice(chunk),
+                Some(data.len() as u64),
+            )
+            .await
+            .expect("accept");
+        assert!(
+            matches!(progress, UploadProgress::Staged { .. }),
+            "{progress:?}"
+        );
+    }
+    let (offset, chunk) = chunks[1];
+    let progress = assembler
+        .accept(
+            device,
+            "app.log",
+            offset,
+            Bytes::copy_from_slice(chunk),
+            Some(data.len() as u64),
+        )
+        .await
+        .expect("accept last");
+    let path = format!("{device}/app.log");
+    assert_eq!(
+        progress,
+        UploadProgress::Committed {
+            path: path.clone(),
+            size: data.len() as u64
+        }
+    );
+    assert_eq!(stores.uploads.read_all(&path).await.expect("read"), data);
+    assert!(
+        stores
+            .state
+            .list(&format!("upload-staging/{device}"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // A replayed chunk after the commit changes nothing.
+    let (offset, chunk) = chunks[2];
+    let replay = UploadAssembler::new(stores.uploads.clone(), stores.state.clone())
+        .accept(
+            device,
+            "app.log",
+            offset,
+            Bytes::copy_from_slice(chunk),
+            Some(data.len() as u64),
+        )
+        .await
+        .expect("replay");
+    assert_eq!(
+        replay,
+        UploadProgress::Committed {
+            path: path.clone(),
+            size: data.len() as u64
+        }
+    );
+    assert_eq!(stores.uploads.read_all(&path).await.expect("read"), data);
+}
+
+#[tokio::test]
+async fn filesystem_store_round_trips_byte_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("open");
+    round_trip(&stores, "t").await;
+    upload_assembles(&stores, "dev-fs").await;
+}
+
+#[tokio::test]
+async fn azurite_store_round_trips_byte_exact() {
+    let stores = BlobStores::open(&common::azurite_config())
+        .await
+        .expect("open azurite");
+    let prefix = common::unique("t");
+    round_trip(&stores, &prefix).await;
+    upload_assembles(&stores, &common::unique("dev-az-")).await;
+}
+
+#[tokio::test]
+async fn upload_assembly_survives_a_restart_between_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    };
+    let stores = BlobStores::open(&config).await.expect("open");
+    let data = common::pattern(100_000, 3);
+    let first = UploadAssembler::new(stores.uploads.clone(), stores.state.clone());
+    first
+        .accept(
+            "dev-1",
+            "f",
+            50_000,
+            Bytes::copy_from_slice(&data[50_000..]),
+            None,
+        )
+        .await
+        .expect("second half");
+    drop(first);
+
+    let reopened = BlobStores::open(&config).await.expect("reopen");
+    let second = UploadAssembler::new(reopened.uploads.clone(), reopened.state.clone());
+    let progress = second
+        .accept(
+            "dev-1",
+            "f",
+            0,
+            Bytes::copy_from_slice(&data[..50_000]),
+            Some(100_000),
+        )
+        .await
+        .expect("first half");
+    assert_eq!(
+        progress,
+        UploadProgress::Committed {
+            path: "dev-1/f".into(),
+            size: 100_000
+        }
+    );
+    assert_eq!(
+        reopened.uploads.read_all("dev-1/f").await.expect("read"),
+        data
+    );
+}
+
+#[tokio::test]
+async fn blob_paths_with_traversal_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("open");
+    for bad in ["../x", "a/../b", "/abs", "a//b", "", "a/"] {
+        assert!(
+            stores
+                .patches
+                .put(bad, Bytes::from_static(b"x"))
+                .await
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+}
