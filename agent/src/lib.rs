@@ -4,5 +4,6 @@
 pub mod config;
 pub mod durable;
 pub mod engine;
+pub mod link;
 pub mod state;
 pub mod zones;
