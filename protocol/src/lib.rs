@@ -2,6 +2,8 @@
 //!
 //! Pure types and logic: nothing here does I/O.
 
+pub mod crc;
+pub mod encoding;
 mod hex;
 pub mod keys;
 pub mod limits;
