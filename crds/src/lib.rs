@@ -1,12 +1,28 @@
-//! Kubernetes custom resource types of CloudPillar (group `cloudpillar.io`).
+//! Kubernetes custom resource types of CloudPillar (group `cloudpillar.io`, `v1alpha1`).
 //!
-//! Pure types: no I/O happens here. The CRD YAML shipped in
-//! `charts/cloudpillar/crds/` is generated from these types by
-//! `cloudpillar crds` and checked for drift by the tests.
+//! One kind per module: [`Hub`], [`Device`], [`Recipe`], [`Rollout`]. Pure types: no I/O
+//! happens here. The CRD YAML shipped in `charts/cloudpillar/crds/` is generated from these
+//! types by `cloudpillar crds` and checked for drift by the tests.
 
+pub mod common;
+pub mod conditions;
 pub mod device;
+pub mod hub;
+pub mod recipe;
+pub mod rollout;
 
-pub use device::{Device, DeviceMode, DeviceSpec, DeviceStatus};
+pub use common::{LocalRef, SecretKeyRef};
+pub use conditions::Condition;
+pub use device::{
+    AuthMethod, Connection, ConnectionState, Device, DeviceAssignment, DeviceAuthentication,
+    DeviceCredential, DeviceMode, DeviceRecipeStatus, DeviceRolloutPhase, DeviceSpec, DeviceStatus,
+};
+pub use hub::{AccessPolicy, Hub, HubEndpoint, HubKind, HubSpec, HubStatus};
+pub use recipe::{Action, ActionKind, Artifact, ChangeSpec, Recipe, RecipeSpec, RecipeStatus};
+pub use rollout::{
+    DeviceCounts, FailedDevice, FailureAction, FailureThreshold, MaintenanceWindow, Rollout,
+    RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy, Wave, WavePause, WaveStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -14,9 +30,51 @@ use kube::CustomResourceExt;
 /// API group of every CloudPillar resource.
 pub const GROUP: &str = "cloudpillar.io";
 
-/// Every CloudPillar CRD, in the order they are installed.
+/// API version of every CloudPillar resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// Every CloudPillar CRD, in the order they are installed, with field descriptions
+/// reflowed for `kubectl explain`.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Device::crd()]
+    [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()]
+        .into_iter()
+        .map(reflow_descriptions)
+        .collect()
+}
+
+/// Joins the lines of each paragraph in every schema description.
+///
+/// Doc comments are wrapped at the source width; `kubectl explain` wraps text itself, so
+/// the source line breaks would show as ragged lines. Blank lines between paragraphs stay.
+fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(members) => {
+                for (key, member) in members.iter_mut() {
+                    match member {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = reflow(text);
+                        }
+                        _ => walk(member),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    fn reflow(text: &str) -> String {
+        text.split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// File name (inside `charts/cloudpillar/crds/`) and YAML text of each CRD.

@@ -1,0 +1,222 @@
+//! How a Rollout spreads: waves, concurrency, failure threshold, window, timeout.
+
+use kube::core::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::duration;
+
+/// Most waves a Rollout may have.
+pub const MAX_WAVES: usize = 20;
+
+/// How fast a recipe spreads over the selected devices.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// Waves, run in order. Each wave starts `count` more devices, or `percent` of all
+    /// selected devices (rounded up); the last wave also takes every device still left, so
+    /// the rollout always reaches every selected device. A wave starts once every device of
+    /// the previous wave has finished (or timed out, see `deviceTimeout`) and its pause is
+    /// over. Defaults to one wave of 100 percent.
+    #[serde(default = "one_wave")]
+    #[schemars(
+        length(min = 1, max = MAX_WAVES),
+        extend("x-kubernetes-validations" = [
+            {
+                "rule": "self.filter(w, has(w.percent)).map(w, w.percent).sum() <= 100",
+                "message": "the wave percentages add up to more than 100",
+            },
+            {
+                "rule": "self.all(w, !has(w.name) || \
+                         self.filter(v, has(v.name) && v.name == w.name).size() == 1)",
+                "message": "wave names must be unique",
+            },
+        ])
+    )]
+    pub waves: Vec<Wave>,
+
+    /// Most devices running the recipe at the same time, across all waves. Devices wait
+    /// (Pending) until a slot is free. Unset: every device of the current wave may run at
+    /// once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<u32>,
+
+    /// When to stop because too many devices failed. Unset: failures never stop the
+    /// rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<FailureThreshold>,
+
+    /// When devices may start the recipe. Outside the window no device starts (waiting
+    /// devices count as Deferred); devices already running finish. Unset: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+
+    /// How long one device may take from receiving the recipe to finishing it before it
+    /// counts as Failed (for example `6h`). Time spent unreachable counts too. Unset: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration")]
+    pub device_timeout: Option<Duration>,
+}
+
+impl Default for RolloutStrategy {
+    fn default() -> Self {
+        Self {
+            waves: one_wave(),
+            max_concurrent: None,
+            failure_threshold: None,
+            maintenance_window: None,
+            device_timeout: None,
+        }
+    }
+}
+
+fn one_wave() -> Vec<Wave> {
+    vec![Wave::percent(100)]
+}
+
+/// One step of a rollout: a number or a share of the selected devices.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.count) != has(self.percent)",
+    "message": "each wave needs exactly one of count (a number of devices) or percent (a share \
+                of the selected devices)",
+}]))]
+pub struct Wave {
+    /// Name shown in status and events, for example `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "a wave name uses lowercase letters, digits and '-', and starts and ends \
+                        with a letter or digit",
+        }])
+    )]
+    pub name: Option<String>,
+
+    /// Number of devices this wave starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub count: Option<u32>,
+
+    /// Share of all selected devices this wave starts, from 1 to 100 percent, rounded up
+    /// to whole devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<u32>,
+
+    /// Wait after this wave's devices have finished, before the next wave starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<WavePause>,
+}
+
+impl Wave {
+    /// A wave of `count` devices.
+    pub fn count(count: u32) -> Self {
+        Self {
+            count: Some(count),
+            ..Self::default()
+        }
+    }
+
+    /// A wave of `percent` of the selected devices.
+    pub fn percent(percent: u32) -> Self {
+        Self {
+            percent: Some(percent),
+            ..Self::default()
+        }
+    }
+}
+
+/// A pause between two waves.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.duration) != (has(self.untilResumed) && self.untilResumed)",
+    "message": "a pause needs exactly one of duration (for example 1h) or untilResumed: true",
+}]))]
+pub struct WavePause {
+    /// Wait this long, for example `30m` or `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration")]
+    pub duration: Option<Duration>,
+
+    /// Wait until a person approves the next wave by raising `spec.approvedWave` to its
+    /// number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_resumed: Option<bool>,
+}
+
+/// When failures stop a rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.count) != has(self.percent)",
+    "message": "failureThreshold needs exactly one of count or percent",
+}]))]
+pub struct FailureThreshold {
+    /// Stop when more than this many devices have failed (0: at the first failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+
+    /// Stop when more than this percentage of the devices started so far has failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<u32>,
+
+    /// What to do when the threshold is crossed: `Pause` (default) stops starting devices
+    /// until a person intervenes; `Abort` ends the rollout as Aborted. Devices already
+    /// running finish either way.
+    #[serde(default)]
+    pub action: FailureAction,
+}
+
+/// Action on crossing the failure threshold.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailureAction {
+    /// Stop starting devices; the rollout's phase becomes Paused.
+    #[default]
+    Pause,
+    /// End the rollout; its phase becomes Aborted.
+    Abort,
+}
+
+/// A recurring window during which devices may start the recipe.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When the window opens, as a five-field cron expression (minute, hour, day of month,
+    /// month, day of week), for example `0 2 * * 6` for Saturdays at 02:00.
+    #[schemars(
+        length(max = 128),
+        extend("x-kubernetes-validations" = [{
+            "rule": r"self.matches('^\\s*[0-9*/,?LW#A-Za-z-]+(\\s+[0-9*/,?LW#A-Za-z-]+){4}\\s*$')",
+            "message": "schedule must be a cron expression with five fields (minute hour \
+                        day-of-month month day-of-week), for example '0 2 * * 6'",
+        }])
+    )]
+    pub schedule: String,
+
+    /// How long the window stays open, for example `4h`.
+    #[schemars(schema_with = "duration")]
+    pub duration: Duration,
+
+    /// IANA time zone the schedule is read in, for example `Europe/Berlin`. Defaults to
+    /// `UTC`.
+    #[serde(default = "utc")]
+    #[schemars(
+        length(min = 1, max = 64),
+        extend("x-kubernetes-validations" = [{
+            "rule": r"self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$')",
+            "message": "timeZone must be an IANA time zone name such as UTC or Europe/Berlin",
+        }])
+    )]
+    pub time_zone: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
