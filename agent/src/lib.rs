@@ -5,5 +5,6 @@ pub mod config;
 pub mod durable;
 pub mod engine;
 pub mod link;
+pub mod reported;
 pub mod state;
 pub mod zones;
