@@ -1,1 +1,26 @@
-//! An IoT-Hub-compatible edge hub: MQTT device endpoint, REST service API, DPS and a durable store.
+//! An IoT-Hub-compatible edge hub: MQTT device endpoint, REST service API, DPS and a durable
+//! store, for development, tests and offline sites.
+#![forbid(unsafe_code)]
+
+pub mod c2d;
+pub mod config;
+pub mod core;
+pub mod dps;
+pub mod error;
+pub mod events;
+mod hub;
+pub mod mqtt;
+pub mod query;
+pub mod registry;
+pub mod rest;
+pub mod sas;
+mod service;
+pub mod store;
+pub mod tls;
+pub mod twins;
+pub mod validate;
+
+pub use config::HubConfig;
+pub use error::{HubError, Refusal, StartError, StoreError};
+pub use events::HubEvent;
+pub use hub::{Hub, HubHandle};

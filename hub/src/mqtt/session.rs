@@ -1,0 +1,305 @@
+//! One device's MQTT connection: subscriptions, inbound publishes and outbound pushes.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ntex_bytes::Bytes;
+use ntex_mqtt::v3::{self, MqttSink};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use super::MqttFault;
+use super::topics::{Feed, Inbound, classify, device_feed, encode_bag, parse_bag};
+use crate::core::{Core, Outbound};
+use crate::error::HubError;
+
+/// Who is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A registered device.
+    Device(String),
+    /// A DPS client registering under this registration id.
+    Provisioning(String),
+}
+
+/// State of one live connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) core: Arc<Core>,
+    pub(crate) peer: Peer,
+    pub(crate) conn_id: u64,
+    pub(crate) persistent: bool,
+    pub(crate) feeds: RefCell<BTreeMap<String, (Feed, u8)>>,
+    pub(crate) sink: MqttSink,
+    pub(crate) c2d_wake: Arc<Notify>,
+}
+
+impl Connection {
+    fn has(&self, feed: Feed) -> bool {
+        self.feeds.borrow().values().any(|(f, _)| *f == feed)
+    }
+
+    fn id(&self) -> &str {
+        match &self.peer {
+            Peer::Device(id) | Peer::Provisioning(id) => id,
+        }
+    }
+
+    fn send(&self, topic: String, body: Vec<u8>) {
+        if let Err(error) = self
+            .sink
+            .publish(topic)
+            .send_at_most_once(Bytes::from(body))
+        {
+            tracing::debug!(device = self.id(), ?error, "push dropped");
+        }
+    }
+
+    fn twin_response(&self, status: u16, rid: &str, version: Option<u64>, body: Vec<u8>) {
+        let mut topic = format!("$iothub/twin/res/{status}/?$rid={rid}");
+        if let Some(v) = version {
+            topic.push_str(&format!("&$version={v}"));
+        }
+        if self.has(Feed::TwinResponses) {
+            self.send(topic, body);
+        }
+    }
+
+    /// Whether the peer subscribed to `feed`.
+    pub(crate) fn has_feed(&self, feed: Feed) -> bool {
+        self.has(feed)
+    }
+
+    /// Publishes at QoS 0.
+    pub(crate) fn push_raw(&self, topic: String, body: Vec<u8>) {
+        self.send(topic, body);
+    }
+
+    fn saved_feeds(&self) -> Vec<(String, u8)> {
+        self.feeds
+            .borrow()
+            .iter()
+            .map(|(f, (_, q))| (f.clone(), *q))
+            .collect()
+    }
+}
+
+fn error_body(e: &HubError) -> Vec<u8> {
+    let body = json!({ "errorCode": u32::from(e.status()) * 1000, "message": e.to_string() });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Handles a PUBLISH from the peer. An `Err` closes the connection, as IoT Hub does for
+/// publishes outside the device's topics and for oversize messages.
+pub async fn publish(conn: &Rc<Connection>, publish: v3::Publish) -> Result<(), MqttFault> {
+    let topic = publish.publish_topic().to_string();
+    let payload = publish
+        .read_all()
+        .await
+        .map_err(|e| MqttFault(format!("payload: {e:?}")))?;
+    let core = &conn.core;
+    let device = match &conn.peer {
+        Peer::Device(id) => id.clone(),
+        Peer::Provisioning(reg) => {
+            return super::dps_publish(conn, reg, classify(&topic), &payload).await;
+        }
+    };
+    core.touch(&device);
+    match classify(&topic) {
+        Inbound::Telemetry {
+            device: target,
+            bag,
+        } if target == device => {
+            let mut props = BTreeMap::new();
+            let mut system = BTreeMap::new();
+            for (k, v) in parse_bag(&bag) {
+                match k.as_str() {
+                    "$.mid" => system.insert("message-id".into(), v),
+                    "$.cid" => system.insert("correlation-id".into(), v),
+                    "$.ct" => system.insert("content-type".into(), v),
+                    "$.ce" => system.insert("content-encoding".into(), v),
+                    "$.uid" => system.insert("user-id".into(), v),
+                    k if k.starts_with("$.") => None,
+                    _ => props.insert(k, v),
+                };
+            }
+            core.d2c(&device, payload.to_vec(), props, system)
+                .await
+                .map_err(|e| MqttFault(format!("telemetry from {device} refused: {e}")))?;
+        }
+        Inbound::TwinGet(rid) => match core.device_twin(&device) {
+            Ok(doc) => conn.twin_response(
+                200,
+                &rid,
+                None,
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            ),
+            Err(e) => conn.twin_response(e.status(), &rid, None, error_body(&e)),
+        },
+        Inbound::TwinReported(rid) => {
+            let result = match serde_json::from_slice::<Value>(&payload) {
+                Ok(patch) => core.patch_reported(&device, patch).await,
+                Err(e) => {
+                    Err(crate::error::Refusal::bad_request(format!("malformed JSON: {e}")).into())
+                }
+            };
+            match result {
+                Ok(version) => conn.twin_response(204, &rid, Some(version), Vec::new()),
+                Err(e) => {
+                    tracing::info!(device, status = e.status(), reason = %e, "reported patch refused");
+                    conn.twin_response(e.status(), &rid, None, error_body(&e));
+                }
+            }
+        }
+        Inbound::MethodResponse(status, rid) => {
+            core.method_response(&rid, status, payload.to_vec());
+        }
+        other => {
+            tracing::warn!(device, topic, ?other, "publish outside the device's topics");
+            return Err(MqttFault(format!("{device} may not publish to {topic}")));
+        }
+    }
+    Ok(())
+}
+
+/// Handles SUBSCRIBE, UNSUBSCRIBE, PING and DISCONNECT.
+pub async fn protocol(
+    conn: &Rc<Connection>,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, MqttFault> {
+    match msg {
+        v3::ProtocolMessage::Subscribe(mut sub) => {
+            let mut wake_c2d = false;
+            for mut s in sub.iter_mut() {
+                let filter = s.topic().to_string();
+                let feed = match &conn.peer {
+                    Peer::Device(id) => device_feed(id, &filter),
+                    Peer::Provisioning(_) => {
+                        (filter == "$dps/registrations/res/#").then_some(Feed::Dps)
+                    }
+                };
+                match feed {
+                    Some(feed) => {
+                        // QoS 2 subscriptions are granted QoS 1, as IoT Hub does.
+                        let qos = if s.qos() == v3::QoS::AtMostOnce { 0 } else { 1 };
+                        s.confirm(if qos == 0 {
+                            v3::QoS::AtMostOnce
+                        } else {
+                            v3::QoS::AtLeastOnce
+                        });
+                        conn.feeds.borrow_mut().insert(filter, (feed, qos));
+                        wake_c2d |= feed == Feed::C2d;
+                    }
+                    None => {
+                        tracing::warn!(
+                            peer = conn.id(),
+                            filter,
+                            "subscription outside own topics refused"
+                        );
+                        s.fail();
+                    }
+                }
+            }
+            persist(conn).await;
+            if wake_c2d {
+                conn.c2d_wake.notify_one();
+            }
+            Ok(sub.ack())
+        }
+        v3::ProtocolMessage::Unsubscribe(unsub) => {
+            for filter in unsub.iter() {
+                conn.feeds.borrow_mut().remove(filter.as_str());
+            }
+            persist(conn).await;
+            Ok(unsub.ack())
+        }
+        other => Ok(other.ack()),
+    }
+}
+
+async fn persist(conn: &Connection) {
+    if let (true, Peer::Device(id)) = (conn.persistent, &conn.peer)
+        && let Err(error) = conn.core.save_session(id, Some(conn.saved_feeds())).await
+    {
+        tracing::warn!(device = id, %error, "session subscriptions not saved");
+    }
+}
+
+/// Pushes hub-side messages to the device until the connection closes or is replaced.
+pub async fn outbound(conn: Rc<Connection>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Outbound::Desired(version, body) if conn.has(Feed::Desired) => {
+                conn.send(
+                    format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+                    body,
+                );
+            }
+            Outbound::Method { rid, name, payload } if conn.has(Feed::Methods) => {
+                conn.send(format!("$iothub/methods/POST/{name}/?$rid={rid}"), payload);
+            }
+            Outbound::C2dWake => conn.c2d_wake.notify_one(),
+            Outbound::Close => {
+                conn.sink.force_close();
+                break;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Delivers queued C2D messages one at a time, each removed from the queue only after the
+/// device's PUBACK (QoS 1) or after sending (QoS 0): at-least-once delivery.
+pub async fn deliver_c2d(conn: Rc<Connection>) {
+    let Peer::Device(device) = conn.peer.clone() else {
+        return;
+    };
+    loop {
+        let qos = conn
+            .feeds
+            .borrow()
+            .values()
+            .find(|(f, _)| *f == Feed::C2d)
+            .map(|(_, q)| *q);
+        if let Some(qos) = qos {
+            let pending = conn.core.c2d_pending(&device).unwrap_or_default();
+            for (seq, msg) in pending {
+                let mut props: Vec<(String, String)> = msg.properties.clone().into_iter().collect();
+                props.push(("$.mid".into(), msg.message_id.clone()));
+                if let Some(cid) = &msg.correlation_id {
+                    props.push(("$.cid".into(), cid.clone()));
+                }
+                props.push((
+                    "$.to".into(),
+                    format!("/devices/{device}/messages/deviceBound"),
+                ));
+                let topic = format!(
+                    "devices/{device}/messages/devicebound/{}",
+                    encode_bag(&props)
+                );
+                let body = Bytes::from(msg.body_bytes());
+                let sent = if qos == 0 {
+                    conn.sink.publish(topic).send_at_most_once(body).is_ok()
+                } else {
+                    conn.sink
+                        .publish(topic)
+                        .send_at_least_once(body)
+                        .await
+                        .is_ok()
+                };
+                if !sent {
+                    return;
+                }
+                if let Err(error) = conn.core.c2d_complete(&device, seq).await {
+                    tracing::warn!(device, %error, "delivered C2D message not removed");
+                }
+            }
+        }
+        if !conn.sink.is_open() {
+            return;
+        }
+        conn.c2d_wake.notified().await;
+    }
+}

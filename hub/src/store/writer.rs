@@ -1,0 +1,178 @@
+//! Group commit: one thread applies queued write closures in batches, one fsync per batch.
+//!
+//! Invariant: a closure's result is handed back only after the transaction holding its writes
+//! has committed durably, so an acknowledged write survives `kill -9`. A closure that refuses
+//! (returns `Err`) must do so before it writes anything, because its batch still commits.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::error::{HubError, StoreError};
+use crate::events::{EventBus, HubEvent};
+
+use super::{EVENTS, decode, encode, table_err, txn_next};
+
+/// Largest number of closures packed into one transaction.
+const MAX_BATCH: usize = 4096;
+
+type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn FnOnce(bool) + Send> + Send>;
+
+/// One write transaction being filled, and the events its closures appended.
+pub struct Batch<'a> {
+    /// The transaction.
+    pub txn: &'a WriteTransaction,
+    events: Vec<HubEvent>,
+}
+
+impl Batch<'_> {
+    /// Appends an event to the log, assigning its sequence number. It reaches subscribers
+    /// only if the batch commits.
+    pub fn append_event(&mut self, mut event: HubEvent) -> Result<HubEvent, HubError> {
+        event.sequence_number = txn_next(self.txn, "event_seq")?;
+        let mut t = self
+            .txn
+            .open_table(EVENTS)
+            .map_err(|source| table_err(EVENTS, source))?;
+        t.insert(event.sequence_number, encode(&event).as_slice())
+            .map_err(StoreError::from)?;
+        self.events.push(event.clone());
+        Ok(event)
+    }
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+/// Retention of the event log.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Oldest event age kept, in milliseconds.
+    pub max_age_ms: u64,
+    /// Most events kept.
+    pub max_count: u64,
+}
+
+/// Handle to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `db`.
+    pub(crate) fn start(db: Arc<Database>, bus: EventBus, retention: Retention) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("hub-store-writer".into())
+            .spawn(move || run(&db, &rx, &bus, retention))
+            .map(|_| ())
+            .unwrap_or_else(|error| tracing::error!(%error, "store writer thread did not start"));
+        Self { tx }
+    }
+
+    /// Runs `op` inside the next write transaction and returns its result once that
+    /// transaction has committed durably.
+    pub async fn write<T, F>(&self, op: F) -> Result<T, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<T, HubError>>();
+        let job: Job = Box::new(move |batch| {
+            let result = op(batch);
+            Box::new(move |committed: bool| {
+                let result = match result {
+                    Ok(_) if !committed => Err(HubError::Store(StoreError::WriterGone)),
+                    other => other,
+                };
+                let _ = done_tx.send(result);
+            })
+        });
+        self.tx.send(job).map_err(|_| StoreError::WriterGone)?;
+        done_rx
+            .await
+            .map_err(|_| HubError::Store(StoreError::WriterGone))?
+    }
+}
+
+fn run(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, retention: Retention) {
+    let mut batches = 0u64;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        batches += 1;
+        commit_batch(db, jobs, bus, (batches % 256 == 1).then_some(retention));
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option<Retention>) {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(error) => {
+            tracing::error!(%error, "store batch could not start");
+            return;
+        }
+    };
+    let mut batch = Batch {
+        txn: &txn,
+        events: Vec::new(),
+    };
+    let completions: Vec<_> = jobs.into_iter().map(|job| job(&mut batch)).collect();
+    let events = std::mem::take(&mut batch.events);
+    if let Some(retention) = retention
+        && let Err(error) = prune_events(&txn, retention)
+    {
+        tracing::warn!(%error, "event log pruning failed");
+    }
+    let committed = match txn.commit() {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, batch = completions.len(), "store batch commit failed");
+            false
+        }
+    };
+    if committed {
+        bus.publish(events);
+    }
+    for done in completions {
+        done(committed);
+    }
+}
+
+/// Drops events past the retention count or age, oldest first.
+fn prune_events(txn: &WriteTransaction, retention: Retention) -> Result<(), StoreError> {
+    let mut t = txn
+        .open_table(EVENTS)
+        .map_err(|source| table_err(EVENTS, source))?;
+    let newest = match t.last()? {
+        Some((k, _)) => k.value(),
+        None => return Ok(()),
+    };
+    let min_seq_by_count = newest.saturating_sub(retention.max_count);
+    let cutoff_ms = crate::events::now_ms().saturating_sub(retention.max_age_ms);
+    let mut drop_below = min_seq_by_count;
+    for row in t.range(min_seq_by_count..)? {
+        let (k, v) = row?;
+        let event: HubEvent = decode(&k.value().to_string(), v.value())?;
+        if event.enqueued_ms >= cutoff_ms {
+            break;
+        }
+        drop_below = k.value() + 1;
+    }
+    t.retain_in(..drop_below, |_, _| false)?;
+    Ok(())
+}
