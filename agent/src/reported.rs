@@ -88,10 +88,10 @@ impl Reported {
             }
             inner.wanted.clone()
         };
-        if let Some(path) = &self.path {
-            if let Err(error) = durable::write_json(path, &snapshot) {
-                tracing::warn!(%error, "failed to persist reported cache");
-            }
+        if let Some(path) = &self.path
+            && let Err(error) = durable::write_json(path, &snapshot)
+        {
+            tracing::warn!(%error, "failed to persist reported cache");
         }
         self.changed.notify_one();
     }
