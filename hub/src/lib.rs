@@ -15,6 +15,7 @@ pub mod registry;
 pub mod rest;
 pub mod sas;
 mod service;
+pub mod standalone;
 pub mod store;
 pub mod tls;
 pub mod twins;

@@ -36,7 +36,7 @@ pub struct X509Thumbprint {
 }
 
 /// How a device authenticates.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Authentication {
     /// `sas`, `selfSigned`, `certificateAuthority` or `none`.
@@ -48,6 +48,16 @@ pub struct Authentication {
     /// Thumbprints for `selfSigned`.
     #[serde(default)]
     pub x509_thumbprint: X509Thumbprint,
+}
+
+impl Default for Authentication {
+    fn default() -> Self {
+        Self {
+            kind: default_auth_type(),
+            symmetric_key: SymmetricKey::default(),
+            x509_thumbprint: X509Thumbprint::default(),
+        }
+    }
 }
 
 fn default_auth_type() -> String {

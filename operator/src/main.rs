@@ -1,5 +1,7 @@
 //! `cloudpillar`: the operator, edge hub and backend services in one binary.
 
+mod hub_cmd;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the IoT-Hub-compatible edge hub (MQTT device endpoint and service REST API).
+    Hub(cloudpillar_hub::standalone::HubArgs),
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<name>.yaml` files into (for example `charts/cloudpillar/crds`).
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
 
     match Cli::parse().command {
         Command::Crds { out } => write_crds(out),
+        Command::Hub(args) => hub_cmd::run(&args),
     }
 }
 

@@ -1,0 +1,79 @@
+//! Running the hub as a standalone process (`cloudpillar hub`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Hub, HubConfig, HubHandle, StartError};
+
+/// Command-line options of the standalone hub.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubArgs {
+    /// Directory for the database, TLS material and policy key.
+    #[arg(long, env = "CLOUDPILLAR_HUB_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// MQTT device endpoint address.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    pub mqtt: SocketAddr,
+    /// Service REST API address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub http: SocketAddr,
+    /// Plain TCP and HTTP instead of TLS (loopback addresses only).
+    #[arg(long)]
+    pub insecure_loopback: bool,
+    /// Host name in SAS resource URIs and device user names.
+    #[arg(long, default_value = "edgehub.local")]
+    pub hostname: String,
+    /// PEM certificate chain for both endpoints (with --tls-key); generated when omitted.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Shared access policy name for the service API.
+    #[arg(long, default_value = "iothubowner")]
+    pub policy_name: String,
+}
+
+impl HubArgs {
+    /// The hub configuration these options describe.
+    pub fn config(&self) -> HubConfig {
+        let mut config = HubConfig::new(&self.data_dir);
+        config.mqtt_addr = self.mqtt;
+        config.http_addr = self.http;
+        config.insecure_loopback = self.insecure_loopback;
+        config.hostname = self.hostname.clone();
+        config.policy_name = self.policy_name.clone();
+        config.tls_cert = self.tls_cert.clone().zip(self.tls_key.clone());
+        config
+    }
+}
+
+/// Starts the hub for a standalone process.
+pub async fn start(args: &HubArgs) -> Result<HubHandle, StartError> {
+    Hub::start(args.config()).await
+}
+
+/// Lines telling an operator where the hub listens and where its secrets are.
+pub fn summary(hub: &HubHandle) -> String {
+    let mut out = format!(
+        "edge hub listening\n  mqtt: {}\n  http: {}\n  hostname: {}\n  DPS id scope: {}\n",
+        hub.mqtt_addr(),
+        hub.http_addr(),
+        hub.hostname(),
+        hub.id_scope(),
+    );
+    match hub.ca_cert_path() {
+        Some(ca) => out.push_str(&format!("  development CA certificate: {}\n", ca.display())),
+        None => out.push_str("  TLS: supplied certificate or plain loopback\n"),
+    }
+    out.push_str(&format!(
+        "  service policy {:?} key file: {}\n  service connection string: HostName={};SharedAccessKeyName={};SharedAccessKey=<key in file>\n  sample service token (1 h): {}\n",
+        hub.policy_name(),
+        hub.policy_key_file().display(),
+        hub.hostname(),
+        hub.policy_name(),
+        hub.service_token(Duration::from_secs(3600)),
+    ));
+    out
+}
