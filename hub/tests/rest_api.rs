@@ -1,0 +1,291 @@
+//! The service REST API: registry, twins with ETags, query, service SAS, limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::TestHub;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn registry_generates_keys_refuses_duplicates_and_deletes() {
+    let hub = TestHub::start().await;
+    let (s, h, dev) = hub
+        .call(
+            Method::PUT,
+            "/devices/r1",
+            Some(json!({"deviceId": "r1"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(h["etag"].to_str().unwrap().starts_with("W/\""));
+    assert_eq!(dev["authentication"]["type"], "sas");
+    assert!(
+        dev["authentication"]["symmetricKey"]["secondaryKey"]
+            .as_str()
+            .unwrap()
+            .len()
+            >= 40
+    );
+    let (s, _, _) = hub
+        .call(
+            Method::PUT,
+            "/devices/r1",
+            Some(json!({"deviceId": "r1"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 409);
+    let thumb = "a".repeat(40);
+    let body = json!({"deviceId": "r2", "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": thumb}}});
+    let (s, _, dev) = hub.call(Method::PUT, "/devices/r2", Some(body), &[]).await;
+    assert_eq!(s, 200, "{dev}");
+    assert_eq!(
+        dev["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+        thumb
+    );
+    let (s, h, body) = hub.call(Method::GET, "/devices/missing", None, &[]).await;
+    assert_eq!(s, 404);
+    assert_eq!(h["iothub-errorcode"], "DeviceNotFound");
+    assert!(
+        body["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ErrorCode:DeviceNotFound;")
+    );
+    let (s, _, _) = hub
+        .call(Method::DELETE, "/devices/r1", None, &[("If-Match", "*")])
+        .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = hub.call(Method::GET, "/twins/r1", None, &[]).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn twin_etags_guard_writes_and_412_changes_nothing() {
+    let hub = TestHub::start().await;
+    hub.add_device("t1").await;
+    let (_, h, twin) = hub.call(Method::GET, "/twins/t1", None, &[]).await;
+    let etag = h["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("W/\"{}\"", twin["etag"].as_str().unwrap()));
+    let patch = json!({"tags": {"site": "lab"}, "properties": {"desired": {"x": 1}}});
+    let (s, _, after) = hub
+        .call(
+            Method::PATCH,
+            "/twins/t1",
+            Some(patch.clone()),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(after["properties"]["desired"]["$version"], 2);
+    let (s, _, _) = hub
+        .call(
+            Method::PATCH,
+            "/twins/t1",
+            Some(json!({"tags": {"site": "other"}})),
+            &[("If-Match", &etag)],
+        )
+        .await;
+    assert_eq!(s, 412);
+    let (_, _, now) = hub.call(Method::GET, "/twins/t1", None, &[]).await;
+    assert_eq!(now["tags"]["site"], "lab");
+    // Replace drops keys absent from the new document.
+    let (s, _, replaced) = hub
+        .call(
+            Method::PUT,
+            "/twins/t1",
+            Some(json!({"tags": {"floor": 2}, "properties": {"desired": {"y": 2}}})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(replaced["tags"], json!({"floor": 2}));
+    assert!(replaced["properties"]["desired"].get("x").is_none());
+}
+
+#[tokio::test]
+async fn f01_f02_null_patches_delete_only_their_key_and_repeat_safely() {
+    let hub = TestHub::start().await;
+    hub.add_device("n1").await;
+    let set = json!({"properties": {"desired": {"recipes": {"r1": {"rev": 3}}}}});
+    hub.call(Method::PATCH, "/twins/n1", Some(set), &[]).await;
+    let null_r2 = json!({"properties": {"desired": {"recipes": {"r2": null}}}});
+    for _ in 0..2 {
+        let (_, _, twin) = hub
+            .call(Method::PATCH, "/twins/n1", Some(null_r2.clone()), &[])
+            .await;
+        assert_eq!(
+            twin["properties"]["desired"]["recipes"],
+            json!({"r1": {"rev": 3}})
+        );
+    }
+    let steps = [
+        json!({"a": null}),
+        json!({"a": null}),
+        json!({"a": {"b": null}}),
+        json!({"a": null}),
+    ];
+    let expect = [Value::Null, Value::Null, json!({}), Value::Null];
+    for (patch, want) in steps.iter().zip(expect) {
+        let (_, _, twin) = hub
+            .call(
+                Method::PATCH,
+                "/twins/n1",
+                Some(json!({"tags": patch})),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            twin["tags"].get("a").cloned().unwrap_or(Value::Null),
+            want,
+            "{patch}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn query_filters_tags_and_reported_with_continuation() {
+    let hub = TestHub::start().await;
+    for (i, site) in ["a", "b", "a", "a"].iter().enumerate() {
+        let id = format!("q{i}");
+        hub.add_device(&id).await;
+        hub.call(
+            Method::PATCH,
+            &format!("/twins/{id}"),
+            Some(json!({"tags": {"site": site}})),
+            &[],
+        )
+        .await;
+    }
+    let q = json!({"query": "SELECT * FROM devices WHERE tags.site = 'a' AND deviceId IN ['q0', 'q2', 'q3']"});
+    let (s, h, page1) = hub
+        .call(
+            Method::POST,
+            "/devices/query",
+            Some(q.clone()),
+            &[("x-ms-max-item-count", "2")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(page1.as_array().unwrap().len(), 2);
+    let cont = h["x-ms-continuation"].to_str().unwrap().to_string();
+    let (_, h2, page2) = hub
+        .call(
+            Method::POST,
+            "/devices/query",
+            Some(q),
+            &[("x-ms-max-item-count", "2"), ("x-ms-continuation", &cont)],
+        )
+        .await;
+    assert_eq!(page2[0]["deviceId"], "q3");
+    assert!(h2.get("x-ms-continuation").is_none());
+    let (s, _, _) = hub
+        .call(
+            Method::POST,
+            "/devices/query",
+            Some(json!({"query": "SELECT x FROM devices"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn service_calls_need_a_valid_policy_token() {
+    let hub = TestHub::start().await;
+    let url = format!("{}/devices/x?api-version=2021-04-12", hub.base);
+    let none = hub.http.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let forged = cloudpillar_hub::sas::generate(
+        &cloudpillar_hub::sas::random_key(),
+        hub.hub.hostname(),
+        common::now() + 600,
+        Some("iothubowner"),
+    )
+    .unwrap();
+    assert_eq!(
+        hub.http
+            .get(&url)
+            .header("Authorization", forged)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let expired = cloudpillar_hub::sas::generate(
+        hub.hub.policy_key(),
+        hub.hub.hostname(),
+        common::now() - 400,
+        Some("iothubowner"),
+    )
+    .unwrap();
+    assert_eq!(
+        hub.http
+            .get(&url)
+            .header("Authorization", expired)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        hub.http
+            .get(&url)
+            .header("Authorization", hub.token())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn f05_f06_bad_twin_writes_get_azure_status_and_change_nothing() {
+    let hub = TestHub::start().await;
+    hub.add_device("l1").await;
+    let deep = (0..11).fold(json!(1), |inner, _| json!({ "k": inner }));
+    let ten = (0..10).fold(json!(1), |inner, _| json!({ "k": inner }));
+    let cases = [
+        (json!({"tags": {"big": "x".repeat(8 * 1024)}}), 413),
+        (
+            json!({"properties": {"desired": {"big": "x".repeat(32 * 1024)}}}),
+            413,
+        ),
+        (json!({"properties": {"desired": deep}}), 400),
+        (json!({"properties": {"desired": {"a.b": 1}}}), 400),
+        (json!({"tags": {"$x": 1}}), 400),
+        (json!({"tags": ["not", "an", "object"]}), 400),
+    ];
+    for (body, want) in cases {
+        let (s, _, _) = hub
+            .call(Method::PATCH, "/twins/l1", Some(body.clone()), &[])
+            .await;
+        assert_eq!(s.as_u16(), want, "{body}");
+    }
+    let url = format!("{}/twins/l1?api-version=2021-04-12", hub.base);
+    let resp = hub
+        .http
+        .patch(url)
+        .header("Authorization", hub.token())
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (_, _, twin) = hub.call(Method::GET, "/twins/l1", None, &[]).await;
+    assert_eq!(twin["version"], 1);
+    let (s, _, _) = hub
+        .call(
+            Method::PATCH,
+            "/twins/l1",
+            Some(json!({"properties": {"desired": ten}})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+}
