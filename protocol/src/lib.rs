@@ -7,4 +7,5 @@ pub mod encoding;
 mod hex;
 pub mod keys;
 pub mod limits;
+pub mod signing;
 pub mod twin;
