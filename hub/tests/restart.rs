@@ -19,13 +19,22 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(dir: &std::path::Path, mqtt: u16, http: u16) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudpillar-hub"))
         .args(["--data-dir", dir.to_str().unwrap(), "--insecure-loopback"])
-        .args(["--mqtt", &format!("127.0.0.1:{mqtt}"), "--http", &format!("127.0.0.1:{http}")])
+        .args([
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -37,14 +46,25 @@ fn spawn(dir: &std::path::Path, mqtt: u16, http: u16) -> Proc {
     Proc { child, mqtt, http }
 }
 
-async fn call(p: &Proc, key: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let token = cloudpillar_hub::sas::generate(key, "edgehub.local", now() + 600, Some("iothubowner")).unwrap();
+async fn call(
+    p: &Proc,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let token =
+        cloudpillar_hub::sas::generate(key, "edgehub.local", now() + 600, Some("iothubowner"))
+            .unwrap();
     let tls = rustls::ClientConfig::builder_with_provider(cloudpillar_hub::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
     let mut req = client
         .request(method, format!("http://127.0.0.1:{}{path}", p.http))
         .header("Authorization", token);
@@ -52,7 +72,10 @@ async fn call(p: &Proc, key: &str, method: Method, path: &str, body: Option<Valu
         req = req.body(b.to_string());
     }
     let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -60,30 +83,77 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mqtt, http) = (free_port(), free_port());
     let mut hub = spawn(dir.path(), mqtt, http);
-    let key = std::fs::read_to_string(dir.path().join("policy.key")).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(dir.path().join("policy.key"))
+        .unwrap()
+        .trim()
+        .to_string();
 
-    let (s, dev) = call(&hub, &key, Method::PUT, "/devices/k1", Some(json!({"deviceId": "k1"}))).await;
+    let (s, dev) = call(
+        &hub,
+        &key,
+        Method::PUT,
+        "/devices/k1",
+        Some(json!({"deviceId": "k1"})),
+    )
+    .await;
     assert_eq!(s, 200);
-    let dkey = dev["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_string();
-    call(&hub, &key, Method::PATCH, "/twins/k1", Some(json!({"tags": {"site": "x"}, "properties": {"desired": {"d": 1}}}))).await;
+    let dkey = dev["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        &hub,
+        &key,
+        Method::PATCH,
+        "/twins/k1",
+        Some(json!({"tags": {"site": "x"}, "properties": {"desired": {"d": 1}}})),
+    )
+    .await;
     for i in 0..3 {
-        let (s, _) = call(&hub, &key, Method::POST, "/devices/k1/messages/deviceBound", Some(json!({"n": i}))).await;
+        let (s, _) = call(
+            &hub,
+            &key,
+            Method::POST,
+            "/devices/k1/messages/deviceBound",
+            Some(json!({"n": i})),
+        )
+        .await;
         assert_eq!(s, 200);
     }
 
     // Reported patches and telemetry acknowledged over MQTT (QoS 1 PUBACK / 204).
-    let token = cloudpillar_hub::sas::generate(&dkey, "edgehub.local/devices/k1", now() + 3600, None).unwrap();
+    let token =
+        cloudpillar_hub::sas::generate(&dkey, "edgehub.local/devices/k1", now() + 3600, None)
+            .unwrap();
     let mut opts = MqttOptions::new("k1", "127.0.0.1", hub.mqtt);
     opts.set_credentials("edgehub.local/k1/?api-version=2021-04-12", token);
     opts.set_transport(Transport::Tcp);
     let mut device = Device::connect(opts).await.unwrap();
-    device.client.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await.unwrap();
+    device
+        .client
+        .subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..20 {
-        let res = device.twin_request(&format!("$iothub/twin/PATCH/properties/reported/?$rid={i}"), json!({ "step": i })).await;
+        let res = device
+            .twin_request(
+                &format!("$iothub/twin/PATCH/properties/reported/?$rid={i}"),
+                json!({ "step": i }),
+            )
+            .await;
         assert!(res.topic.starts_with("$iothub/twin/res/204/"));
     }
-    device.client.publish("devices/k1/messages/events/", QoS::AtLeastOnce, false, "last words").await.unwrap();
+    device
+        .client
+        .publish(
+            "devices/k1/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            "last words",
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // kill -9, then restart on the same directory.
@@ -102,8 +172,17 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(dev["cloudToDeviceMessageCount"], 3);
     let (_, page) = call(&hub, &key, Method::GET, "/events?from=1&limit=1000", None).await;
     let events = page["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["bodyBase64"] == "bGFzdCB3b3Jkcw=="), "telemetry lost");
-    assert_eq!(events.iter().filter(|e| e["source"] == "twinChangeEvents").count(), 21);
+    assert!(
+        events.iter().any(|e| e["bodyBase64"] == "bGFzdCB3b3Jkcw=="),
+        "telemetry lost"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["source"] == "twinChangeEvents")
+            .count(),
+        21
+    );
     hub.child.kill().unwrap();
     hub.child.wait().unwrap();
 }
