@@ -36,6 +36,9 @@ pub enum Outbound {
     Close,
 }
 
+/// Where a device's direct-method answer (status, payload) is awaited.
+type MethodWaiter = oneshot::Sender<(u16, Vec<u8>)>;
+
 #[derive(Debug)]
 struct SessionEntry {
     conn_id: u64,
@@ -55,7 +58,7 @@ pub struct Core {
     /// Service policy key (base64).
     pub policy_key: String,
     sessions: Mutex<HashMap<String, SessionEntry>>,
-    methods: Mutex<HashMap<String, oneshot::Sender<(u16, Vec<u8>)>>>,
+    methods: Mutex<HashMap<String, MethodWaiter>>,
     next_id: AtomicU64,
     /// Completed DPS operations by operation id: their `registrationState`.
     pub(crate) dps_ops: Mutex<HashMap<String, Value>>,
