@@ -1,10 +1,12 @@
 //! The CloudPillar device agent: follows its twin, runs signed recipes without disturbing
 //! clinical work, and reports every step.
 
+pub mod api;
 pub mod config;
 pub mod durable;
 pub mod engine;
 pub mod link;
 pub mod reported;
 pub mod state;
+pub mod transfer;
 pub mod zones;

@@ -1,5 +1,6 @@
 //! Device state: the machine, its persistence and the reported `deviceState`.
 
+mod device;
 mod device_state;
 mod machine;
 #[cfg(test)]
@@ -7,6 +8,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use device::Device;
 pub use machine::{Command, IllegalTransition, Machine, PackageKind};
 
 // The protocol crate does not define the state enum yet; it moves there once it does.
@@ -63,4 +65,7 @@ pub enum StateError {
     /// The new state could not be persisted.
     #[error("failed to persist device state")]
     Persist(#[from] DurableError),
+    /// A thread panicked while holding the state lock.
+    #[error("device state lock poisoned")]
+    Poisoned,
 }

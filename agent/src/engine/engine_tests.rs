@@ -1,0 +1,321 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudpillar_protocol::signing::{SigningKey, TrustStore};
+use serde_json::{Value, json};
+
+use super::journal::{Journal, RecipeSource, RecipeStatus};
+use super::*;
+use crate::config::Config;
+use crate::reported::Reported;
+use crate::state::{Device, StateStore};
+use crate::zones::Zones;
+
+struct Rig {
+    engine: Engine,
+    reported: Arc<Reported>,
+}
+
+fn config(state_dir: &Path, extra: &str) -> Arc<Config> {
+    let text = format!(
+        "device_id = \"dev-1\"\nstate_dir = {:?}\ntrusted_keys = [\"/unused.pem\"]\n{extra}",
+        state_dir.display().to_string()
+    );
+    Arc::new(Config::parse_with_env(&text, Path::new("t.toml"), &[]).expect("config"))
+}
+
+fn rig(state_dir: &Path, extra: &str, trust: TrustStore) -> Rig {
+    let config = config(state_dir, extra);
+    let zones = Arc::new(Zones::build(&config.zones).expect("zones"));
+    let reported = Arc::new(Reported::open(state_dir));
+    let device = Arc::new(Device::new(
+        StateStore::open(state_dir).expect("state"),
+        Arc::clone(&reported),
+    ));
+    let journal = Journal::open(state_dir).expect("journal");
+    let engine = Engine::new(
+        config,
+        zones,
+        journal,
+        Arc::clone(&reported),
+        device,
+        None,
+        trust,
+    );
+    Rig { engine, reported }
+}
+
+async fn wait_final(engine: &Engine) -> RecipeStatus {
+    for _ in 0..400 {
+        if let Some((_, status)) = engine.current().await
+            && status.is_final()
+        {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("recipe did not end");
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/recipes")
+        .join(name);
+    std::fs::read(path).expect("fixture")
+}
+
+fn local(spec: Value) -> Delivery {
+    Delivery {
+        spec,
+        order: vec![],
+        sign: None,
+        source: RecipeSource::Local,
+    }
+}
+
+fn counting_recipe(id: &str, counter: &Path) -> Value {
+    let step =
+        |n: u32| json!({"shell": "bash", "command": format!("echo {n} >> {}", counter.display())});
+    json!({"id": id, "patch": {"preInstallConfig": [step(1)], "installSteps": [step(2), step(3)]}})
+}
+
+#[tokio::test]
+async fn windows_fixture_fails_its_first_powershell_step_and_runs_nothing_after() {
+    if shell::find_in_path("pwsh").is_some() || shell::find_in_path("powershell").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let bytes = fixture("windows-update-recipe.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    let order = recipe::section_order(&bytes, &["changeSpec"]).expect("order");
+    let delivery = Delivery {
+        order,
+        ..local(doc["changeSpec"].clone())
+    };
+    assert_eq!(rig.engine.submit(delivery).await, Submitted::Started);
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Failure);
+    let reported = rig.reported.wanted();
+    let spec = &reported["changeSpec"];
+    assert_eq!(
+        spec["patch"]["preTransitConfig"][0],
+        json!({"status": "Failure", "ResultCode": "shell_missing",
+               "ResultText": "shell \"powershell\" is not installed on this device"})
+    );
+    assert_eq!(
+        spec["patch"]["preTransitConfig"][1],
+        json!({"status": "Pending"})
+    );
+    assert_eq!(
+        spec["patch"]["postInstallConfig"][1],
+        json!({"status": "Pending"})
+    );
+    assert_eq!(
+        spec["lastFaultedPath"],
+        "changeSpec.patch.preTransitConfig[0]"
+    );
+    assert_eq!(spec["lastFaultedRecipe"], "patch");
+    assert_eq!(spec["Status"], "Failure");
+    assert_eq!(reported["deviceState"], "READY");
+}
+
+#[tokio::test]
+async fn security_fixture_with_placeholder_signatures_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut trust = TrustStore::new();
+    trust.add(SigningKey::generate().expect("key").verifying_key().clone());
+    let rig = rig(dir.path(), "", trust);
+    let bytes = fixture("security-update-desired.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    let delivery = Delivery {
+        spec: doc["desired"]["changeSpec"].clone(),
+        order: recipe::section_order(&bytes, &["desired", "changeSpec"]).expect("order"),
+        sign: doc["desired"]["changeSign"].as_str().map(str::to_owned),
+        source: RecipeSource::Twin,
+    };
+    let Submitted::Refused(code, text) = rig.engine.submit(delivery).await else {
+        panic!("must be refused");
+    };
+    assert!(
+        code == "bad_signature_encoding" || code == "bad_signature",
+        "{code}"
+    );
+    let spec = &rig.reported.wanted()["changeSpec"];
+    assert_eq!(spec["Status"], "Refused");
+    assert_eq!(spec["ResultCode"], code.as_str());
+    assert_eq!(spec["ResultText"], text.as_str());
+    assert_eq!(spec["id"], "1.15.77830.38115.20230503151445");
+    assert!(spec.get("patch").is_none(), "nothing ran, no step status");
+}
+
+#[tokio::test]
+async fn unsigned_twin_recipe_is_refused_when_signatures_are_required() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let counter = dir.path().join("count");
+    let delivery = Delivery {
+        source: RecipeSource::Twin,
+        ..local(counting_recipe("r-unsigned", &counter))
+    };
+    let outcome = rig.engine.submit(delivery).await;
+    assert!(matches!(outcome, Submitted::Refused(ref c, _) if c == "missing_signature"));
+    assert!(!counter.exists());
+}
+
+#[tokio::test]
+async fn signed_twin_recipe_runs_all_steps_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::generate().expect("key");
+    let mut trust = TrustStore::new();
+    trust.add(key.verifying_key().clone());
+    let rig = rig(dir.path(), "", trust);
+    let counter = dir.path().join("count");
+    let spec = counting_recipe("r-signed", &counter);
+    let sign = cloudpillar_protocol::signing::SignedText::new(&key, &key.sign_json(&spec));
+    let delivery = Delivery {
+        sign: Some(sign.to_string()),
+        source: RecipeSource::Twin,
+        ..local(spec)
+    };
+    assert_eq!(rig.engine.submit(delivery).await, Submitted::Started);
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+    assert_eq!(
+        std::fs::read_to_string(&counter).expect("count"),
+        "1\n2\n3\n"
+    );
+    assert_eq!(rig.reported.wanted()["changeSpec"]["Status"], "Success");
+}
+
+#[tokio::test]
+async fn f07_finished_recipe_never_runs_again_on_redelivery_or_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("count");
+    let spec = counting_recipe("ro-7", &counter);
+    {
+        let rig = rig(dir.path(), "", TrustStore::new());
+        assert_eq!(
+            rig.engine.submit(local(spec.clone())).await,
+            Submitted::Started
+        );
+        assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+        // (c) delivered again at once, twice.
+        let again = rig.engine.submit(local(spec.clone())).await;
+        assert_eq!(again, Submitted::AlreadyEnded(RecipeStatus::Success));
+        assert_eq!(
+            rig.engine.submit(local(spec.clone())).await,
+            Submitted::AlreadyEnded(RecipeStatus::Success)
+        );
+    }
+    // (a) restart, then (b) the full twin delivered again as after a token renewal.
+    let rig = rig(dir.path(), "", TrustStore::new());
+    assert_eq!(
+        rig.engine.resume().await,
+        Some(Submitted::AlreadyEnded(RecipeStatus::Success))
+    );
+    assert_eq!(
+        rig.engine.submit(local(spec.clone())).await,
+        Submitted::AlreadyEnded(RecipeStatus::Success)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        std::fs::read_to_string(&counter).expect("count"),
+        "1\n2\n3\n",
+        "zero re-runs"
+    );
+    assert_eq!(rig.reported.wanted()["changeSpec"]["Status"], "Success");
+}
+
+#[tokio::test]
+async fn restart_mid_recipe_resumes_at_the_first_unfinished_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("count");
+    let gate = dir.path().join("gate");
+    let spec = json!({"id": "r-resume", "patch": {"installSteps": [
+        {"shell": "bash", "command": format!("echo 1 >> {}", counter.display())},
+        {"shell": "bash", "command": format!(
+            "echo 2 >> {c}; while [ ! -e {g} ]; do sleep 0.05; done",
+            c = counter.display(), g = gate.display())},
+        {"shell": "bash", "command": format!("echo 3 >> {}", counter.display())}]}});
+    {
+        let rig = rig(dir.path(), "", TrustStore::new());
+        rig.engine.submit(local(spec.clone())).await;
+        for _ in 0..200 {
+            if std::fs::read_to_string(&counter)
+                .unwrap_or_default()
+                .contains('2')
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // The process "dies" here: the engine and its tasks are dropped with the runtime.
+    }
+    std::fs::write(&gate, "").expect("open gate");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    assert_eq!(rig.engine.resume().await, Some(Submitted::Started));
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+    let lines = std::fs::read_to_string(&counter).expect("count");
+    assert!(lines.starts_with("1\n2\n"), "{lines}");
+    assert_eq!(
+        lines.matches('1').count(),
+        1,
+        "finished step 0 is not repeated: {lines}"
+    );
+    assert!(lines.ends_with("3\n"));
+}
+
+#[tokio::test]
+async fn new_changespec_id_supersedes_the_running_recipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let slow = json!({"id": "old", "patch": {"installSteps": [
+        {"shell": "bash", "command": "sleep 30"},
+        {"shell": "bash", "command": "touch never"}]}});
+    rig.engine.submit(local(slow)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counter = dir.path().join("count");
+    assert_eq!(
+        rig.engine
+            .submit(local(counting_recipe("new", &counter)))
+            .await,
+        Submitted::Started
+    );
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+    assert_eq!(
+        rig.engine.current().await.map(|c| c.0).as_deref(),
+        Some("new")
+    );
+    assert!(!dir.path().join("state/work/never").exists());
+    let journal = Journal::open(dir.path()).expect("journal");
+    assert_eq!(journal.status_of("old"), Some(RecipeStatus::Cancelled));
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_shell_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "strict_mode = true", TrustStore::new());
+    let counter = dir.path().join("count");
+    rig.engine
+        .submit(local(counting_recipe("strict", &counter)))
+        .await;
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Failure);
+    let step = &rig.reported.wanted()["changeSpec"]["patch"]["preInstallConfig"][0];
+    assert_eq!(step["ResultCode"], "strict_mode");
+    assert!(!counter.exists());
+}
+
+#[tokio::test]
+async fn f22_cancel_after_success_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let counter = dir.path().join("count");
+    rig.engine
+        .submit(local(counting_recipe("ro-7", &counter)))
+        .await;
+    wait_final(&rig.engine).await;
+    assert_eq!(
+        rig.engine.cancel("ro-7").await,
+        json!({"id": "ro-7", "result": "cancel_rejected: already_succeeded"})
+    );
+}

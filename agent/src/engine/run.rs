@@ -1,0 +1,238 @@
+//! One recipe run: every step in order, each result journaled before it is reported.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::journal::RecipeStatus;
+use super::outcome::{StepOutcome, codes};
+use super::recipe::{Action, DownloadAction, Recipe, ShellAction, UploadAction};
+use super::report::LiveStep;
+use super::shell::{self, ShellRun};
+use crate::config::ZoneAction;
+use crate::state::{Command, DeviceState, PackageKind};
+use crate::transfer::DownloadJob;
+use crate::zones;
+
+/// Runs `recipe` from its first unfinished step; returns when it ended or was cancelled.
+pub async fn run_recipe(shared: Arc<Shared>, recipe: Arc<Recipe>, cancel: CancellationToken) {
+    let finished = {
+        let journal = shared.journal.lock().await;
+        journal
+            .current()
+            .map(|r| r.steps.clone())
+            .unwrap_or_default()
+    };
+    let mut status = RecipeStatus::Success;
+    let mut stage_seen = None;
+    for (path, section, stage, action) in recipe.steps() {
+        if let Some(outcome) = finished.get(&path) {
+            if outcome.is_success() {
+                continue;
+            }
+            status = RecipeStatus::Failure;
+            break;
+        }
+        shared.device.wait_not_busy().await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        if stage_seen != Some((section, stage)) {
+            enter_stage(&shared, section, stage, stage_seen.map(|(_, s)| s));
+            stage_seen = Some((section, stage));
+        }
+        shared
+            .set_live(Some(LiveStep {
+                path: path.clone(),
+                ..LiveStep::default()
+            }))
+            .await;
+        tracing::info!(recipe = %recipe.id, step = %path, "step started");
+        let outcome = execute(&shared, &recipe.id, &path, action, &cancel).await;
+        if cancel.is_cancelled() && !outcome.is_success() {
+            // Superseded or cancelled: the new owner of the journal reports.
+            return;
+        }
+        tracing::info!(step = %path, code = %outcome.code, ok = outcome.is_success(), "step ended");
+        let ok = outcome.is_success();
+        if let Err(error) = shared.journal.lock().await.record_step(&path, outcome) {
+            tracing::error!(%error, "failed to journal a step; stopping the recipe");
+            return;
+        }
+        shared.set_live(None).await;
+        if !ok {
+            status = RecipeStatus::Failure;
+            break;
+        }
+    }
+    if let Err(error) = shared.journal.lock().await.finish(status, None) {
+        tracing::error!(%error, "failed to journal the end of a recipe");
+    }
+    shared.publish().await;
+    shared.device.try_apply(Command::Finish);
+    tracing::info!(recipe = %recipe.id, ?status, "recipe ended");
+}
+
+fn package_kind(section: &str) -> PackageKind {
+    if section == "patch" {
+        PackageKind::Patch
+    } else {
+        PackageKind::Update
+    }
+}
+
+fn enter_stage(shared: &Shared, section: &str, stage: &str, previous: Option<&str>) {
+    let kind = package_kind(section);
+    if previous == Some("transitPackage") {
+        shared.device.try_apply(Command::TransitDone);
+    }
+    let command = match stage {
+        "preTransitConfig" => Command::StartAction,
+        "transitPackage" => Command::StartTransit(kind),
+        _ => Command::StartApply(kind),
+    };
+    if shared.device.state() == DeviceState::Ready || previous.is_some() {
+        shared.device.try_apply(command);
+    }
+}
+
+async fn execute(
+    shared: &Arc<Shared>,
+    recipe_id: &str,
+    path: &str,
+    action: &Action,
+    cancel: &CancellationToken,
+) -> StepOutcome {
+    match action {
+        Action::ExecuteOnce(step) => run_shell(shared, step, cancel).await,
+        Action::SingularDownload(step) => download(shared, recipe_id, path, step, cancel).await,
+        Action::PeriodicUpload(step) => upload(shared, recipe_id, path, step).await,
+        Action::Unknown(reason) => StepOutcome::failed(codes::UNKNOWN_ACTION, reason.clone()),
+    }
+}
+
+async fn run_shell(shared: &Shared, step: &ShellAction, cancel: &CancellationToken) -> StepOutcome {
+    if shared.config.strict_mode {
+        return StepOutcome::failed(
+            codes::STRICT_MODE,
+            "shell actions are forbidden in strict mode",
+        );
+    }
+    let work_dir = shared.config.work_dir();
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        return StepOutcome::failed(codes::IO_ERROR, format!("failed to create work dir: {e}"));
+    }
+    let timeout = Duration::from_secs(
+        step.timeout_secs
+            .unwrap_or(shared.config.shell.timeout_secs),
+    );
+    let env = shared.zones.roots().clone();
+    let main = shell::run(
+        ShellRun {
+            shell: &step.shell,
+            body: &step.command,
+            work_dir: &work_dir,
+            env: &env,
+            timeout,
+            success_codes: &step.success_codes,
+        },
+        cancel,
+    );
+    tokio::pin!(main);
+
+    // onPause and onResume run beside the step when the device goes BUSY and READY.
+    let mut states = shared.device.subscribe();
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            outcome = &mut main => return outcome,
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return main.await;
+                }
+                let busy = *states.borrow_and_update() == DeviceState::Busy;
+                let hook = match (busy, paused) {
+                    (true, false) => step.on_pause.as_deref(),
+                    (false, true) => step.on_resume.as_deref(),
+                    _ => None,
+                };
+                paused = busy;
+                if let Some(body) = hook {
+                    let hook_run = ShellRun {
+                        shell: &step.shell,
+                        body,
+                        work_dir: &work_dir,
+                        env: &env,
+                        timeout: Duration::from_secs(300),
+                        success_codes: &[],
+                    };
+                    let result = shell::run(hook_run, cancel).await;
+                    tracing::info!(busy, code = %result.code, "pause hook ran");
+                }
+            }
+        }
+    }
+}
+
+async fn download(
+    shared: &Arc<Shared>,
+    recipe_id: &str,
+    path: &str,
+    step: &DownloadAction,
+    cancel: &CancellationToken,
+) -> StepOutcome {
+    let destination = match zones::resolve(
+        &step.destination,
+        &shared.config.work_dir(),
+        shared.zones.roots(),
+    ) {
+        Ok(p) => p,
+        Err(e) => return StepOutcome::failed(codes::BAD_PATH, e.to_string()),
+    };
+    if shared.config.strict_mode
+        && let Err(denial) = shared.zones.check(ZoneAction::Download, &destination, 0)
+    {
+        return StepOutcome::failed(codes::ZONE_DENIED, denial.to_string());
+    }
+    let Some(transfers) = shared.transfers.clone() else {
+        return StepOutcome::failed(codes::IO_ERROR, "no hub link to download over");
+    };
+    let job = DownloadJob {
+        step: path.to_owned(),
+        recipe_id: recipe_id.to_owned(),
+        source: step.source.clone(),
+        destination,
+        sign: step.sign.clone(),
+        rewind: step.rewind,
+        protocol: step.protocol.clone(),
+    };
+    let sink_shared = Arc::clone(shared);
+    let progress: crate::transfer::ProgressSink = Arc::new(move |live: LiveStep| {
+        let shared = Arc::clone(&sink_shared);
+        tokio::spawn(async move { shared.set_live(Some(live)).await });
+    });
+    transfers.download(job, progress, cancel.clone()).await
+}
+
+async fn upload(shared: &Shared, recipe_id: &str, path: &str, step: &UploadAction) -> StepOutcome {
+    if !step.enabled {
+        return StepOutcome::succeeded("Done", "upload disabled by the recipe");
+    }
+    let pattern = match zones::resolve(
+        &step.filename,
+        &shared.config.work_dir(),
+        shared.zones.roots(),
+    ) {
+        Ok(p) => p,
+        Err(e) => return StepOutcome::failed(codes::BAD_PATH, e.to_string()),
+    };
+    let Some(transfers) = shared.transfers.clone() else {
+        return StepOutcome::failed(codes::IO_ERROR, "no hub link to upload over");
+    };
+    let key = format!("{recipe_id}|{path}");
+    transfers
+        .start_periodic_upload(key, pattern, step.interval_secs)
+        .await
+}

@@ -1,0 +1,54 @@
+//! File transfers over the hub: chunked downloads as C2D messages and uploads as D2C.
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::outcome::StepOutcome;
+use crate::engine::report::LiveStep;
+
+/// A download the engine asks for, with its destination already resolved and allowed.
+#[derive(Debug, Clone)]
+pub struct DownloadJob {
+    /// Action path of the step, also the key of its persisted progress.
+    pub step: String,
+    /// `changeSpec.id`.
+    pub recipe_id: String,
+    /// Blob name the backend streams.
+    pub source: String,
+    /// Absolute destination.
+    pub destination: PathBuf,
+    /// Base64 file signature to verify before use.
+    pub sign: Option<String>,
+    /// Bytes re-requested at most when resuming.
+    pub rewind: Option<u64>,
+    /// Transports allowed (`https|iotmqtt|...`).
+    pub protocol: String,
+}
+
+/// Receives progress of a running transfer.
+pub type ProgressSink = std::sync::Arc<dyn Fn(LiveStep) + Send + Sync>;
+
+/// Something that moves files between the device and the cloud.
+#[async_trait::async_trait]
+pub trait Transfers: Send + Sync + std::fmt::Debug {
+    /// Runs a download to completion, failure or cancel.
+    async fn download(
+        &self,
+        job: DownloadJob,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+    ) -> StepOutcome;
+
+    /// Starts (or replaces) a periodic upload of the files matching `pattern` (absolute,
+    /// wildcards in the last component), every `interval_secs`.
+    async fn start_periodic_upload(
+        &self,
+        key: String,
+        pattern: PathBuf,
+        interval_secs: u64,
+    ) -> StepOutcome;
+
+    /// Stops every periodic upload started for a recipe other than `keep_recipe`.
+    async fn stop_uploads_except(&self, keep_recipe: &str);
+}
