@@ -17,7 +17,7 @@ pub use status::{
 
 /// A device's identity, hub, credentials, agent mode, and the tags and desired properties
 /// the operator keeps in its twin.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "cloudpillar.io",
     version = "v1alpha1",
@@ -64,7 +64,9 @@ pub struct DeviceSpec {
     )]
     pub device_id: Option<String>,
 
-    /// The Hub (in this namespace) that holds the device's identity and twin.
+    /// The Hub (in this namespace) that holds the device's identity and twin. Defaults to
+    /// the Hub named `default`.
+    #[serde(default = "default_hub_ref")]
     pub hub_ref: LocalRef,
 
     /// How the device proves its identity: once to the provisioning service, then to the
@@ -96,6 +98,26 @@ pub struct DeviceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "desired_properties")]
     pub desired: FreeFormObject,
+}
+
+/// Name of the Hub a Device uses when `spec.hubRef` is not given.
+pub const DEFAULT_HUB: &str = "default";
+
+fn default_hub_ref() -> LocalRef {
+    LocalRef::new(DEFAULT_HUB)
+}
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        Self {
+            device_id: None,
+            hub_ref: default_hub_ref(),
+            authentication: DeviceAuthentication::default(),
+            mode: DeviceMode::default(),
+            tags: BTreeMap::new(),
+            desired: FreeFormObject::new(),
+        }
+    }
 }
 
 impl Device {

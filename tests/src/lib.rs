@@ -77,6 +77,32 @@ pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Directory of the field recipe fixtures: `CLOUDPILLAR_FIXTURES`, or `shared/fixtures/recipes`
+/// next to the repository.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recipes"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// Reads a fixture file as JSON and returns the member at `pointer` (e.g. `/changeSpec`).
+pub fn fixture_json(file: &str, pointer: &str) -> anyhow::Result<serde_json::Value> {
+    let path = fixtures_dir().join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading fixture {} (set CLOUDPILLAR_FIXTURES)",
+            path.display()
+        )
+    })?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    document
+        .pointer(pointer)
+        .cloned()
+        .with_context(|| format!("{} has no {pointer}", path.display()))
+}
+
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -1,0 +1,451 @@
+//! The CloudPillar CRDs on a real API server: the field recipes go in as they are, and bad
+//! YAML is refused at apply time with a message a person understands.
+
+use cloudpillar_crds::{Device, Hub, Recipe, Rollout};
+use cloudpillar_tests::{
+    FIELD_MANAGER, delete_namespace, fixture_json, install_crds, kube_client, test_namespace,
+};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// A namespace with the CRDs installed, for one test.
+struct Scratch {
+    client: Client,
+    namespace: String,
+}
+
+impl Scratch {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let client = kube_client().await?;
+        install_crds(&client).await?;
+        let namespace = test_namespace(&client, prefix).await?;
+        Ok(Self { client, namespace })
+    }
+
+    fn api(&self, kind: &str) -> Api<DynamicObject> {
+        let resource = match kind {
+            "Hub" => ApiResource::erase::<Hub>(&()),
+            "Device" => ApiResource::erase::<Device>(&()),
+            "Recipe" => ApiResource::erase::<Recipe>(&()),
+            "Rollout" => ApiResource::erase::<Rollout>(&()),
+            other => panic!("not a CloudPillar kind: {other}"),
+        };
+        Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
+    }
+
+    /// Applies `object` (server-side apply, strict field validation) and returns it as stored.
+    async fn apply(&self, object: &Value) -> Result<Value, kube::Error> {
+        let kind = object["kind"].as_str().expect("object has a kind");
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("object has a name");
+        let params = PatchParams::apply(FIELD_MANAGER).validation_strict();
+        let stored = self
+            .api(kind)
+            .patch(name, &params, &Patch::Apply(object))
+            .await?;
+        Ok(serde_json::to_value(stored).expect("stored object serializes"))
+    }
+
+    /// Applies `object`, expects the server to refuse it as invalid, and returns its message.
+    async fn refused(&self, object: &Value) -> String {
+        match self.apply(object).await {
+            Ok(_) => panic!("server accepted an invalid object: {object}"),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "refused as invalid: {}", status.message);
+                status.message
+            }
+            Err(other) => panic!("expected the server to refuse the object, got {other}"),
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        delete_namespace(&self.client, &self.namespace).await
+    }
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "cloudpillar.io/v1alpha1",
+        "kind": kind,
+        "metadata": { "name": name },
+        "spec": spec,
+    })
+}
+
+fn recipe_with_step(name: &str, stage: &str, step: Value) -> Value {
+    object(
+        "Recipe",
+        name,
+        json!({ "changeSpec": { "id": name, "patch": { stage: [step] } } }),
+    )
+}
+
+fn rollout_with_waves(name: &str, waves: Value) -> Value {
+    let spec = json!({
+        "recipeRef": { "name": "fw" },
+        "selector": { "matchLabels": { "site": "lab-3" } },
+        "strategy": { "waves": waves },
+    });
+    object("Rollout", name, spec)
+}
+
+fn assert_says(message: &str, expected: &[&str]) {
+    for text in expected {
+        assert!(message.contains(text), "message lacks {text:?}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn every_fixture_recipe_is_accepted_as_it_is() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-fixtures").await?;
+    let fixtures = [
+        (
+            "windows-update",
+            "windows-update-recipe.json",
+            "/changeSpec",
+        ),
+        (
+            "security-update",
+            "security-update-desired.json",
+            "/desired/changeSpec",
+        ),
+    ];
+    for (name, file, pointer) in fixtures {
+        let change_spec = fixture_json(file, pointer)?;
+        let stored = scratch
+            .apply(&object(
+                "Recipe",
+                name,
+                json!({ "changeSpec": change_spec }),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("server refused fixture {file}: {e}"))?;
+
+        assert_eq!(
+            stored["spec"]["changeSpec"], change_spec,
+            "{file} is stored unchanged"
+        );
+        let typed: Recipe = serde_json::from_value(stored)?;
+        assert_eq!(serde_json::to_value(&typed.spec.change_spec)?, change_spec);
+    }
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_wave_over_100_percent_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-wave").await?;
+    let message = scratch
+        .refused(&rollout_with_waves("big", json!([{ "percent": 150 }])))
+        .await;
+    assert_says(
+        &message,
+        &[
+            "spec.strategy.waves[0].percent",
+            "less than or equal to 100",
+        ],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn waves_adding_up_to_more_than_100_percent_are_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-wave-sum").await?;
+    let waves = json!([{ "percent": 60 }, { "percent": 50 }]);
+    let message = scratch.refused(&rollout_with_waves("sum", waves)).await;
+    assert_says(
+        &message,
+        &[
+            "spec.strategy.waves",
+            "the wave percentages add up to more than 100",
+        ],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_wave_with_both_count_and_percent_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-wave-both").await?;
+    let waves = json!([{ "count": 5, "percent": 10 }]);
+    let message = scratch.refused(&rollout_with_waves("both", waves)).await;
+    assert_says(
+        &message,
+        &[
+            "spec.strategy.waves[0]",
+            "each wave needs exactly one of count",
+            "or percent",
+        ],
+    );
+
+    let message = scratch
+        .refused(&rollout_with_waves("neither", json!([{ "name": "x" }])))
+        .await;
+    assert_says(&message, &["each wave needs exactly one of count"]);
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_pause_needs_a_duration_or_until_resumed() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-pause").await?;
+    let waves = json!([{ "count": 1, "pause": {} }, { "percent": 100 }]);
+    let message = scratch.refused(&rollout_with_waves("pause", waves)).await;
+    assert_says(
+        &message,
+        &["spec.strategy.waves[0].pause", "duration", "untilResumed"],
+    );
+
+    let waves = json!([{ "count": 1, "pause": { "duration": "soon" } }]);
+    let message = scratch.refused(&rollout_with_waves("soon", waves)).await;
+    assert_says(
+        &message,
+        &["must be a positive duration such as 90s, 30m or 1h30m"],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn an_unknown_action_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-action").await?;
+    let step = json!({ "action": "rebootNow", "description": "reboot" });
+    let message = scratch
+        .refused(&recipe_with_step("reboot", "installSteps", step))
+        .await;
+    assert_says(
+        &message,
+        &[
+            "spec.changeSpec.patch.installSteps[0].action",
+            "\"rebootNow\"",
+            "executeOnce",
+        ],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn an_unknown_stage_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-stage").await?;
+    let step = json!({ "shell": "bash", "command": "true" });
+    let message = scratch
+        .refused(&recipe_with_step("typo", "installStepz", step))
+        .await;
+    assert_says(
+        &message,
+        &[
+            "spec.changeSpec.patch",
+            "unknown stage installStepz",
+            "installSteps",
+        ],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_destination_path_with_a_parent_segment_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-path").await?;
+    let climbing = [
+        "../etc/cron.d/x",
+        "./update/../../etc",
+        "..\\Windows\\System32",
+        "a\\..",
+        "..",
+    ];
+    for (index, path) in climbing.into_iter().enumerate() {
+        let step = json!({
+            "action": "singularDownload", "source": "SPU.zip", "destinationPath": path,
+        });
+        let recipe = recipe_with_step(&format!("climb-{index}"), "transitPackage", step);
+        let message = scratch.refused(&recipe).await;
+        assert_says(
+            &message,
+            &["destinationPath", "may not contain a '..' segment"],
+        );
+    }
+
+    // Dots inside a name are not a parent segment.
+    let step = json!({
+        "action": "singularDownload", "source": "SPU.zip", "destinationPath": "./v1..2/..data",
+    });
+    scratch
+        .apply(&recipe_with_step("dots", "transitPackage", step))
+        .await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_step_missing_what_its_action_needs_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-step").await?;
+    let step = json!({ "action": "singularDownload", "source": "SPU.zip" });
+    let message = scratch
+        .refused(&recipe_with_step("nodest", "transitPackage", step))
+        .await;
+    assert_says(
+        &message,
+        &["a singularDownload step needs source and destinationPath"],
+    );
+
+    let step = json!({ "description": "a shell step without a command", "shell": "bash" });
+    let message = scratch
+        .refused(&recipe_with_step("nocmd", "installSteps", step))
+        .await;
+    assert_says(
+        &message,
+        &["an executeOnce step (the default action) needs shell and command"],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_changed_recipe_without_a_new_id_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-recipe-id").await?;
+    let step = json!({ "shell": "bash", "command": "echo one" });
+    scratch
+        .apply(&recipe_with_step("fw", "installSteps", step))
+        .await?;
+
+    let changed = recipe_with_step(
+        "fw",
+        "installSteps",
+        json!({ "shell": "bash", "command": "echo two" }),
+    );
+    let message = scratch.refused(&changed).await;
+    assert_says(&message, &["a changed recipe needs a new changeSpec.id"]);
+
+    let mut renamed = changed.clone();
+    renamed["spec"]["changeSpec"]["id"] = json!("fw-2");
+    scratch.apply(&renamed).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_bad_device_id_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-devid").await?;
+    for bad in ["lab#3", "a+b", "semi;colon", "space here"] {
+        let device = object("Device", "dev", json!({ "deviceId": bad }));
+        let message = scratch.refused(&device).await;
+        assert_says(
+            &message,
+            &[
+                "spec.deviceId",
+                "deviceId may only hold ASCII letters, digits",
+            ],
+        );
+    }
+    let device = object("Device", "dev", json!({ "deviceId": "x".repeat(129) }));
+    let message = scratch.refused(&device).await;
+    assert_says(&message, &["spec.deviceId", "128"]);
+
+    let azure_style = "MRI-01:lab.3@site_(b)!$'";
+    scratch
+        .apply(&object("Device", "dev", json!({ "deviceId": azure_style })))
+        .await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_device_id_cannot_change_once_set() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-devid-fixed").await?;
+    scratch
+        .apply(&object("Device", "dev", json!({ "deviceId": "mri-01" })))
+        .await?;
+
+    let message = scratch
+        .refused(&object("Device", "dev", json!({ "deviceId": "mri-02" })))
+        .await;
+    assert_says(&message, &["spec.deviceId", "deviceId cannot change"]);
+    let message = scratch.refused(&object("Device", "dev", json!({}))).await;
+    assert_says(&message, &["deviceId cannot be added or removed"]);
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_bad_mode_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-mode").await?;
+    let message = scratch
+        .refused(&object("Device", "dev", json!({ "mode": "TURBO" })))
+        .await;
+    assert_says(
+        &message,
+        &["spec.mode", "\"TURBO\"", "FULL", "STRICT", "COMM"],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn desired_properties_the_operator_writes_are_refused_in_the_spec() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-desired").await?;
+    let spec = json!({ "desired": { "logLevel": "debug", "changeSign": "AAEC" } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(&message, &["spec.desired", "written by the operator"]);
+
+    let spec = json!({ "tags": { "firmware.version": "2.1" } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(&message, &["spec.tags", "tag keys may not contain '.'"]);
+
+    let spec =
+        json!({ "desired": { "logLevel": "debug", "upload": { "every": 15, "paths": ["a"] } } });
+    let stored = scratch
+        .apply(&object("Device", "dev", spec.clone()))
+        .await?;
+    assert_eq!(
+        stored["spec"]["desired"], spec["desired"],
+        "free-form desired is kept as written"
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn credentials_must_match_their_method() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-auth").await?;
+    let spec = json!({ "authentication": { "permanent": { "method": "X509" } } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(
+        &message,
+        &["X509 authentication needs the certificate's thumbprint"],
+    );
+
+    let spec =
+        json!({ "authentication": { "permanent": { "method": "X509", "thumbprint": "abc" } } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(
+        &message,
+        &["thumbprint must be 40 (SHA-1) or 64 (SHA-256) hexadecimal digits"],
+    );
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_hub_endpoint_must_be_a_host() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-hub").await?;
+    let hub = |service_host: &str, extra: Value| {
+        let mut spec = json!({
+            "kind": "azure",
+            "endpoint": { "serviceHost": service_host },
+            "accessPolicy": { "secretRef": { "name": "hub-policy", "key": "primaryKey" } },
+        });
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        object("Hub", "azure", spec)
+    };
+
+    let message = scratch
+        .refused(&hub("https://contoso.azure-devices.net/", json!({})))
+        .await;
+    assert_says(
+        &message,
+        &["spec.endpoint.serviceHost", "no scheme, no path"],
+    );
+    let ca = json!({ "caBundle": { "name": "edge-ca", "key": "ca.crt" } });
+    let message = scratch.refused(&hub("contoso.azure-devices.net", ca)).await;
+    assert_says(&message, &["caBundle is only used with an edge hub"]);
+
+    let stored = scratch
+        .apply(&hub("contoso.azure-devices.net", json!({})))
+        .await?;
+    assert_eq!(
+        stored["spec"]["twinWriteRateLimit"], 50,
+        "defaults to the Azure S1 limit"
+    );
+    scratch.finish().await
+}
