@@ -7,5 +7,6 @@ pub mod encoding;
 mod hex;
 pub mod keys;
 pub mod limits;
+pub mod messages;
 pub mod signing;
 pub mod twin;

@@ -1,0 +1,353 @@
+//! Cloud-to-device (C2D) and device-to-cloud (D2C) messages.
+//!
+//! A message body is JSON with a `type` member naming the message (`{"type":
+//! "DownloadFileChunk", "fileId": ..., ...}`); the same name goes into the
+//! [`MESSAGE_TYPE_PROPERTY`] application property so routers need not parse bodies. Chunk bytes
+//! travel as strict base64. [`C2dMessage::encode`] and friends refuse bodies over IoT Hub's
+//! limits before sending, and the decoders refuse them before parsing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crc;
+use crate::encoding::base64_bytes;
+
+/// Largest C2D message body IoT Hub accepts.
+pub const C2D_MAX_BYTES: usize = 64 * 1024;
+/// Largest D2C message body IoT Hub accepts.
+pub const D2C_MAX_BYTES: usize = 256 * 1024;
+/// Largest raw chunk in a [`DownloadFileChunk`] or [`UploadFileChunk`].
+///
+/// Base64 grows data by 4/3, so 48 KiB would already fill 64 KiB with no room for the JSON
+/// around it; 47 KiB (62.7 KiB as base64) leaves about 1.3 KiB for the envelope, which a
+/// file id of at most [`MAX_FILE_ID_BYTES`] always fits in.
+pub const MAX_RAW_CHUNK: usize = 47 * 1024;
+/// Longest file id, in UTF-8 bytes.
+pub const MAX_FILE_ID_BYTES: usize = 256;
+/// Application property that carries the message type next to the body.
+pub const MESSAGE_TYPE_PROPERTY: &str = "messageType";
+
+/// A message from the back end to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum C2dMessage {
+    /// One chunk of a file being downloaded.
+    DownloadFileChunk(DownloadFileChunk),
+    /// The CRC a range of a downloaded file must have.
+    #[serde(rename = "VerifyRangeCRC")]
+    VerifyRangeCrc(VerifyRangeCrc),
+    /// Move the device to new provisioning details.
+    UpgradeProvisioning(UpgradeProvisioning),
+}
+
+/// A message from one device to the back end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum D2cMessage {
+    /// One chunk of a file being uploaded.
+    UploadFileChunk(UploadFileChunk),
+    /// Ask the streamer to (re)send a byte range of a file, e.g. to resume.
+    #[serde(rename = "StreamRange")]
+    StreamRangeRequest(StreamRangeRequest),
+}
+
+/// One chunk of a download. `offset` is the position of `data[0]` in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadFileChunk {
+    /// Transfer id the chunks of one file share.
+    pub file_id: String,
+    /// Byte offset of this chunk in the file.
+    pub offset: u64,
+    /// Chunk bytes, at most [`MAX_RAW_CHUNK`]; base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+    /// Size of the whole file, when the sender knows it (lets the device report progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_size: Option<u64>,
+}
+
+/// Expected CRC-32 of the file bytes in `[range_start, range_end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRangeCrc {
+    /// Transfer id.
+    pub file_id: String,
+    /// First byte of the range.
+    pub range_start: u64,
+    /// One past the last byte of the range.
+    pub range_end: u64,
+    /// CRC-32/ISO-HDLC of the range, 8 hex digits in JSON (see [`crate::crc`]).
+    #[serde(with = "crc::hex_text")]
+    pub crc: u32,
+}
+
+/// How the device authenticates after a provisioning upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthMethod {
+    /// Shared access signature from a symmetric key.
+    #[serde(rename = "SAS")]
+    Sas,
+    /// X.509 client certificate.
+    #[serde(rename = "X509")]
+    X509,
+}
+
+/// Restriction mode the device runs in after a provisioning upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProvisioningMode {
+    /// Everything allowed.
+    Full,
+    /// No shell actions; zones enforced.
+    Strict,
+    /// Communication only.
+    Comm,
+}
+
+/// New provisioning details for a device. `key` is a secret and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeProvisioning {
+    /// Authentication method to use.
+    pub auth_method: AuthMethod,
+    /// Host name of the hub to connect to.
+    pub hub: String,
+    /// Restriction mode.
+    pub mode: ProvisioningMode,
+    /// Key material for the method (base64 symmetric key or PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for UpgradeProvisioning {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("UpgradeProvisioning")
+            .field("auth_method", &self.auth_method)
+            .field("hub", &self.hub)
+            .field("mode", &self.mode)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One chunk of an upload. `offset` is the position of `data[0]` in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadFileChunk {
+    /// Transfer id.
+    pub file_id: String,
+    /// Byte offset of this chunk in the file.
+    pub offset: u64,
+    /// Chunk bytes, at most [`MAX_RAW_CHUNK`]; base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+    /// True on the file's final chunk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last: bool,
+}
+
+/// Request for the bytes of a file from `from` up to `to` (exclusive), or to its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRangeRequest {
+    /// Transfer id.
+    pub file_id: String,
+    /// First byte wanted.
+    pub from: u64,
+    /// One past the last byte wanted; `None` means to the end of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
+/// A message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The body is over the limit for its direction.
+    #[error("{direction} message body of {size} bytes is over the {max} byte limit")]
+    TooLarge {
+        /// `C2D` or `D2C`.
+        direction: &'static str,
+        /// Body size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The body is not a message of this direction.
+    #[error("{direction} message body is not a known message")]
+    Decode {
+        /// `C2D` or `D2C`.
+        direction: &'static str,
+        /// Parser error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The message could not be written as JSON.
+    #[error("{direction} message could not be encoded")]
+    Encode {
+        /// `C2D` or `D2C`.
+        direction: &'static str,
+        /// Serializer error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The message parsed but breaks a rule of its type.
+    #[error("{message_type} message is invalid: {reason}")]
+    Invalid {
+        /// Message type.
+        message_type: &'static str,
+        /// Rule broken.
+        reason: &'static str,
+    },
+}
+
+impl C2dMessage {
+    /// Name for the [`MESSAGE_TYPE_PROPERTY`] property (same as the body's `type`).
+    pub fn message_type(&self) -> &'static str {
+        match self {
+            Self::DownloadFileChunk(_) => "DownloadFileChunk",
+            Self::VerifyRangeCrc(_) => "VerifyRangeCRC",
+            Self::UpgradeProvisioning(_) => "UpgradeProvisioning",
+        }
+    }
+
+    /// JSON body, refused when invalid or over [`C2D_MAX_BYTES`].
+    pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
+        self.check()?;
+        encode_body(self, "C2D", C2D_MAX_BYTES)
+    }
+
+    /// Parses a body, refusing oversize bodies before parsing and invalid messages after.
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        let message: Self = decode_body(body, "C2D", C2D_MAX_BYTES)?;
+        message.check()?;
+        Ok(message)
+    }
+
+    fn check(&self) -> Result<(), MessageError> {
+        let invalid = |reason| {
+            Err(MessageError::Invalid {
+                message_type: self.message_type(),
+                reason,
+            })
+        };
+        match self {
+            Self::DownloadFileChunk(chunk) => check_transfer(
+                self.message_type(),
+                &chunk.file_id,
+                chunk.offset,
+                &chunk.data,
+            ),
+            Self::VerifyRangeCrc(range) if range.range_start > range.range_end => {
+                invalid("rangeStart is after rangeEnd")
+            }
+            Self::VerifyRangeCrc(range) => check_file_id(self.message_type(), &range.file_id),
+            Self::UpgradeProvisioning(upgrade) if upgrade.hub.is_empty() => invalid("hub is empty"),
+            Self::UpgradeProvisioning(_) => Ok(()),
+        }
+    }
+}
+
+impl D2cMessage {
+    /// Name for the [`MESSAGE_TYPE_PROPERTY`] property (same as the body's `type`).
+    pub fn message_type(&self) -> &'static str {
+        match self {
+            Self::UploadFileChunk(_) => "UploadFileChunk",
+            Self::StreamRangeRequest(_) => "StreamRange",
+        }
+    }
+
+    /// JSON body, refused when invalid or over [`D2C_MAX_BYTES`].
+    pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
+        self.check()?;
+        encode_body(self, "D2C", D2C_MAX_BYTES)
+    }
+
+    /// Parses a body, refusing oversize bodies before parsing and invalid messages after.
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        let message: Self = decode_body(body, "D2C", D2C_MAX_BYTES)?;
+        message.check()?;
+        Ok(message)
+    }
+
+    fn check(&self) -> Result<(), MessageError> {
+        match self {
+            Self::UploadFileChunk(chunk) => check_transfer(
+                self.message_type(),
+                &chunk.file_id,
+                chunk.offset,
+                &chunk.data,
+            ),
+            Self::StreamRangeRequest(range) if range.to.is_some_and(|to| to < range.from) => {
+                Err(MessageError::Invalid {
+                    message_type: self.message_type(),
+                    reason: "to is before from",
+                })
+            }
+            Self::StreamRangeRequest(range) => check_file_id(self.message_type(), &range.file_id),
+        }
+    }
+}
+
+fn check_transfer(
+    kind: &'static str,
+    file_id: &str,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), MessageError> {
+    check_file_id(kind, file_id)?;
+    if data.len() > MAX_RAW_CHUNK {
+        return Err(MessageError::Invalid {
+            message_type: kind,
+            reason: "chunk over MAX_RAW_CHUNK",
+        });
+    }
+    if offset.checked_add(data.len() as u64).is_none() {
+        return Err(MessageError::Invalid {
+            message_type: kind,
+            reason: "chunk ends past 2^64",
+        });
+    }
+    Ok(())
+}
+
+fn check_file_id(kind: &'static str, file_id: &str) -> Result<(), MessageError> {
+    if file_id.is_empty() || file_id.len() > MAX_FILE_ID_BYTES {
+        return Err(MessageError::Invalid {
+            message_type: kind,
+            reason: "fileId must be 1 to 256 bytes",
+        });
+    }
+    Ok(())
+}
+
+fn encode_body<T: Serialize>(
+    message: &T,
+    direction: &'static str,
+    max: usize,
+) -> Result<Vec<u8>, MessageError> {
+    let body =
+        serde_json::to_vec(message).map_err(|source| MessageError::Encode { direction, source })?;
+    if body.len() > max {
+        return Err(MessageError::TooLarge {
+            direction,
+            size: body.len(),
+            max,
+        });
+    }
+    Ok(body)
+}
+
+fn decode_body<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    direction: &'static str,
+    max: usize,
+) -> Result<T, MessageError> {
+    if body.len() > max {
+        return Err(MessageError::TooLarge {
+            direction,
+            size: body.len(),
+            max,
+        });
+    }
+    serde_json::from_slice(body).map_err(|source| MessageError::Decode { direction, source })
+}
