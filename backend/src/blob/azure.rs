@@ -60,8 +60,7 @@ impl AzureBlobConfig {
 
     /// Opens container `name`, creating it first when an account key is configured.
     pub(super) async fn open_container(&self, name: &str) -> Result<MicrosoftAzure, BlobError> {
-        // The reqwest transport is built without a bundled TLS provider; ring is ours.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         if self.access_key.is_some() {
             self.create_container(name).await?;
         }
@@ -118,7 +117,9 @@ impl AzureBlobConfig {
             .to_string();
         let signature = shared_key_signature(key, &self.account, "PUT", &url, &date)
             .map_err(|reason| open_error(reason, None))?;
-        let response = reqwest::Client::new()
+        let http = crate::http_client()
+            .map_err(|e| open_error("cannot build an HTTP client".to_owned(), Some(Box::new(e))))?;
+        let response = http
             .put(url.clone())
             .header("x-ms-date", &date)
             .header("x-ms-version", STORAGE_VERSION)

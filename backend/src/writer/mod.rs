@@ -1,0 +1,165 @@
+//! The writer: stores twin changes, state transitions and D2C records in MongoDB.
+//!
+//! It reads the hub's event stream from its checkpoint, turns each event of its partition into
+//! a record ([`records`]), inserts the batch and only then saves the checkpoint past it. While
+//! MongoDB is away the same batch is retried with capped, jittered backoff and the checkpoint
+//! stays where it is, so nothing is skipped; records keep ids derived from their events, so a
+//! batch written twice (after a crash between insert and checkpoint) is stored once.
+
+pub mod history;
+pub mod records;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::Retryable;
+use mongodb::bson::Document;
+
+use crate::backoff;
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::hub_link::{EventPage, HubLink};
+use crate::partition::Partition;
+use history::{History, LOGS, TELEMETRY, VERSIONS};
+
+/// Tuning of the writer loop.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Most events read (and written) at once.
+    pub batch: usize,
+    /// Long-poll wait when no event is there.
+    pub wait: Duration,
+    /// First retry delay after a failure.
+    pub retry_first: Duration,
+    /// Longest retry delay.
+    pub retry_ceiling: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            batch: 1000,
+            wait: Duration::from_secs(10),
+            retry_first: Duration::from_millis(100),
+            retry_ceiling: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One writer replica.
+#[derive(Debug)]
+pub struct Writer {
+    hub: Arc<dyn HubLink>,
+    history: History,
+    checkpoints: CheckpointStore,
+    partition: Partition,
+    options: WriterOptions,
+}
+
+impl Writer {
+    /// A writer for `partition`, keeping its position in `checkpoints`.
+    pub fn new(
+        hub: Arc<dyn HubLink>,
+        history: History,
+        checkpoints: CheckpointStore,
+        partition: Partition,
+        options: WriterOptions,
+    ) -> Self {
+        Self {
+            hub,
+            history,
+            checkpoints,
+            partition,
+            options,
+        }
+    }
+
+    /// Runs until the future is dropped. Dropping it at any point loses nothing: work after
+    /// the saved checkpoint is redone by the next run.
+    pub async fn run(self) {
+        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        (|| self.history.ensure_indexes())
+            .retry(retry)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "history indexes not ready"))
+            .await
+            .ok();
+        let mut checkpoint: Checkpoint<()> = (|| self.checkpoints.load())
+            .retry(retry)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "writer checkpoint unreadable"))
+            .await
+            .unwrap_or_default();
+        tracing::info!(partition = %self.partition, from = checkpoint.next, "writer started");
+        loop {
+            let next = self.step(checkpoint.next).await;
+            if next != checkpoint.next {
+                checkpoint.next = next;
+                (|| self.checkpoints.save(&checkpoint))
+                    .retry(retry)
+                    .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
+                    .await
+                    .ok();
+            }
+        }
+    }
+
+    /// Reads one page from `from`, stores its records, and returns where the next read starts.
+    pub async fn step(&self, from: u64) -> u64 {
+        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        let read = || {
+            self.hub
+                .read_events(from, self.options.batch, self.options.wait)
+        };
+        let Ok(page) = read
+            .retry(retry)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, from, "event read failed"))
+            .await
+        else {
+            return from;
+        };
+        let batches = self.records(&page);
+        let write = || self.write(&batches);
+        if write
+            .retry(retry)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, from, "history write failed"))
+            .await
+            .is_err()
+        {
+            return from;
+        }
+        if !page.events.is_empty() {
+            tracing::debug!(from, next = page.next_sequence_number, "history written");
+        }
+        page.next_sequence_number.max(from)
+    }
+
+    /// Records of this partition's events, per collection, in stream order.
+    fn records(&self, page: &EventPage) -> [(&'static str, Vec<Document>); 3] {
+        let mut batches = [
+            (VERSIONS, Vec::new()),
+            (LOGS, Vec::new()),
+            (TELEMETRY, Vec::new()),
+        ];
+        let owned = page
+            .events
+            .iter()
+            .filter(|e| self.partition.owns(&e.device_id));
+        for record in owned.filter_map(records::record_for) {
+            if let Some((_, batch)) = batches
+                .iter_mut()
+                .find(|(name, _)| *name == record.collection)
+            {
+                batch.push(record.document);
+            }
+        }
+        batches
+    }
+
+    async fn write(
+        &self,
+        batches: &[(&'static str, Vec<Document>); 3],
+    ) -> Result<(), history::HistoryError> {
+        for (collection, documents) in batches {
+            self.history.insert(collection, documents.clone()).await?;
+        }
+        Ok(())
+    }
+}

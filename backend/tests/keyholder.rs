@@ -1,0 +1,214 @@
+//! Key holder: blob and recipe signatures, rotation, Secret layout and the HTTP API.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cloudpillar_backend::blob::{BlobConfig, BlobStores};
+use cloudpillar_backend::keys::{KeyHolder, LocalSigner, PublishedKeys, SECRET_ACTIVE_KEY};
+use cloudpillar_protocol::signing::{SigningKey, TrustStore, VerifyingKey};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::json;
+use sha2::{Digest, Sha512};
+
+fn holder_with(key: &SigningKey) -> KeyHolder {
+    KeyHolder::new(Arc::new(LocalSigner::new(key.clone())))
+}
+
+/// What an agent builds from `GET /v1/keys`.
+fn agent_trust(published: &PublishedKeys) -> TrustStore {
+    let mut trust = TrustStore::new();
+    for entry in &published.keys {
+        let key = VerifyingKey::from_base64(&entry.public_key).expect("published key");
+        assert_eq!(key.key_id(), entry.key_id);
+        trust.add(key);
+    }
+    trust
+}
+
+async fn fs_stores() -> (tempfile::TempDir, BlobStores) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("open");
+    (dir, stores)
+}
+
+#[tokio::test]
+async fn signed_blob_verifies_and_a_tampered_copy_does_not() {
+    let (_dir, stores) = fs_stores().await;
+    let data = common::pattern(5 * 1024 * 1024 + 3, 5);
+    stores
+        .patches
+        .put("fw/app.bin", Bytes::from(data.clone()))
+        .await
+        .expect("put");
+    let holder = holder_with(&SigningKey::generate().expect("key"));
+
+    let signed = holder
+        .sign_blob(&stores.patches, "fw/app.bin")
+        .await
+        .expect("sign");
+    assert_eq!(signed.size, data.len() as u64);
+    assert_eq!(signed.sha512, hex::encode(Sha512::digest(&data)));
+    assert!(
+        signed
+            .text
+            .starts_with(&format!("{}:", holder.active_key_id()))
+    );
+
+    // The agent's side: trust the published keys, hash the file piece by piece, verify.
+    let trust = agent_trust(&holder.published_keys().expect("keys"));
+    let mut hasher = Sha512::new();
+    data.chunks(49_152).for_each(|chunk| hasher.update(chunk));
+    assert_eq!(
+        trust.verify_digest(hasher, &signed.text).expect("verify"),
+        holder.active_key_id()
+    );
+
+    let mut tampered = data.clone();
+    tampered[4_000_000] ^= 0x01;
+    assert!(trust.verify(&tampered, &signed.text).is_err());
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_signatures_valid_and_new_ones_name_the_new_key() {
+    let spec = json!({"id": "fw-2.1", "patch": {"installSteps": [{"executeOnce": {"shell": "bash", "command": "true"}}]}});
+    let old_key = SigningKey::generate().expect("old key");
+    let new_key = SigningKey::generate().expect("new key");
+    let before = holder_with(&old_key)
+        .sign_recipe(&spec)
+        .await
+        .expect("old signature");
+
+    let rotated = holder_with(&new_key).with_retired(old_key.verifying_key().clone());
+    let after = rotated.sign_recipe(&spec).await.expect("new signature");
+    assert_eq!(after.key_id, new_key.key_id());
+    assert!(after.text.starts_with(&format!("{}:", new_key.key_id())));
+    assert!(before.text.starts_with(&format!("{}:", old_key.key_id())));
+    assert_eq!(before.sha512, after.sha512, "same canonical changeSpec");
+
+    let published = rotated.published_keys().expect("keys");
+    assert_eq!(published.active_key_id, new_key.key_id());
+    let trust = agent_trust(&published);
+    assert_eq!(
+        trust.verify_json(&spec, &before.text).expect("old"),
+        old_key.key_id()
+    );
+    assert_eq!(
+        trust.verify_json(&spec, &after.text).expect("new"),
+        new_key.key_id()
+    );
+
+    // Once the old key is dropped from the published set, its signatures stop verifying.
+    let retired_dropped = agent_trust(&holder_with(&new_key).published_keys().expect("keys"));
+    assert!(retired_dropped.verify_json(&spec, &before.text).is_err());
+}
+
+#[tokio::test]
+async fn keys_load_from_secret_data_with_retired_fields() {
+    let active = SigningKey::generate().expect("active");
+    let retired = SigningKey::generate().expect("retired");
+    let mut data = std::collections::BTreeMap::new();
+    let pem = |text: String| ByteString(text.into_bytes());
+    data.insert(
+        SECRET_ACTIVE_KEY.to_owned(),
+        pem(active.to_pkcs8_pem().expect("pem")),
+    );
+    data.insert(
+        "retired-2025.pem".to_owned(),
+        pem(retired.verifying_key().to_pem().expect("public pem")),
+    );
+    let secret = Secret {
+        data: Some(data),
+        ..Default::default()
+    };
+    let holder = KeyHolder::from_secret_data("Secret cp/signing", &secret).expect("holder");
+    assert_eq!(holder.active_key_id(), active.key_id());
+    let ids: Vec<&str> = holder.trust_store().key_ids().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&retired.key_id()));
+
+    let missing = Secret::default();
+    let error = KeyHolder::from_secret_data("Secret cp/empty", &missing).expect_err("no key");
+    assert!(error.to_string().contains("Secret cp/empty"), "{error}");
+}
+
+#[tokio::test]
+async fn http_api_publishes_keys_and_guards_signing_with_the_token() {
+    let (_dir, stores) = fs_stores().await;
+    stores
+        .patches
+        .put("p.bin", Bytes::from_static(b"payload"))
+        .await
+        .expect("put");
+    let holder = holder_with(&SigningKey::generate().expect("key"));
+    let app = cloudpillar_backend::keys::router(holder.clone(), stores, Some("s3cret".into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = cloudpillar_backend::http_client().expect("client");
+
+    let keys: PublishedKeys = http
+        .get(format!("{base}/v1/keys"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(keys.active_key_id, holder.active_key_id());
+
+    let body = json!({"changeSpec": {"id": "r1"}});
+    let anonymous = http
+        .post(format!("{base}/v1/sign/recipe"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(anonymous.status(), 401);
+
+    let signed: serde_json::Value = http
+        .post(format!("{base}/v1/sign/recipe"))
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let text = signed["signature"].as_str().expect("signature");
+    agent_trust(&keys)
+        .verify_json(&json!({"id": "r1"}), text)
+        .expect("verifies");
+
+    let blob = http
+        .post(format!("{base}/v1/sign/blob"))
+        .bearer_auth("s3cret")
+        .json(&json!({"container": "patches", "path": "missing.bin"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(blob.status(), 404);
+    let blob: serde_json::Value = http
+        .post(format!("{base}/v1/sign/blob"))
+        .bearer_auth("s3cret")
+        .json(&json!({"container": "patches", "path": "p.bin"}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(blob["size"], 7);
+    agent_trust(&keys)
+        .verify(b"payload", blob["signature"].as_str().expect("sig"))
+        .expect("ok");
+}
