@@ -13,7 +13,10 @@ fn crd(kind: &str) -> CustomResourceDefinition {
 
 fn schema(kind: &str) -> Value {
     let version = &crd(kind).spec.versions[0];
-    let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref());
     serde_json::to_value(schema.expect("CRD has a schema")).expect("schema serializes")
 }
 
@@ -52,9 +55,16 @@ fn every_kind_is_namespaced_in_the_cloudpillar_group_and_category() {
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions.len(), 1);
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
-        assert_eq!(crd.spec.names.categories, Some(vec!["cloudpillar".to_owned()]));
+        assert_eq!(
+            crd.spec.names.categories,
+            Some(vec!["cloudpillar".to_owned()])
+        );
         let subresources = crd.spec.versions[0].subresources.as_ref();
-        assert!(subresources.and_then(|s| s.status.as_ref()).is_some(), "{}: status", crd.spec.names.kind);
+        assert!(
+            subresources.and_then(|s| s.status.as_ref()).is_some(),
+            "{}: status",
+            crd.spec.names.kind
+        );
     }
 }
 
@@ -73,12 +83,28 @@ fn printer_columns_tell_the_story_in_one_line() {
     assert_eq!(columns("Hub"), ["Kind", "Endpoint", "Ready", "Age"]);
     assert_eq!(
         columns("Device"),
-        ["Hub", "Mode", "State", "Connection", "Recipe", "Progress", "Age"]
+        [
+            "Hub",
+            "Mode",
+            "State",
+            "Connection",
+            "Recipe",
+            "Progress",
+            "Age"
+        ]
     );
     assert_eq!(columns("Recipe"), ["ID", "Valid", "Signed", "Key", "Age"]);
     assert_eq!(
         columns("Rollout"),
-        ["Recipe", "Phase", "Wave", "Succeeded", "Failed", "Deferred", "Age"]
+        [
+            "Recipe",
+            "Phase",
+            "Wave",
+            "Succeeded",
+            "Failed",
+            "Deferred",
+            "Age"
+        ]
     );
 }
 
@@ -88,10 +114,18 @@ fn every_validation_rule_carries_a_message_for_people() {
         let kind = crd.spec.names.kind.clone();
         let mut rules = 0;
         walk(&kind, &schema(&kind), &mut |path, node| {
-            for rule in node["x-kubernetes-validations"].as_array().into_iter().flatten() {
+            for rule in node["x-kubernetes-validations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 rules += 1;
                 let message = rule["message"].as_str().unwrap_or_default();
-                assert!(message.len() > 10, "{path}: rule {} has no message", rule["rule"]);
+                assert!(
+                    message.len() > 10,
+                    "{path}: rule {} has no message",
+                    rule["rule"]
+                );
                 assert!(!message.contains('\n'), "{path}: messages are one line");
             }
         });
@@ -103,37 +137,70 @@ fn every_validation_rule_carries_a_message_for_people() {
 fn every_spec_and_status_field_is_documented_on_one_paragraph() {
     for kind in ["Hub", "Device", "Recipe", "Rollout"] {
         let root = schema(kind);
-        assert!(root["description"].as_str().is_some_and(|d| d.len() > 20), "{kind}");
+        assert!(
+            root["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{kind}"
+        );
         for part in ["spec", "status"] {
-            walk(&format!("{kind}.{part}"), &root["properties"][part], &mut |path, node| {
-                let description = node["description"].as_str();
-                // Map values and list items are described by their field.
-                let described_by_field = path.ends_with("{}") || path.ends_with("[]");
-                assert!(described_by_field || description.is_some(), "{path} has no description");
-                let text = description.unwrap_or_default();
-                assert!(!text.contains('\n'), "{path}: description is reflowed");
-            });
+            walk(
+                &format!("{kind}.{part}"),
+                &root["properties"][part],
+                &mut |path, node| {
+                    let description = node["description"].as_str();
+                    // Map values and list items are described by their field.
+                    let described_by_field = path.ends_with("{}") || path.ends_with("[]");
+                    assert!(
+                        described_by_field || description.is_some(),
+                        "{path} has no description"
+                    );
+                    let text = description.unwrap_or_default();
+                    assert!(!text.contains('\n'), "{path}: description is reflowed");
+                },
+            );
         }
     }
 }
 
 #[test]
 fn wave_percent_is_capped_at_100_and_exclusive_with_count() {
-    let waves = &schema("Rollout")["properties"]["spec"]["properties"]["strategy"]["properties"]
-        ["waves"];
+    let waves =
+        &schema("Rollout")["properties"]["spec"]["properties"]["strategy"]["properties"]["waves"];
     let wave = &waves["items"];
     assert_eq!(wave["properties"]["percent"]["maximum"], 100.0);
     assert_eq!(wave["properties"]["percent"]["minimum"], 1.0);
     let rules = wave["x-kubernetes-validations"].to_string();
-    assert!(rules.contains("has(self.count) != has(self.percent)"), "{rules}");
+    assert!(
+        rules.contains("has(self.count) != has(self.percent)"),
+        "{rules}"
+    );
     assert_eq!(waves["maxItems"], 20);
 }
 
 #[test]
-fn desired_properties_keep_unknown_fields() {
+fn desired_properties_keep_unknown_fields_but_refuse_reserved_keys() {
     let desired = &schema("Device")["properties"]["spec"]["properties"]["desired"];
     assert_eq!(desired["type"], "object");
     assert_eq!(desired["x-kubernetes-preserve-unknown-fields"], true);
+
+    let declared: Vec<&str> = desired["properties"]
+        .as_object()
+        .map(|properties| properties.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut reserved = cloudpillar_crds::device::RESERVED_DESIRED_KEYS.to_vec();
+    reserved.sort_unstable();
+    assert_eq!(
+        declared, reserved,
+        "every reserved key is declared for the rule to see"
+    );
+    let rule = desired["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .unwrap_or_default();
+    for key in reserved {
+        assert!(
+            rule.contains(&format!("!has(self.{key})")),
+            "rule refuses {key}: {rule}"
+        );
+    }
 }
 
 #[test]
@@ -141,7 +208,10 @@ fn conditions_merge_by_type() {
     for kind in ["Hub", "Device", "Recipe", "Rollout"] {
         let conditions = &schema(kind)["properties"]["status"]["properties"]["conditions"];
         assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
-        assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
     }
 }
 
