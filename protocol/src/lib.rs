@@ -8,5 +8,6 @@ mod hex;
 pub mod keys;
 pub mod limits;
 pub mod messages;
+pub mod recipe;
 pub mod signing;
 pub mod twin;
