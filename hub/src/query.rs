@@ -325,7 +325,7 @@ mod tests {
             "select * from devices where tags.floor >= 3 AND properties.reported.ok = true",
             "SELECT * FROM devices WHERE properties.reported.deviceState IN ['BUSY', 'READY']",
             "SELECT * FROM devices WHERE tags.site = 'x' OR (deviceId = \"d1\" AND NOT tags.floor < 2)",
-            "SELECT * FROM devices WHERE IS_DEFINED(tags.site) AND tags.missing != 'a'",
+            "SELECT * FROM devices WHERE IS_DEFINED(tags.site) AND NOT tags.missing = 'a'",
             "SELECT * FROM devices WHERE tags.site NIN ['roof']",
         ];
         for q in yes {
@@ -334,6 +334,7 @@ mod tests {
         let no = [
             "SELECT * FROM devices WHERE tags.site = 'roof'",
             "SELECT * FROM devices WHERE tags.missing = 'a'",
+            "SELECT * FROM devices WHERE tags.missing != 'a'",
             "SELECT * FROM devices WHERE tags.floor > 3 OR properties.reported.deviceState IN ['BUSY']",
         ];
         for q in no {

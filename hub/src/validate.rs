@@ -1,24 +1,13 @@
-//! Twin limits and key rules, answered with Azure's status codes.
-//!
-//! Sizes follow Azure's documented rule (key lengths plus value sizes; numbers 8 bytes,
-//! booleans 4, strings their UTF-8 length), depth counts `{"a":1}` as 1 below the section.
+//! Twin limits and key rules from `cloudpillar-protocol`, answered with Azure's status codes:
+//! 400 for forbidden keys and nesting deeper than 10, 413 for sections over their size limit.
 
+use cloudpillar_protocol::keys::validate_document_keys;
+use cloudpillar_protocol::limits::{LimitError, TwinLimits, depth};
 use serde_json::Value;
 
 use crate::error::Refusal;
 
-/// Largest C2D body, bytes.
-pub const C2D_MAX_BYTES: usize = 64 * 1024;
-/// Largest D2C body, bytes.
-pub const D2C_MAX_BYTES: usize = 256 * 1024;
-/// Largest desired or reported section, bytes.
-pub const PROPERTIES_MAX: usize = 32 * 1024;
-/// Largest tags section, bytes.
-pub const TAGS_MAX: usize = 8 * 1024;
-/// Deepest nesting below a section.
-pub const MAX_DEPTH: usize = 10;
-/// Longest key, UTF-8 bytes.
-pub const MAX_KEY: usize = 1024;
+pub use cloudpillar_protocol::messages::{C2D_MAX_BYTES, D2C_MAX_BYTES};
 
 /// Which twin section a document belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,70 +28,47 @@ impl Section {
             Self::Reported => "properties.reported",
         }
     }
-
-    fn max_size(self) -> usize {
-        match self {
-            Self::Tags => TAGS_MAX,
-            Self::Desired | Self::Reported => PROPERTIES_MAX,
-        }
-    }
 }
 
 /// Checks the keys and depth of a patch before it is merged (nulls allowed).
 pub fn check_patch(section: Section, patch: &Value) -> Result<(), Refusal> {
-    check_keys(section, patch, 0)
-}
-
-/// Checks a merged section against the size and depth limits.
-pub fn check_section(section: Section, doc: &Value) -> Result<(), Refusal> {
-    let size = size_of(doc);
-    if size > section.max_size() {
-        return Err(Refusal::new(
-            413,
-            "RequestEntityTooLarge",
-            format!(
-                "{} is {size} bytes, over the {} byte limit",
-                section.name(),
-                section.max_size()
-            ),
+    validate_document_keys(patch)
+        .map_err(|e| Refusal::bad_request(format!("{}: {e}", section.name())))?;
+    let limits = TwinLimits::default();
+    let found = depth(patch);
+    if found > limits.max_depth {
+        return Err(limit_refusal(
+            section,
+            &LimitError::TooDeep {
+                depth: found,
+                max: limits.max_depth,
+            },
         ));
-    }
-    check_keys(section, doc, 0)
-}
-
-fn check_keys(section: Section, value: &Value, depth: usize) -> Result<(), Refusal> {
-    let Some(members) = value.as_object() else {
-        return Ok(());
-    };
-    if depth >= MAX_DEPTH && !members.is_empty() {
-        return Err(Refusal::bad_request(format!(
-            "{} nests deeper than {MAX_DEPTH} levels",
-            section.name()
-        )));
-    }
-    for (key, child) in members {
-        let forbidden = |c: char| c == '.' || c == '$' || c == ' ' || c.is_control();
-        if key.is_empty() || key.len() > MAX_KEY || key.chars().any(forbidden) {
-            return Err(Refusal::bad_request(format!(
-                "key {key:?} in {} is empty, longer than {MAX_KEY} bytes, or holds '.', '$', \
-                 space or a control character",
-                section.name()
-            )));
-        }
-        check_keys(section, child, depth + 1)?;
     }
     Ok(())
 }
 
-/// Azure's twin size of a value.
-pub fn size_of(value: &Value) -> usize {
-    match value {
-        Value::Null => 0,
-        Value::Bool(_) => 4,
-        Value::Number(_) => 8,
-        Value::String(s) => s.len(),
-        Value::Array(items) => items.iter().map(size_of).sum(),
-        Value::Object(members) => members.iter().map(|(k, v)| k.len() + size_of(v)).sum(),
+/// Checks a merged section against the size and depth limits.
+pub fn check_section(section: Section, doc: &Value) -> Result<(), Refusal> {
+    let limits = TwinLimits::default();
+    let checked = match section {
+        Section::Tags => limits.check_tags(doc),
+        Section::Desired => limits.check_desired(doc),
+        Section::Reported => limits.check_reported(doc),
+    };
+    checked.map_err(|e| limit_refusal(section, &e))?;
+    validate_document_keys(doc)
+        .map_err(|e| Refusal::bad_request(format!("{}: {e}", section.name())))
+}
+
+fn limit_refusal(section: Section, e: &LimitError) -> Refusal {
+    match e {
+        LimitError::TooDeep { .. } => Refusal::bad_request(format!("{}: {e}", section.name())),
+        LimitError::TooLarge { .. } => Refusal::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("{}: {e}", section.name()),
+        ),
     }
 }
 
@@ -117,24 +83,25 @@ mod tests {
     }
 
     #[test]
-    fn f06_size_counts_keys_numbers_as_8_and_bools_as_4() {
-        assert_eq!(size_of(&json!({"ab":"xyz","n":1,"t":true})), 19);
-    }
-
-    #[test]
-    fn f06_ten_levels_pass_and_eleven_are_refused() {
+    fn f06_ten_levels_pass_and_eleven_are_refused_with_400() {
         check_section(Section::Reported, &nested(10)).unwrap();
+        check_patch(Section::Reported, &nested(10)).unwrap();
         assert_eq!(
             check_section(Section::Reported, &nested(11))
                 .unwrap_err()
                 .status,
             400
         );
-        check_section(Section::Reported, &json!({"a":1})).unwrap();
+        assert_eq!(
+            check_patch(Section::Desired, &nested(11))
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]
-    fn f05_forbidden_key_characters_are_refused() {
+    fn f05_forbidden_key_characters_are_refused_with_400() {
         for key in ["firmware.bin", "$pre", "v1.2 hotfix", "a\u{1}b"] {
             let err = check_patch(Section::Reported, &json!({ "files": { key: 1 } })).unwrap_err();
             assert_eq!(err.status, 400, "{key}");
@@ -148,12 +115,13 @@ mod tests {
 
     #[test]
     fn oversize_sections_are_413() {
-        let big = json!({ "x": "y".repeat(PROPERTIES_MAX) });
+        let big = json!({ "x": "y".repeat(32 * 1024) });
         assert_eq!(
             check_section(Section::Desired, &big).unwrap_err().status,
             413
         );
-        let tags = json!({ "x": "y".repeat(TAGS_MAX) });
+        let tags = json!({ "x": "y".repeat(8 * 1024) });
         assert_eq!(check_section(Section::Tags, &tags).unwrap_err().status, 413);
+        check_section(Section::Tags, &json!({ "x": "y".repeat(8 * 1024 - 1) })).unwrap();
     }
 }
