@@ -9,5 +9,6 @@ pub mod keys;
 pub mod limits;
 pub mod messages;
 pub mod recipe;
+pub mod reported;
 pub mod signing;
 pub mod twin;
