@@ -1,0 +1,337 @@
+//! Device controller: registers the hub identity, keeps the twin's tags and desired
+//! properties in line with the spec, and mirrors what the device reports into status.
+
+mod credentials;
+mod mirror;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudpillar_crds::conditions::{DEVICE_REGISTERED, DEVICE_SYNCED};
+use cloudpillar_crds::{ConnectionState, Device, DeviceStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+pub use credentials::{DEVICE_ID, PRIMARY_KEY, SECONDARY_KEY, key_secret_name};
+pub use mirror::{Mirrored, mirror, recipe_status};
+pub use sync::{Owned, desired_value, plan};
+
+use crate::error::{Error, HubContext, Result};
+use crate::runtime::{Context, finalizer, key_of};
+use crate::status::{apply_status, condition, manager, merge_conditions};
+use crate::twin::{DeviceIdentity, Twin, TwinError, TwinService};
+
+/// Finalizer that removes the hub identity before a Device goes away.
+pub const FINALIZER: &str = "cloudpillar.io/device";
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "device";
+
+/// Attempts at an ETag-guarded twin write before the reconcile is retried later.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Reconciles one Device.
+pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = device
+        .namespace()
+        .ok_or(Error::Incomplete { what: "namespace" })?;
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    if device.meta().deletion_timestamp.is_some() {
+        if device.finalizers().iter().any(|f| f == FINALIZER) {
+            cleanup(&device, &namespace, &ctx).await?;
+            finalizer::remove(&api, device.as_ref(), FINALIZER).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let device = finalizer::add(&api, device.as_ref(), FINALIZER).await?;
+    apply(&device, &namespace, &api, &ctx).await
+}
+
+/// Registers, syncs the twin and mirrors it into status.
+async fn apply(
+    device: &Device,
+    namespace: &str,
+    api: &Api<Device>,
+    ctx: &Context,
+) -> Result<Action> {
+    let object = key_of(device);
+    let hub_name = device.spec.hub_ref.name.as_str();
+    let device_id = device.device_id();
+    let previous = device.status.clone().unwrap_or_default();
+    let generation = device.meta().generation;
+
+    let hub = match ctx.hubs.service(namespace, hub_name, &object).await {
+        Ok(hub) => hub,
+        Err(error) => {
+            let reason = error.category();
+            let message = error.to_string();
+            let conditions = vec![
+                condition(
+                    DEVICE_REGISTERED,
+                    false,
+                    reason,
+                    message.clone(),
+                    generation,
+                ),
+                condition(DEVICE_SYNCED, false, reason, message, generation),
+            ];
+            write_status(api, device, &previous, |s| {
+                s.conditions = merge_conditions(&s.conditions, conditions)
+            })
+            .await?;
+            return Err(error);
+        }
+    };
+    ctx.index
+        .insert(namespace, hub_name, &device_id, ObjectRef::from_obj(device));
+
+    // Register when not known registered for this generation, or when the twin is gone.
+    let registered = cloudpillar_crds::conditions::find(&previous.conditions, DEVICE_REGISTERED)
+        .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+    let mut created = false;
+    let twin = match registered {
+        true => match hub.get_twin(&device_id).await {
+            Err(TwinError::NotFound { .. }) => None,
+            other => Some(other.hub(&object)?),
+        },
+        false => None,
+    };
+    let twin = match twin {
+        Some(twin) => twin,
+        None => {
+            let auth = credentials::identity_auth(&ctx.client, device).await?;
+            let identity = DeviceIdentity {
+                device_id: device_id.clone(),
+                auth,
+            };
+            created = hub.ensure_device(&identity).await.hub(&object)?.created;
+            if created {
+                tracing::info!(device = %device_id, "registered in the hub");
+                ctx.publish(
+                    device,
+                    false,
+                    "Registered",
+                    format!("identity {device_id} created in hub {hub_name}"),
+                )
+                .await;
+            }
+            hub.get_twin(&device_id).await.hub(&object)?
+        }
+    };
+
+    // Write what the spec wants, diffing against what was last written (F03).
+    let empty = Default::default();
+    let (applied_tags, applied_desired) = match created {
+        true => (&empty, &Default::default()),
+        false => (&previous.applied_tags, &previous.applied_desired),
+    };
+    let owned = sync::Owned {
+        tags: &device.spec.tags,
+        desired: &device.spec.desired,
+        applied_tags,
+        applied_desired,
+    };
+    let twin = write_twin(hub.as_ref(), &device_id, owned, twin, ctx)
+        .await
+        .hub(&object)?;
+
+    // Mirror the twin into status; a twin older than what status shows is not mirrored.
+    let stale_read = previous
+        .reported_twin_version
+        .zip(twin.reported_version())
+        .is_some_and(|(seen, read)| u64::try_from(seen).is_ok_and(|seen| read < seen));
+    let mirrored = mirror::mirror(
+        &twin,
+        previous.connection.as_ref(),
+        crate::status::now(),
+        ctx.config.stale_after,
+    );
+    let spec = device.spec.clone();
+    let written = write_status(api, device, &previous, |status| {
+        status.observed_generation = generation;
+        status.applied_tags = spec.tags.clone();
+        status.applied_desired = spec.desired.clone();
+        if !stale_read {
+            status.device_state = mirrored.device_state.clone();
+            status.connection = mirrored.connection.clone();
+            status.last_activity_time = mirrored.last_activity_time.clone();
+            status.desired_twin_version = mirrored.desired_version;
+            status.reported_twin_version = mirrored.reported_version;
+            status.recipe = mirrored.recipe.clone();
+        }
+        let wanted = vec![
+            condition(
+                DEVICE_REGISTERED,
+                true,
+                "Registered",
+                format!("identity {device_id} exists in hub {hub_name}"),
+                generation,
+            ),
+            condition(
+                DEVICE_SYNCED,
+                true,
+                "InSync",
+                "twin tags and desired properties match the spec",
+                generation,
+            ),
+        ];
+        status.conditions = merge_conditions(&status.conditions, wanted);
+    })
+    .await?;
+
+    announce_changes(device, &previous, &written, ctx).await;
+    Ok(next_check(&written, ctx))
+}
+
+/// Sends the planned patch, guarded by the twin's ETag; re-reads and re-plans on conflict.
+async fn write_twin(
+    hub: &dyn TwinService,
+    device_id: &str,
+    owned: sync::Owned<'_>,
+    mut twin: Twin,
+    ctx: &Context,
+) -> std::result::Result<Twin, TwinError> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let patch = sync::plan(owned, &twin);
+        if patch.is_empty() {
+            return Ok(twin);
+        }
+        match hub.patch_twin(device_id, &patch, Some(&twin.etag)).await {
+            Ok(written) => {
+                ctx.metrics.twin_write("written");
+                return Ok(written);
+            }
+            Err(TwinError::EtagMismatch { .. }) => {
+                ctx.metrics.twin_write("etag_mismatch");
+                twin = hub.get_twin(device_id).await?;
+            }
+            Err(error) => {
+                ctx.metrics.twin_write("failed");
+                return Err(error);
+            }
+        }
+    }
+    Err(TwinError::EtagMismatch {
+        device_id: device_id.to_owned(),
+    })
+}
+
+/// Applies the status `change` makes to the current one, unless it changes nothing.
+async fn write_status(
+    api: &Api<Device>,
+    device: &Device,
+    previous: &DeviceStatus,
+    change: impl FnOnce(&mut DeviceStatus),
+) -> Result<DeviceStatus> {
+    let mut wanted = previous.clone();
+    change(&mut wanted);
+    if wanted == *previous {
+        return Ok(wanted);
+    }
+    // The assignment belongs to the Rollout controller's field manager; leave it out.
+    let mut owned = wanted.clone();
+    owned.assignment = None;
+    apply_status(api, device, &manager(CONTROLLER), &owned).await?;
+    Ok(wanted)
+}
+
+/// Events for changes a person cares about: connection lost or back, a failed recipe.
+async fn announce_changes(
+    device: &Device,
+    before: &DeviceStatus,
+    after: &DeviceStatus,
+    ctx: &Context,
+) {
+    let state = |s: &DeviceStatus| s.connection.as_ref().map(|c| c.state);
+    if before.connection.is_some() && state(before) != state(after) {
+        let (warning, reason) = match state(after) {
+            Some(ConnectionState::Connected) => (false, "Connected"),
+            Some(ConnectionState::Stale) => (true, "Stale"),
+            _ => (true, "Disconnected"),
+        };
+        ctx.publish(
+            device,
+            warning,
+            reason,
+            format!("device connection is now {reason}"),
+        )
+        .await;
+    }
+    let failed = |s: &DeviceStatus| {
+        s.recipe
+            .as_ref()
+            .filter(|r| r.status.as_deref() == Some("Failure"))
+            .and_then(|r| r.id.clone())
+    };
+    if let Some(id) = failed(after)
+        && failed(before).as_deref() != Some(id.as_str())
+    {
+        let at = after
+            .recipe
+            .as_ref()
+            .and_then(|r| r.last_faulted_path.clone())
+            .unwrap_or_default();
+        ctx.publish(
+            device,
+            true,
+            "RecipeFailed",
+            format!("recipe {id} failed at {at}"),
+        )
+        .await;
+    }
+}
+
+/// When to look again: the resync period, or sooner when a connected device would turn stale.
+fn next_check(status: &DeviceStatus, ctx: &Context) -> Action {
+    let connected = status
+        .connection
+        .as_ref()
+        .is_some_and(|c| c.state == ConnectionState::Connected);
+    let Some(last) = status.last_activity_time.as_ref().filter(|_| connected) else {
+        return ctx.resync();
+    };
+    let silent = Timestamp::now().duration_since(last.0).unsigned_abs();
+    let until_stale = ctx.config.stale_after.saturating_sub(silent) + Duration::from_secs(1);
+    if until_stale < ctx.config.resync_period {
+        Action::requeue(until_stale)
+    } else {
+        ctx.resync()
+    }
+}
+
+/// Removes the hub identity; an identity already gone counts as removed (F21).
+async fn cleanup(device: &Device, namespace: &str, ctx: &Context) -> Result<()> {
+    let object = key_of(device);
+    let hub_name = device.spec.hub_ref.name.as_str();
+    let device_id = device.device_id();
+    match ctx.hubs.service(namespace, hub_name, &object).await {
+        Ok(hub) => {
+            let existed = hub.delete_device(&device_id).await.hub(&object)?;
+            let note = if existed {
+                "removed from"
+            } else {
+                "was already gone from"
+            };
+            tracing::info!(device = %device_id, existed, "hub identity removed");
+            ctx.publish(
+                device,
+                false,
+                "Deregistered",
+                format!("identity {device_id} {note} hub {hub_name}"),
+            )
+            .await;
+        }
+        Err(Error::HubUnusable { reason, .. }) if ctx.hubs.hub(namespace, hub_name).is_none() => {
+            tracing::warn!(device = %device_id, %reason, "hub object gone; nothing to remove");
+        }
+        Err(error) => return Err(error),
+    }
+    credentials::delete_generated(&ctx.client, device).await?;
+    ctx.index.remove(namespace, hub_name, &device_id);
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The twin patch that brings tags and desired properties in line with a Device spec (pure).
+//!
+//! The patch is the difference between what the operator last wrote (recorded in status) and
+//! what the spec wants now (field case F03): a key removed from the spec becomes an explicit
+//! `null`, an unchanged spec gives no patch at all, and keys the operator never wrote are
+//! never touched. On top of that, an owned key whose twin value someone changed behind the
+//! operator's back is written again.
+
+use std::collections::BTreeMap;
+
+use cloudpillar_protocol::keys::encode_key;
+use cloudpillar_protocol::twin::{diff, is_equivalent, merge_patch, without_meta};
+use serde_json::{Map, Value};
+
+use crate::twin::{Twin, TwinPatch};
+
+/// What the operator wants in the twin, and what it last wrote there.
+#[derive(Debug, Clone, Copy)]
+pub struct Owned<'a> {
+    /// `spec.tags`.
+    pub tags: &'a BTreeMap<String, String>,
+    /// `spec.desired`.
+    pub desired: &'a BTreeMap<String, Value>,
+    /// `status.appliedTags`.
+    pub applied_tags: &'a BTreeMap<String, String>,
+    /// `status.appliedDesired`.
+    pub applied_desired: &'a BTreeMap<String, Value>,
+}
+
+/// The patch to send; empty when the twin needs nothing.
+pub fn plan(owned: Owned<'_>, twin: &Twin) -> TwinPatch {
+    let wanted_tags = tags_value(owned.tags);
+    let last_tags = tags_value(owned.applied_tags);
+    let wanted_desired = desired_value(owned.desired);
+    let last_desired = desired_value(owned.applied_desired);
+
+    TwinPatch {
+        tags: section_patch(&last_tags, &wanted_tags, &twin.tags),
+        desired: section_patch(
+            &last_desired,
+            &wanted_desired,
+            &without_meta(&twin.properties.desired),
+        ),
+    }
+}
+
+/// Difference against the last write, plus owned keys that drifted in the twin.
+fn section_patch(last: &Value, wanted: &Value, current: &Value) -> Option<Value> {
+    let mut patch = match diff(last, wanted) {
+        Some(Value::Object(members)) => members,
+        _ => Map::new(),
+    };
+    if let Value::Object(wanted) = wanted {
+        for (key, value) in wanted {
+            let drifted = !current.get(key).is_some_and(|now| covers(now, value));
+            if drifted && !patch.contains_key(key) {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// Whether merging `wanted` into `current` would change nothing.
+fn covers(current: &Value, wanted: &Value) -> bool {
+    let mut merged = current.clone();
+    merge_patch(&mut merged, wanted);
+    is_equivalent(&merged, current)
+}
+
+fn tags_value(tags: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        tags.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// `spec.desired` with every key, at every depth, passed through the twin key codec (F05).
+pub fn desired_value(desired: &BTreeMap<String, Value>) -> Value {
+    Value::Object(
+        desired
+            .iter()
+            .map(|(k, v)| (encode_key(k), encode_keys(v)))
+            .collect(),
+    )
+}
+
+fn encode_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, v)| (encode_key(k), encode_keys(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(encode_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn map(value: Value) -> BTreeMap<String, Value> {
+        serde_json::from_value(value).expect("object")
+    }
+
+    fn twin_with_desired(desired: Value) -> Twin {
+        let mut twin = Twin::new("dev-1", "etag");
+        if let (Value::Object(section), Value::Object(extra)) =
+            (&mut twin.properties.desired, desired)
+        {
+            section.extend(extra);
+        }
+        twin
+    }
+
+    #[test]
+    fn a_removed_field_is_sent_as_an_explicit_null_and_nothing_else() {
+        let last = map(json!({"logLevel": "debug", "uploadEveryMin": 15}));
+        let wanted = map(json!({"uploadEveryMin": 15}));
+        let twin = twin_with_desired(json!({"logLevel": "debug", "uploadEveryMin": 15}));
+        let none = BTreeMap::new();
+        let owned = Owned {
+            tags: &none,
+            desired: &wanted,
+            applied_tags: &none,
+            applied_desired: &last,
+        };
+        let patch = plan(owned, &twin);
+        assert_eq!(patch.desired, Some(json!({"logLevel": null})));
+        assert_eq!(patch.tags, None);
+    }
+
+    #[test]
+    fn an_unchanged_spec_writes_nothing() {
+        let last = map(json!({"uploadEveryMin": 15}));
+        let twin = twin_with_desired(json!({"uploadEveryMin": 15, "other": "theirs"}));
+        let tags = BTreeMap::from([("site".to_owned(), "lab".to_owned())]);
+        let mut twin = twin;
+        twin.tags = json!({"site": "lab"});
+        let owned = Owned {
+            tags: &tags,
+            desired: &last,
+            applied_tags: &tags,
+            applied_desired: &last,
+        };
+        assert!(plan(owned, &twin).is_empty());
+    }
+
+    #[test]
+    fn keys_written_by_others_are_never_nulled() {
+        let none = BTreeMap::new();
+        let twin = twin_with_desired(json!({"theirs": 1}));
+        let owned = Owned {
+            tags: &none,
+            desired: &none,
+            applied_tags: &none,
+            applied_desired: &none,
+        };
+        assert!(plan(owned, &twin).is_empty());
+    }
+
+    #[test]
+    fn an_owned_key_changed_in_the_twin_is_written_again() {
+        let wanted = map(json!({"logLevel": "info"}));
+        let twin = twin_with_desired(json!({"logLevel": "trace"}));
+        let none = BTreeMap::new();
+        let owned = Owned {
+            tags: &none,
+            desired: &wanted,
+            applied_tags: &none,
+            applied_desired: &wanted,
+        };
+        assert_eq!(
+            plan(owned, &twin).desired,
+            Some(json!({"logLevel": "info"}))
+        );
+    }
+
+    #[test]
+    fn members_others_added_inside_an_owned_object_cause_no_rewrite() {
+        let wanted = map(json!({"upload": {"everyMin": 15}}));
+        let twin = twin_with_desired(json!({"upload": {"everyMin": 15, "extra": true}}));
+        let none = BTreeMap::new();
+        let owned = Owned {
+            tags: &none,
+            desired: &wanted,
+            applied_tags: &none,
+            applied_desired: &wanted,
+        };
+        assert!(plan(owned, &twin).is_empty());
+    }
+
+    #[test]
+    fn nested_keys_with_forbidden_characters_are_encoded() {
+        let wanted = map(json!({"files": {"firmware.bin": {"crc": "0943260c"}}}));
+        assert_eq!(
+            desired_value(&wanted),
+            json!({"files": {"firmware%2Ebin": {"crc": "0943260c"}}})
+        );
+    }
+}

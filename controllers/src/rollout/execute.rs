@@ -1,0 +1,273 @@
+//! Carrying out a plan: assignment records on Devices, recipes into twins, Rollout status.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cloudpillar_crds::{Device, DeviceAssignment, DeviceRolloutPhase, Rollout, RolloutStatus};
+use cloudpillar_protocol::twin::diff;
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::plan::{AssignmentWrite, Plan};
+use super::{CANCEL_KEY, CONTROLLER, ReadyRecipe};
+use crate::error::{Error, HubContext, KubeContext, Result, is_status};
+use crate::runtime::{Context, key_of};
+use crate::status::manager;
+use crate::twin::{TwinError, TwinPatch, TwinService};
+
+/// Device writes in flight at once within one reconcile.
+const PARALLEL: usize = 32;
+
+/// Writes the plan's assignment records, then starts its devices. Every device is attempted;
+/// the first error is returned after all of them.
+pub async fn run(
+    ctx: &Context,
+    namespace: &str,
+    uid: &str,
+    recipe: Option<&ReadyRecipe>,
+    devices: &[Arc<Device>],
+    plan: &Plan,
+) -> Result<()> {
+    let by_name: HashMap<String, &Arc<Device>> =
+        devices.iter().map(|d| (d.name_any(), d)).collect();
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
+
+    let mut writes = Vec::new();
+    let api = &api;
+    for write in &plan.writes {
+        if let Some(device) = by_name.get(&write.device) {
+            let device: &Device = device;
+            writes.push(Box::pin(async move {
+                (
+                    write.device.clone(),
+                    write_assignment(api, device, write, ctx, uid).await,
+                )
+            }) as BoxFuture<'_, (String, Result<bool>)>);
+        }
+    }
+    let written: Vec<(String, Result<bool>)> = stream::iter(writes)
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut first_error = None;
+    let mut refused = HashSet::new();
+    for (device, result) in written {
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                refused.insert(device);
+            }
+            Err(error) => {
+                refused.insert(device);
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+
+    if let Some(recipe) = recipe {
+        let mut starts = Vec::new();
+        for name in plan.starts.iter().filter(|n| !refused.contains(n.as_str())) {
+            let Some(device) = by_name.get(name) else {
+                continue;
+            };
+            let device: &Device = device;
+            let planned = plan
+                .writes
+                .iter()
+                .find(|w| &w.device == name)
+                .map(|w| w.assignment.clone());
+            let cached = device.status.as_ref().and_then(|s| s.assignment.clone());
+            let Some(assignment) = planned.or(cached) else {
+                continue;
+            };
+            starts.push(Box::pin(start(api, device, assignment, recipe, ctx, uid))
+                as BoxFuture<'_, Result<()>>);
+        }
+        let results: Vec<Result<()>> = stream::iter(starts)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for result in results {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Writes one assignment record. A claim carries the cached resourceVersion, so it fails
+/// (`Ok(false)`) when the Device changed meanwhile, for example because another Rollout
+/// claimed it; the next reconcile sees the change.
+async fn write_assignment(
+    api: &Api<Device>,
+    device: &Device,
+    write: &AssignmentWrite,
+    ctx: &Context,
+    uid: &str,
+) -> Result<bool> {
+    let version = write.claim.then(|| device.resource_version()).flatten();
+    match apply_assignment(api, device, Some(&write.assignment), version).await {
+        Ok(()) => {
+            ctx.expectations.expect(
+                uid,
+                ObjectRef::from_obj(device),
+                Some(write.assignment.clone()),
+            );
+            Ok(true)
+        }
+        Err(Error::Kube { source, .. }) if is_status(&source, 409) => {
+            tracing::debug!(device = %device.name_any(), "device changed before the claim; skipping");
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Server-side applies `status.assignment` (or removes it with `None`) under this
+/// controller's field manager, optionally guarded by `resource_version`.
+pub async fn apply_assignment(
+    api: &Api<Device>,
+    device: &Device,
+    assignment: Option<&DeviceAssignment>,
+    resource_version: Option<String>,
+) -> Result<()> {
+    let mut metadata = json!({ "name": device.name_any() });
+    if let Some(version) = resource_version {
+        metadata["resourceVersion"] = version.into();
+    }
+    let status = match assignment {
+        Some(a) => json!({ "assignment": a }),
+        None => json!({}),
+    };
+    let body = json!({
+        "apiVersion": Device::api_version(&()),
+        "kind": Device::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    });
+    let params = PatchParams::apply(&manager(CONTROLLER)).force();
+    api.patch_status(&device.name_any(), &params, &Patch::Apply(&body))
+        .await
+        .kube("apply assignment of", &key_of(device))
+        .map(|_| ())
+}
+
+/// Puts the recipe into the device's twin (unless it is there), then records `assignedTime`.
+async fn start(
+    api: &Api<Device>,
+    device: &Device,
+    mut assignment: DeviceAssignment,
+    recipe: &ReadyRecipe,
+    ctx: &Context,
+    uid: &str,
+) -> Result<()> {
+    let object = key_of(device);
+    let namespace = device.namespace().unwrap_or_default();
+    let hub = ctx
+        .hubs
+        .service(&namespace, &device.spec.hub_ref.name, &object)
+        .await?;
+    let device_id = device.device_id();
+    let desired = json!({ "changeSpec": recipe.form.value, "changeSign": recipe.signature });
+    write_desired(hub.as_ref(), &device_id, &desired, ctx)
+        .await
+        .hub(&object)?;
+
+    assignment.phase = DeviceRolloutPhase::Assigned;
+    assignment.assigned_time = Some(Time(crate::status::now()));
+    apply_assignment(api, device, Some(&assignment), None).await?;
+    ctx.expectations
+        .expect(uid, ObjectRef::from_obj(device), Some(assignment));
+    tracing::info!(device = %device_id, recipe = %recipe.id, "recipe written to twin");
+    Ok(())
+}
+
+/// Makes the twin's desired section hold `wanted` (top-level members), ETag-guarded: the
+/// members are turned into the merge patch that changes the twin's current values into the
+/// wanted ones, so that no member of an older recipe lingers. Any pending cancel request is
+/// removed with it. Nothing is written when the twin already holds `wanted`.
+pub async fn write_desired(
+    hub: &dyn TwinService,
+    device_id: &str,
+    wanted: &Value,
+    ctx: &Context,
+) -> std::result::Result<(), TwinError> {
+    for _ in 0..3 {
+        let twin = hub.get_twin(device_id).await?;
+        let current = &twin.properties.desired;
+        let mut patch = serde_json::Map::new();
+        if let Value::Object(members) = wanted {
+            for (key, value) in members {
+                let old = current.get(key).cloned().unwrap_or(Value::Null);
+                if let Some(change) = diff(&old, value) {
+                    patch.insert(key.clone(), change);
+                }
+            }
+        }
+        if current.get(CANCEL_KEY).is_some() && wanted.get(CANCEL_KEY).is_none() {
+            patch.insert(CANCEL_KEY.into(), Value::Null);
+        }
+        if patch.is_empty() {
+            return Ok(());
+        }
+        let patch = TwinPatch {
+            tags: None,
+            desired: Some(Value::Object(patch)),
+        };
+        match hub.patch_twin(device_id, &patch, Some(&twin.etag)).await {
+            Ok(_) => {
+                ctx.metrics.twin_write("written");
+                return Ok(());
+            }
+            Err(TwinError::EtagMismatch { .. }) => ctx.metrics.twin_write("etag_mismatch"),
+            Err(error) => {
+                ctx.metrics.twin_write("failed");
+                return Err(error);
+            }
+        }
+    }
+    Err(TwinError::EtagMismatch {
+        device_id: device_id.to_owned(),
+    })
+}
+
+/// Applies the Rollout status unless it equals the current one. The write carries the
+/// resourceVersion the plan was made from, so a plan from a stale cache never overwrites a
+/// newer status: the server refuses it and the next reconcile plans again.
+pub async fn write_status(
+    api: &Api<Rollout>,
+    rollout: &Rollout,
+    previous: &RolloutStatus,
+    status: &RolloutStatus,
+) -> Result<()> {
+    if status == previous {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": Rollout::api_version(&()),
+        "kind": Rollout::kind(&()),
+        "metadata": { "name": rollout.name_any(), "resourceVersion": rollout.resource_version() },
+        "status": status,
+    });
+    let params = PatchParams::apply(&manager(CONTROLLER)).force();
+    match api
+        .patch_status(&rollout.name_any(), &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if is_status(&error, 409) => Err(Error::Conflict {
+            object: key_of(rollout),
+        }),
+        Err(source) => Err(Error::Kube {
+            action: "apply status of",
+            object: key_of(rollout),
+            source,
+        }),
+    }
+}

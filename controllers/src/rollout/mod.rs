@@ -1,0 +1,246 @@
+//! Rollout controller: brings a signed Recipe to the Devices a selector picks, wave by wave.
+//!
+//! Per-device progress is kept on each Device (`status.assignment`, written under this
+//! controller's field manager) and in the twins; the Rollout's own status holds counts. Each
+//! reconcile rebuilds its view from those durable records (see [`plan`]).
+
+mod cancel;
+mod execute;
+mod expect;
+pub mod plan;
+mod summary;
+pub mod waves;
+pub mod window;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudpillar_crds::{Device, DeviceAssignment, DeviceRolloutPhase, Recipe, Rollout};
+use kube::api::Api;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+pub use expect::Expectations;
+pub use plan::{Candidate, Facts, Plan};
+
+use crate::error::{Error, Result};
+use crate::recipe::{SignedForm, is_ready, signed_form};
+use crate::runtime::{Context, finalizer, key_of};
+use waves::Observed;
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "rollout";
+
+/// Finalizer that cancels running devices before a Rollout goes away.
+pub const FINALIZER: &str = "cloudpillar.io/rollout";
+
+/// Desired-property key of a cancel request: `{"id": "<changeSpec.id>"}`. The device stops
+/// the recipe with that id and reports `Status: Cancelled`; progress stays in reported.
+pub const CANCEL_KEY: &str = "changeCancel";
+
+/// Devices started per reconcile at most; the rest follow in the next one.
+const MAX_STARTS: usize = 500;
+
+/// A ready Recipe: its `changeSpec` as signed, and the signature text.
+#[derive(Debug, Clone)]
+pub struct ReadyRecipe {
+    /// `changeSpec.id`.
+    pub id: String,
+    /// What devices receive.
+    pub form: SignedForm,
+    /// `desired.changeSign`.
+    pub signature: String,
+}
+
+/// Reconciles one Rollout.
+pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = rollout
+        .namespace()
+        .ok_or(Error::Incomplete { what: "namespace" })?;
+    let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = rollout.uid().ok_or(Error::Incomplete { what: "uid" })?;
+
+    // Plan only from a cache that shows this controller's own writes.
+    if ctx.expectations.unseen(&uid, &ctx.devices) {
+        return Ok(Action::requeue(Duration::from_millis(300)));
+    }
+    let recipe = ready_recipe(&ctx, &namespace, &rollout);
+
+    if rollout.meta().deletion_timestamp.is_some() {
+        if rollout.finalizers().iter().any(|f| f == FINALIZER) {
+            let devices = members(&ctx, &namespace, &uid);
+            if !cancel::cancel(&rollout, &uid, &devices, &ctx).await? {
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            finalizer::remove(&api, rollout.as_ref(), FINALIZER).await?;
+            ctx.expectations.forget(&uid);
+        }
+        return Ok(Action::await_change());
+    }
+    let rollout = finalizer::add(&api, rollout.as_ref(), FINALIZER).await?;
+
+    // Window and candidates, then the pure plan.
+    let now = crate::status::now();
+    let window = match &rollout.spec.strategy.maintenance_window {
+        Some(w) => {
+            Some(
+                window::evaluate(w, chrono::Utc::now()).map_err(|e| Error::InvalidSpec {
+                    object: key_of(&rollout),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
+        None => None,
+    };
+    let devices = selection(&ctx, &namespace, &rollout, &uid)?;
+    let candidates: Vec<Candidate<'_>> = devices
+        .iter()
+        .map(|d| candidate(d, &rollout, &uid, &ctx))
+        .collect();
+    let previous = rollout.status.clone().unwrap_or_default();
+    let facts = Facts {
+        rollout: &rollout.name_any(),
+        uid: &uid,
+        spec: &rollout.spec,
+        generation: rollout.meta().generation,
+        previous: &previous,
+        recipe_id: recipe.as_ref().map(|r| r.id.as_str()),
+        window_open: window.is_none_or(|w| w.open),
+        now,
+        max_starts: MAX_STARTS,
+    };
+    let plan = plan::plan(&facts, &candidates);
+    let capped = plan.starts.len() >= MAX_STARTS;
+
+    // Act: assignment records first, then twins, then the Rollout's status.
+    let outcome = execute::run(&ctx, &namespace, &uid, recipe.as_ref(), &devices, &plan).await;
+    execute::write_status(&api, &rollout, &previous, &plan.status).await?;
+    for event in &plan.events {
+        ctx.publish(&rollout, event.warning, event.reason, event.note.clone())
+            .await;
+    }
+    outcome?;
+
+    let mut next = ctx.config.resync_period;
+    let wake = plan
+        .wake_at
+        .map(|t| Duration::from_secs(t.duration_since(now).as_secs().max(1) as u64));
+    let window_change = window
+        .and_then(|w| w.changes_at)
+        .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1));
+    for candidate in [wake, window_change].into_iter().flatten() {
+        next = next.min(candidate);
+    }
+    if capped {
+        next = Duration::from_millis(200);
+    }
+    Ok(Action::requeue(next))
+}
+
+/// The Recipe the Rollout names, when Valid and Signed for its current spec and the signed
+/// digest matches what would be written.
+fn ready_recipe(ctx: &Context, namespace: &str, rollout: &Rollout) -> Option<ReadyRecipe> {
+    let reference = ObjectRef::<Recipe>::new(&rollout.spec.recipe_ref.name).within(namespace);
+    let recipe = ctx.recipes.get(&reference).filter(|r| is_ready(r))?;
+    let status = recipe.status.as_ref()?;
+    let form = signed_form(&recipe.spec);
+    (status.digest.as_deref() == Some(form.digest.as_str())).then(|| ReadyRecipe {
+        id: recipe.spec.change_spec.id.clone(),
+        signature: status.signature.clone().unwrap_or_default(),
+        form,
+    })
+}
+
+/// Devices in the namespace that the selector matches or that this Rollout claimed.
+fn selection(
+    ctx: &Context,
+    namespace: &str,
+    rollout: &Rollout,
+    uid: &str,
+) -> Result<Vec<Arc<Device>>> {
+    let selector =
+        Selector::try_from(rollout.spec.selector.clone()).map_err(|e| Error::InvalidSpec {
+            object: key_of(rollout),
+            reason: format!("selector: {e}"),
+        })?;
+    let mut devices: Vec<Arc<Device>> = ctx
+        .devices
+        .state()
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(namespace))
+        .filter(|d| d.meta().deletion_timestamp.is_none() || is_mine(d, uid))
+        .filter(|d| selector.matches(d.labels()) || is_mine(d, uid))
+        .collect();
+    devices.sort_by_key(|d| d.name_any());
+    Ok(devices)
+}
+
+/// Devices this Rollout claimed.
+fn members(ctx: &Context, namespace: &str, uid: &str) -> Vec<Arc<Device>> {
+    ctx.devices
+        .state()
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(namespace) && is_mine(d, uid))
+        .collect()
+}
+
+fn assignment(device: &Device) -> Option<&DeviceAssignment> {
+    device.status.as_ref().and_then(|s| s.assignment.as_ref())
+}
+
+fn is_mine(device: &Device, uid: &str) -> bool {
+    assignment(device).is_some_and(|a| a.rollout_uid == uid)
+}
+
+fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context) -> Candidate<'a> {
+    let status = device.status.as_ref();
+    let mine = assignment(device).filter(|a| a.rollout_uid == uid);
+    let held_elsewhere =
+        assignment(device).is_some_and(|a| a.rollout_uid != uid && holds(a, device, ctx));
+    let reachable = status
+        .and_then(|s| s.connection.as_ref())
+        .is_some_and(|c| c.state == cloudpillar_crds::ConnectionState::Connected);
+    Candidate {
+        name: device.meta().name.as_deref().unwrap_or_default(),
+        selected: device.meta().deletion_timestamp.is_none()
+            && Selector::try_from(rollout.spec.selector.clone())
+                .is_ok_and(|s| s.matches(device.labels())),
+        mine,
+        held_elsewhere,
+        busy: status.and_then(|s| s.device_state.as_deref()) == Some("BUSY"),
+        observed: Observed {
+            report: status.and_then(|s| s.recipe.as_ref()),
+            reachable,
+        },
+    }
+}
+
+/// Whether another Rollout's assignment still holds the device: that Rollout exists and is
+/// not over, or the device still runs its recipe (as far as it reported).
+fn holds(assignment: &DeviceAssignment, device: &Device, ctx: &Context) -> bool {
+    let namespace = device.namespace().unwrap_or_default();
+    let owner = ctx
+        .rollouts
+        .get(&ObjectRef::new(&assignment.rollout).within(&namespace));
+    let owner_live = owner.is_some_and(|o| {
+        o.uid().as_deref() == Some(assignment.rollout_uid.as_str())
+            && o.meta().deletion_timestamp.is_none()
+            && !o.status.as_ref().is_some_and(|s| s.phase.is_final())
+    });
+    if owner_live {
+        return true;
+    }
+    let report = device.status.as_ref().and_then(|s| s.recipe.as_ref());
+    let finished_report = report.is_some_and(|r| {
+        r.id.as_deref() == Some(assignment.recipe_id.as_str())
+            && matches!(
+                r.status.as_deref(),
+                Some("Success" | "Failure" | "Cancelled" | "Refused")
+            )
+    });
+    assignment.phase.is_in_flight()
+        && !finished_report
+        && assignment.phase != DeviceRolloutPhase::Pending
+}

@@ -1,0 +1,336 @@
+//! The Rollout status a plan step produces: phase, conditions, counts, waves, failures.
+
+use std::collections::BTreeMap;
+
+use cloudpillar_crds::conditions::{ROLLOUT_COMPLETE, ROLLOUT_PAUSED, ROLLOUT_PROGRESSING};
+use cloudpillar_crds::rollout::MAX_FAILED_DEVICES;
+use cloudpillar_crds::{
+    DeviceAssignment, DeviceCounts, DeviceRolloutPhase as Phase, FailedDevice, RolloutPhase,
+    RolloutStatus, WaveStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::plan::{Announcement, Facts};
+use crate::status::{condition, merge_conditions};
+
+/// What keeps new devices from starting, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Devices may start.
+    Open,
+    /// The rollout is over.
+    Final(RolloutPhase),
+    /// Failures crossed the threshold with action Pause.
+    FailureThreshold,
+    /// The Recipe is not Valid and Signed, or changed under the rollout.
+    RecipeNotReady,
+    /// `spec.paused` is set.
+    Requested,
+    /// Waiting for `spec.approvedWave` to reach this wave.
+    WaitingForApproval(u32),
+    /// A timed pause before this wave.
+    WavePause(u32),
+    /// Outside the maintenance window.
+    OutsideWindow,
+    /// This many devices wait for another Rollout and nothing else can run.
+    RecipeBusy(u32),
+}
+
+/// Counts by phase of claimed devices, plus `unclaimed` pending ones.
+pub fn counts(members: &BTreeMap<&str, DeviceAssignment>, unclaimed: usize) -> DeviceCounts {
+    let mut counts: DeviceCounts = members.values().map(|a| a.phase).collect();
+    let pending = u32::try_from(unclaimed).unwrap_or(u32::MAX);
+    counts.total += pending;
+    counts.pending += pending;
+    counts
+}
+
+/// When each wave finished, as recorded in status.
+pub fn completion_times(status: &RolloutStatus) -> BTreeMap<u32, Timestamp> {
+    status
+        .waves
+        .iter()
+        .filter_map(|w| w.completion_time.as_ref().map(|t| (w.number, t.0)))
+        .collect()
+}
+
+/// Inputs of the status.
+pub struct Summary<'a> {
+    /// Claimed devices by name.
+    pub members: &'a BTreeMap<&'a str, DeviceAssignment>,
+    /// Counts over all devices.
+    pub counts: DeviceCounts,
+    /// Cumulative wave targets.
+    pub targets: &'a [u32],
+    /// Current wave.
+    pub wave: u32,
+    /// What stops new starts.
+    pub gate: Gate,
+    /// Completion time of each finished wave.
+    pub completed: BTreeMap<u32, Timestamp>,
+}
+
+impl Summary<'_> {
+    /// The new status; pushes Events for changes of phase.
+    pub fn status(&self, facts: &Facts<'_>, events: &mut Vec<Announcement>) -> RolloutStatus {
+        let previous = facts.previous;
+        let generation = facts.generation;
+        let started = self.members.values().any(|a| a.phase != Phase::Deferred);
+        let (phase, progressing, paused, complete) = self.conditions(started);
+
+        let mut status = RolloutStatus {
+            observed_generation: generation,
+            phase,
+            recipe_id: previous
+                .recipe_id
+                .clone()
+                .or_else(|| self.members.values().next().map(|a| a.recipe_id.clone())),
+            current_wave: (!self.members.is_empty()).then_some(self.wave),
+            counts: self.counts.clone(),
+            waves: self.waves(facts),
+            failed_devices: self.failed_devices(),
+            start_time: previous.start_time.clone().or_else(|| {
+                self.members
+                    .values()
+                    .filter_map(|a| a.assigned_time.clone())
+                    .min_by_key(|t| t.0)
+            }),
+            completion_time: previous.completion_time.clone(),
+            conditions: Vec::new(),
+        };
+        if phase.is_final() && status.completion_time.is_none() {
+            status.completion_time = Some(Time(facts.now));
+        }
+        let wanted = vec![
+            condition(
+                ROLLOUT_PROGRESSING,
+                progressing.0,
+                progressing.1,
+                progressing.2.clone(),
+                generation,
+            ),
+            condition(
+                ROLLOUT_PAUSED,
+                paused.0,
+                paused.1,
+                paused.2.clone(),
+                generation,
+            ),
+            condition(
+                ROLLOUT_COMPLETE,
+                complete.0,
+                complete.1,
+                complete.2.clone(),
+                generation,
+            ),
+        ];
+        status.conditions = merge_conditions(&previous.conditions, wanted);
+
+        if phase != previous.phase || paused.1 != reason_of(previous, ROLLOUT_PAUSED) {
+            let warning = matches!(phase, RolloutPhase::Failed | RolloutPhase::Aborted)
+                || self.gate == Gate::FailureThreshold;
+            let (reason, note) = match phase {
+                RolloutPhase::Paused => (paused.1, paused.2.clone()),
+                RolloutPhase::Aborted | RolloutPhase::Failed | RolloutPhase::Succeeded => {
+                    (complete.1, complete.2.clone())
+                }
+                _ => (progressing.1, progressing.2.clone()),
+            };
+            events.push(Announcement {
+                warning,
+                reason,
+                note,
+            });
+        }
+        status
+    }
+
+    /// Phase and the (holds, reason, message) of Progressing, Paused and Complete.
+    #[allow(clippy::type_complexity)] // three condition triples, named by the caller
+    fn conditions(
+        &self,
+        started: bool,
+    ) -> (
+        RolloutPhase,
+        (bool, &'static str, String),
+        (bool, &'static str, String),
+        (bool, &'static str, String),
+    ) {
+        let c = &self.counts;
+        let tally = format!(
+            "{} of {} devices succeeded, {} failed, {} running, {} deferred, {} pending",
+            c.succeeded,
+            c.total,
+            c.failed,
+            c.in_flight(),
+            c.deferred,
+            c.pending
+        );
+        let not_complete = (false, "InProgress", tally.clone());
+        let not_paused = (false, "Running", String::new());
+        let paused = |reason: &'static str, message: String| {
+            (
+                RolloutPhase::Paused,
+                (true, "Paused", tally.clone()),
+                (true, reason, message),
+                not_complete.clone(),
+            )
+        };
+        match self.gate {
+            Gate::Final(RolloutPhase::Succeeded) => (
+                RolloutPhase::Succeeded,
+                (false, "Finished", tally.clone()),
+                not_paused,
+                (true, "Succeeded", tally.clone()),
+            ),
+            Gate::Final(RolloutPhase::Failed) => (
+                RolloutPhase::Failed,
+                (false, "Finished", tally.clone()),
+                not_paused,
+                (true, "Failed", tally.clone()),
+            ),
+            Gate::Final(_) => (
+                RolloutPhase::Aborted,
+                (false, "Aborted", tally.clone()),
+                not_paused,
+                (
+                    true,
+                    "FailureThreshold",
+                    format!("aborted: failure threshold crossed; {tally}"),
+                ),
+            ),
+            Gate::FailureThreshold => paused(
+                "FailureThreshold",
+                format!(
+                    "failure threshold crossed ({} failed); raise spec.strategy.failureThreshold to go on",
+                    c.failed
+                ),
+            ),
+            Gate::Requested => paused("Requested", "spec.paused is true".into()),
+            Gate::WaitingForApproval(w) => paused(
+                "WaitingForApproval",
+                format!("wave {w} starts once spec.approvedWave is {w} or more"),
+            ),
+            Gate::WavePause(w) => paused("WavePause", format!("timed pause before wave {w}")),
+            Gate::OutsideWindow => paused(
+                "OutsideMaintenanceWindow",
+                "no device starts until the maintenance window opens".into(),
+            ),
+            Gate::RecipeBusy(n) => paused(
+                "RecipeBusy",
+                format!("{n} devices run another Rollout's recipe; they join when it is done"),
+            ),
+            Gate::RecipeNotReady if !started => (
+                RolloutPhase::Pending,
+                (
+                    false,
+                    "RecipeNotReady",
+                    "the Recipe is not Valid and Signed".into(),
+                ),
+                not_paused,
+                not_complete,
+            ),
+            Gate::RecipeNotReady => paused(
+                "RecipeNotReady",
+                "the Recipe is no longer Valid and Signed or changed its id".into(),
+            ),
+            Gate::Open => (
+                RolloutPhase::Progressing,
+                (true, "WaveInProgress", tally.clone()),
+                not_paused,
+                not_complete,
+            ),
+        }
+    }
+
+    fn waves(&self, facts: &Facts<'_>) -> Vec<WaveStatus> {
+        let previous = facts.previous;
+        let known: BTreeMap<u32, &WaveStatus> =
+            previous.waves.iter().map(|w| (w.number, w)).collect();
+        let mut waves = Vec::new();
+        let mut before = 0;
+        for number in 1..=self.wave.min(self.targets.len() as u32) {
+            let target = self
+                .targets
+                .get(number as usize - 1)
+                .copied()
+                .unwrap_or(before);
+            let own: Vec<&DeviceAssignment> =
+                self.members.values().filter(|a| a.wave == number).collect();
+            let old = known.get(&number);
+            let first_start = own
+                .iter()
+                .filter_map(|a| a.assigned_time.clone())
+                .min_by_key(|t| t.0);
+            let spec = facts.spec.strategy.waves.get(number as usize - 1);
+            let pause = spec
+                .and_then(|w| w.pause.as_ref())
+                .and_then(|p| p.duration.as_ref());
+            let completion = self.completed.get(&number).copied();
+            waves.push(WaveStatus {
+                number,
+                name: spec.and_then(|w| w.name.clone()),
+                size: target - before,
+                counts: own.iter().map(|a| a.phase).collect(),
+                start_time: old.and_then(|w| w.start_time.clone()).or(first_start),
+                completion_time: completion.map(Time),
+                resume_time: completion
+                    .zip(pause)
+                    .map(|(done, wait)| Time(done + std::time::Duration::from(*wait))),
+            });
+            before = target;
+        }
+        waves
+    }
+
+    fn failed_devices(&self) -> Vec<FailedDevice> {
+        let mut failed: Vec<FailedDevice> = self
+            .members
+            .iter()
+            .filter(|(_, a)| a.phase == Phase::Failed)
+            .map(|(name, a)| FailedDevice {
+                name: (*name).to_owned(),
+                wave: a.wave,
+                reason: a
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("Failed")
+                    .to_owned(),
+                message: a.reason.clone(),
+                action_path: a
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.split_once(" at "))
+                    .map(|(_, p)| p.to_owned()),
+                time: a.phase_time.clone(),
+            })
+            .collect();
+        failed.sort_by(|a, b| {
+            b.time
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&a.time.as_ref().map(|t| t.0))
+        });
+        failed.truncate(MAX_FAILED_DEVICES);
+        failed
+    }
+}
+
+fn reason_of(status: &RolloutStatus, type_: &str) -> &'static str {
+    // Only compared against the static reasons above; unknown text never matches one.
+    match cloudpillar_crds::conditions::find(&status.conditions, type_) {
+        Some(c) if c.status == "True" => match c.reason.as_str() {
+            "FailureThreshold" => "FailureThreshold",
+            "Requested" => "Requested",
+            "WaitingForApproval" => "WaitingForApproval",
+            "WavePause" => "WavePause",
+            "OutsideMaintenanceWindow" => "OutsideMaintenanceWindow",
+            "RecipeBusy" => "RecipeBusy",
+            "RecipeNotReady" => "RecipeNotReady",
+            _ => "Paused",
+        },
+        _ => "Running",
+    }
+}

@@ -1,0 +1,310 @@
+//! Wave sizes, failure threshold and per-device phases (pure arithmetic, no I/O).
+
+use std::time::Duration;
+
+use cloudpillar_crds::{
+    DeviceAssignment, DeviceCounts, DeviceRecipeStatus, DeviceRolloutPhase, FailureThreshold, Wave,
+};
+use k8s_openapi::jiff::Timestamp;
+
+/// Cumulative device targets: entry `i` is how many devices waves `1..=i+1` take together.
+///
+/// A wave takes `count` devices or `percent` of `total` rounded up; the last wave takes every
+/// device left, so the rollout always reaches all of them. Targets never exceed `total`.
+pub fn cumulative_targets(waves: &[Wave], total: u32) -> Vec<u32> {
+    let mut running: u32 = 0;
+    let last = waves.len().saturating_sub(1);
+    waves
+        .iter()
+        .enumerate()
+        .map(|(index, wave)| {
+            let size = match (wave.count, wave.percent) {
+                (Some(count), _) => count,
+                (None, Some(percent)) => {
+                    (u64::from(total) * u64::from(percent)).div_ceil(100) as u32
+                }
+                (None, None) => 0,
+            };
+            running = running.saturating_add(size).min(total);
+            if index == last { total } else { running }
+        })
+        .collect()
+}
+
+/// Whether failures crossed the threshold.
+///
+/// `count`: more than `count` devices failed. `percent`: failed devices are more than
+/// `percent` of the devices that received the recipe so far. Unreachable devices are not
+/// failed; nothing counts before the first device started.
+pub fn threshold_crossed(threshold: &FailureThreshold, counts: &DeviceCounts) -> bool {
+    let failed = u64::from(counts.failed);
+    if let Some(count) = threshold.count {
+        return failed > u64::from(count);
+    }
+    let started = u64::from(counts.total - counts.pending - counts.deferred);
+    match threshold.percent {
+        Some(percent) if started > 0 => failed * 100 > u64::from(percent) * started,
+        _ => false,
+    }
+}
+
+/// What the rollout knows about one device right now.
+#[derive(Debug, Clone, Default)]
+pub struct Observed<'a> {
+    /// The device's reported recipe.
+    pub report: Option<&'a DeviceRecipeStatus>,
+    /// Whether the device is connected and not stale.
+    pub reachable: bool,
+}
+
+/// The phase a claimed device is in now, with a reason when there is one.
+///
+/// Finished and deferred devices keep their phase (deferral is lifted by the start logic).
+/// A device is Assigned until it reports the recipe, InProgress while it runs it, then
+/// Succeeded, Failed or Cancelled as it reports; one that is disconnected or stale meanwhile
+/// is Unreachable, which is not failure; one that takes longer than `timeout` from receiving
+/// the recipe has Failed with reason Timeout.
+pub fn observe(
+    assignment: &DeviceAssignment,
+    device: &Observed<'_>,
+    timeout: Option<Duration>,
+    now: Timestamp,
+) -> (DeviceRolloutPhase, Option<String>) {
+    use DeviceRolloutPhase as Phase;
+    let current = assignment.phase;
+    if current.is_finished() || current == Phase::Deferred || current == Phase::Pending {
+        return (current, assignment.reason.clone());
+    }
+    let Some(assigned) = assignment.assigned_time.as_ref() else {
+        return (Phase::Assigned, None);
+    };
+    let report = device
+        .report
+        .filter(|r| r.id.as_deref() == Some(assignment.recipe_id.as_str()));
+    let reported = report.and_then(|r| r.status.as_deref());
+    let fault = || {
+        let report = report?;
+        let path = report
+            .last_faulted_path
+            .as_deref()
+            .or(report.action_path.as_deref())?;
+        Some(path.to_owned())
+    };
+    match reported {
+        Some("Success") => return (Phase::Succeeded, None),
+        Some("Failure") => {
+            return (
+                Phase::Failed,
+                Some(fault().map_or("StepFailed".into(), |p| format!("StepFailed at {p}"))),
+            );
+        }
+        Some("Refused") => return (Phase::Failed, Some("Refused".into())),
+        Some("Cancelled") => return (Phase::Cancelled, None),
+        _ => {}
+    }
+    if let Some(limit) = timeout
+        && now.duration_since(assigned.0).unsigned_abs() > limit
+    {
+        return (Phase::Failed, Some("Timeout".into()));
+    }
+    if !device.reachable {
+        return (Phase::Unreachable, None);
+    }
+    match reported {
+        Some(_) => (Phase::InProgress, None),
+        None => (Phase::Assigned, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).expect("valid time")
+    }
+
+    fn assignment(phase: DeviceRolloutPhase, assigned: Option<i64>) -> DeviceAssignment {
+        DeviceAssignment {
+            rollout: "ro".into(),
+            rollout_uid: "uid".into(),
+            recipe: "rcp".into(),
+            recipe_id: "r1".into(),
+            wave: 1,
+            phase,
+            reason: None,
+            assigned_time: assigned.map(|s| Time(at(s))),
+            phase_time: None,
+        }
+    }
+
+    fn report(id: &str, status: &str) -> DeviceRecipeStatus {
+        DeviceRecipeStatus {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            last_faulted_path: Some("changeSpec.patch.installSteps[0]".into()),
+            ..DeviceRecipeStatus::default()
+        }
+    }
+
+    #[test]
+    fn percent_waves_round_up_and_the_last_wave_takes_the_rest() {
+        let waves = vec![Wave::percent(10), Wave::percent(30), Wave::percent(10)];
+        assert_eq!(cumulative_targets(&waves, 11), vec![2, 6, 11]);
+        assert_eq!(cumulative_targets(&waves, 0), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn count_waves_never_exceed_the_devices_there_are() {
+        let waves = vec![Wave::count(2), Wave::count(5), Wave::count(1)];
+        assert_eq!(cumulative_targets(&waves, 4), vec![2, 4, 4]);
+        assert_eq!(cumulative_targets(&[Wave::count(3)], 10), vec![10]);
+    }
+
+    #[test]
+    fn count_threshold_is_crossed_only_above_the_count() {
+        let threshold = FailureThreshold {
+            count: Some(1),
+            ..FailureThreshold::default()
+        };
+        let mut counts = DeviceCounts {
+            total: 10,
+            failed: 1,
+            succeeded: 3,
+            ..Default::default()
+        };
+        assert!(!threshold_crossed(&threshold, &counts));
+        counts.failed = 2;
+        assert!(threshold_crossed(&threshold, &counts));
+        let zero = FailureThreshold {
+            count: Some(0),
+            ..FailureThreshold::default()
+        };
+        assert!(threshold_crossed(
+            &zero,
+            &DeviceCounts {
+                total: 1,
+                failed: 1,
+                ..Default::default()
+            }
+        ));
+    }
+
+    #[test]
+    fn percent_threshold_counts_only_devices_that_started() {
+        let threshold = FailureThreshold {
+            percent: Some(20),
+            ..FailureThreshold::default()
+        };
+        let counts = |failed, succeeded, pending| DeviceCounts {
+            total: failed + succeeded + pending,
+            failed,
+            succeeded,
+            pending,
+            ..Default::default()
+        };
+        assert!(
+            !threshold_crossed(&threshold, &counts(1, 4, 95)),
+            "1 of 5 is 20 %, not more"
+        );
+        assert!(
+            threshold_crossed(&threshold, &counts(2, 4, 94)),
+            "2 of 6 is over 20 %"
+        );
+        assert!(!threshold_crossed(&threshold, &counts(0, 0, 10)));
+    }
+
+    #[test]
+    fn device_phase_follows_its_report_and_only_for_this_recipe() {
+        let claimed = assignment(DeviceRolloutPhase::Assigned, Some(100));
+        let seen = |r: Option<&DeviceRecipeStatus>, reachable| {
+            observe(
+                &claimed,
+                &Observed {
+                    report: r,
+                    reachable,
+                },
+                None,
+                at(200),
+            )
+            .0
+        };
+        assert_eq!(seen(None, true), DeviceRolloutPhase::Assigned);
+        assert_eq!(
+            seen(Some(&report("old", "InProgress")), true),
+            DeviceRolloutPhase::Assigned
+        );
+        assert_eq!(
+            seen(Some(&report("r1", "InProgress")), true),
+            DeviceRolloutPhase::InProgress
+        );
+        assert_eq!(
+            seen(Some(&report("r1", "InProgress")), false),
+            DeviceRolloutPhase::Unreachable
+        );
+        assert_eq!(
+            seen(Some(&report("r1", "Success")), false),
+            DeviceRolloutPhase::Succeeded
+        );
+        assert_eq!(
+            seen(Some(&report("r1", "Cancelled")), true),
+            DeviceRolloutPhase::Cancelled
+        );
+        let (phase, reason) = observe(
+            &claimed,
+            &Observed {
+                report: Some(&report("r1", "Failure")),
+                reachable: true,
+            },
+            None,
+            at(200),
+        );
+        assert_eq!(phase, DeviceRolloutPhase::Failed);
+        assert_eq!(
+            reason.as_deref(),
+            Some("StepFailed at changeSpec.patch.installSteps[0]")
+        );
+    }
+
+    #[test]
+    fn a_device_past_its_timeout_fails_and_a_finished_one_stays_finished() {
+        let claimed = assignment(DeviceRolloutPhase::InProgress, Some(100));
+        let running = report("r1", "InProgress");
+        let device = Observed {
+            report: Some(&running),
+            reachable: false,
+        };
+        let limit = Some(Duration::from_secs(60));
+        assert_eq!(
+            observe(&claimed, &device, limit, at(150)).0,
+            DeviceRolloutPhase::Unreachable
+        );
+        let (phase, reason) = observe(&claimed, &device, limit, at(161));
+        assert_eq!(
+            (phase, reason.as_deref()),
+            (DeviceRolloutPhase::Failed, Some("Timeout"))
+        );
+
+        let done = assignment(DeviceRolloutPhase::Succeeded, Some(100));
+        assert_eq!(
+            observe(&done, &device, limit, at(10_000)).0,
+            DeviceRolloutPhase::Succeeded
+        );
+    }
+
+    #[test]
+    fn a_claim_whose_twin_write_is_pending_stays_assigned() {
+        let claimed = assignment(DeviceRolloutPhase::Assigned, None);
+        let running = report("r1", "Success");
+        let device = Observed {
+            report: Some(&running),
+            reachable: true,
+        };
+        assert_eq!(
+            observe(&claimed, &device, None, at(1)).0,
+            DeviceRolloutPhase::Assigned
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! The controllers' only way to a hub: device identities, twins and twin change events.
+//!
+//! [`TwinService`] is what the reconcilers call. [`AzureTwinService`] speaks Azure IoT Hub's
+//! service REST API (`api-version=2021-04-12`); the CloudPillar edge hub serves the same
+//! surface, so one client reaches both kinds of hub. Writes go through a client-side rate
+//! limiter and are retried with capped, jittered backoff on throttling and server errors.
+
+mod azure;
+mod events;
+mod retry;
+mod sas;
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use azure::{AzureTwinService, HubConnection};
+pub use cloudpillar_protocol::twin::Twin;
+pub use retry::RetryPolicy;
+pub use sas::service_token;
+
+/// Operations on one hub that the controllers need.
+#[async_trait]
+pub trait TwinService: Send + Sync + Debug {
+    /// Creates the device identity, or returns it unchanged when it already exists with
+    /// the same credentials; replaces the credentials when they differ.
+    async fn ensure_device(&self, identity: &DeviceIdentity) -> Result<DeviceRecord, TwinError>;
+
+    /// Reads a device identity; `None` when the hub does not know it.
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, TwinError>;
+
+    /// Deletes a device identity and its twin. Returns `false` when it was already gone.
+    async fn delete_device(&self, device_id: &str) -> Result<bool, TwinError>;
+
+    /// Reads a device twin.
+    async fn get_twin(&self, device_id: &str) -> Result<Twin, TwinError>;
+
+    /// Merges `patch` into the twin's tags and desired properties. With `etag`, the write
+    /// only happens if the twin still carries that ETag ([`TwinError::EtagMismatch`]).
+    async fn patch_twin(
+        &self,
+        device_id: &str,
+        patch: &TwinPatch,
+        etag: Option<&str>,
+    ) -> Result<Twin, TwinError>;
+
+    /// Runs an IoT Hub query (`SELECT * FROM devices WHERE ...`), one page at a time.
+    async fn query(&self, query: &str, continuation: Option<&str>) -> Result<QueryPage, TwinError>;
+
+    /// Twin change and connection events from `from` on. The stream ends only when the
+    /// event source fails; the caller resumes from the last checkpoint it saw.
+    fn subscribe(&self, from: Checkpoint) -> BoxStream<'static, Result<TwinEvent, TwinError>>;
+}
+
+/// A device identity to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// Device id in the hub.
+    pub device_id: String,
+    /// How the device authenticates.
+    pub auth: IdentityAuth,
+}
+
+/// Credentials of a device identity.
+#[derive(Clone, PartialEq, Eq)]
+pub enum IdentityAuth {
+    /// Symmetric keys (base64).
+    Sas {
+        /// Primary key.
+        primary_key: String,
+        /// Secondary key.
+        secondary_key: String,
+    },
+    /// A self-signed X.509 client certificate, by thumbprint.
+    X509 {
+        /// Hex thumbprint of the certificate.
+        thumbprint: String,
+    },
+}
+
+impl Debug for IdentityAuth {
+    /// Names the method only: keys never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sas { .. } => f.write_str("Sas { .. }"),
+            Self::X509 { thumbprint } => write!(f, "X509 {{ thumbprint: {thumbprint} }}"),
+        }
+    }
+}
+
+/// A device identity as the hub's registry returns it (credentials left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRecord {
+    /// Device id.
+    pub device_id: String,
+    /// ETag of the identity.
+    #[serde(default)]
+    pub etag: String,
+    /// `enabled` or `disabled`.
+    #[serde(default)]
+    pub status: String,
+    /// `Connected` or `Disconnected`.
+    #[serde(default)]
+    pub connection_state: String,
+    /// Whether the identity was created by this call (only set by `ensure_device`).
+    #[serde(skip)]
+    pub created: bool,
+}
+
+/// A merge patch of a twin's tags and desired properties (RFC 7396: `null` deletes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TwinPatch {
+    /// Patch of `tags`, if any.
+    pub tags: Option<Value>,
+    /// Patch of `properties.desired`, if any.
+    pub desired: Option<Value>,
+}
+
+impl TwinPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_none() && self.desired.is_none()
+    }
+
+    /// The request body IoT Hub expects for `PATCH /twins/{id}`.
+    pub fn to_body(&self) -> Value {
+        let mut body = serde_json::Map::new();
+        if let Some(tags) = &self.tags {
+            body.insert("tags".into(), tags.clone());
+        }
+        if let Some(desired) = &self.desired {
+            body.insert(
+                "properties".into(),
+                serde_json::json!({ "desired": desired }),
+            );
+        }
+        Value::Object(body)
+    }
+}
+
+/// One page of query results.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryPage {
+    /// Matching documents (twins for `FROM devices`).
+    pub items: Vec<Value>,
+    /// Token for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// Where to start reading events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Only events committed after the subscription starts.
+    Latest,
+    /// From this sequence number on (inclusive).
+    Sequence(u64),
+}
+
+/// What a twin event says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwinEventKind {
+    /// Tags or properties changed; the body holds only what changed.
+    TwinChanged,
+    /// The device connected.
+    Connected,
+    /// The device disconnected.
+    Disconnected,
+    /// Any other event (telemetry and the like).
+    Other,
+}
+
+/// A twin change or connection event from the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwinEvent {
+    /// Position in the hub's event log; resume from `sequence + 1`.
+    pub sequence: u64,
+    /// The device it is about.
+    pub device_id: String,
+    /// What happened.
+    pub kind: TwinEventKind,
+    /// The event body, when it is JSON.
+    pub body: Option<Value>,
+}
+
+/// A hub call that failed. Variants carry the device id; sources are kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TwinError {
+    /// The hub does not know the device (HTTP 404).
+    #[error("device {device_id} not found in the hub")]
+    NotFound {
+        /// Device id.
+        device_id: String,
+    },
+    /// The twin or identity changed since it was read (HTTP 412).
+    #[error("twin of {device_id} changed since it was read (etag mismatch)")]
+    EtagMismatch {
+        /// Device id.
+        device_id: String,
+    },
+    /// The hub kept throttling or failing after every retry (HTTP 429 or 5xx).
+    #[error("hub kept answering {status} for {operation} on {device_id} after retries")]
+    Unavailable {
+        /// What was attempted.
+        operation: &'static str,
+        /// Device id, or `-` for hub-wide calls.
+        device_id: String,
+        /// Last HTTP status.
+        status: u16,
+    },
+    /// The hub refused the request (another 4xx).
+    #[error("hub refused {operation} on {device_id} with {status}: {message}")]
+    Refused {
+        /// What was attempted.
+        operation: &'static str,
+        /// Device id, or `-` for hub-wide calls.
+        device_id: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's message, cut to 512 characters.
+        message: String,
+    },
+    /// The request did not reach the hub or the answer did not arrive.
+    #[error("could not reach the hub for {operation} on {device_id}")]
+    Transport {
+        /// What was attempted.
+        operation: &'static str,
+        /// Device id, or `-` for hub-wide calls.
+        device_id: String,
+        /// The client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The hub's answer was not the JSON expected.
+    #[error("unexpected answer to {operation} on {device_id}")]
+    Decode {
+        /// What was attempted.
+        operation: &'static str,
+        /// Device id, or `-` for hub-wide calls.
+        device_id: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A SAS token could not be made from the policy key.
+    #[error("the shared access policy key is not valid base64")]
+    BadPolicyKey,
+    /// The hub gives no event stream this client can read.
+    #[error("hub {host} offers no event stream to this client")]
+    EventsUnsupported {
+        /// Service host of the hub.
+        host: String,
+    },
+}
+
+impl TwinError {
+    /// Whether retrying later may succeed (throttling, outages, transport errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Transport { .. })
+    }
+}
+
+/// How long a SAS token the client makes stays valid.
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
