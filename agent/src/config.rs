@@ -107,8 +107,11 @@ pub struct HubConfig {
     /// MQTT over TLS port.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
-    /// PEM bundle of CAs to trust; without it the built-in web roots are not used and the
-    /// connection fails, so production configs name the Azure roots explicitly.
+    /// Address to connect to and TLS name to check, when it differs from `host` (an edge
+    /// hub reached by IP). Default: `host`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// PEM bundle of CAs to trust. Default: `/etc/ssl/certs/ca-certificates.crt`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Lifetime of generated SAS tokens.
@@ -143,6 +146,9 @@ pub struct DpsConfig {
     /// MQTT over TLS port.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
+    /// Address to connect to and TLS name to check, when it differs from `host`.
+    #[serde(default)]
+    pub address: Option<String>,
     /// PEM CA bundle for the DPS endpoint.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,

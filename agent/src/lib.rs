@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod durable;
 pub mod engine;
 pub mod link;

@@ -1,5 +1,38 @@
 //! `cloudpillar-agent`: the device daemon.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the agent daemon is not wired yet")
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// The CloudPillar device agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `CP_AGENT_*` variables override its values.
+    #[arg(long, env = "CP_AGENT_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CP_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = cloudpillar_agent::config::Config::load(&cli.config)
+        .with_context(|| format!("failed to load {}", cli.config.display()))?;
+    let agent = cloudpillar_agent::daemon::start(config).await?;
+    tracing::info!(api = %agent.api_addr, "agent started");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("agent stopping");
+    Ok(())
 }

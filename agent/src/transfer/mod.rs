@@ -1,5 +1,10 @@
 //! File transfers over the hub: chunked downloads as C2D messages and uploads as D2C.
 
+pub mod download;
+pub mod hub;
+pub mod progress;
+pub mod upload;
+
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;

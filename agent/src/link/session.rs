@@ -1,0 +1,217 @@
+//! One connection after another: connect, subscribe, sync the twin, serve, reconnect.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+    Request, TlsConfiguration, Transport,
+};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::identity::{Credential, Identity};
+use super::sync::Sync;
+use super::{Health, Link, MAX_PACKET_BYTES, sas, tls, topics};
+use crate::state::DeviceState;
+
+/// Why a connection ended.
+enum Ended {
+    /// The device went BUSY.
+    Paused,
+    /// The token is due for renewal, or the identity changed.
+    Renew,
+    /// The connection failed.
+    Failed,
+    /// Authentication failed with an implausible clock (F10).
+    ClockInvalid,
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(super) async fn run(link: Arc<Link>) {
+    let mut carried = VecDeque::new();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut clock_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(3600));
+    loop {
+        if link.device.is_busy() {
+            link.set_health(Health::Paused);
+            link.device.wait_not_busy().await;
+        }
+        let Some(identity) = link.identity() else {
+            link.set_health(Health::Unprovisioned);
+            link.identity_changed.notified().await;
+            continue;
+        };
+        match connect_once(&link, &identity, &mut backoff, &mut carried).await {
+            Ended::Paused | Ended::Renew => {}
+            Ended::Failed => {
+                link.set_health(Health::Retrying);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ended::ClockInvalid => {
+                link.set_health(Health::ClockInvalid);
+                tokio::time::sleep(clock_backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+fn options(
+    link: &Link,
+    identity: &Identity,
+) -> Result<(MqttOptions, Option<sas::SasToken>), String> {
+    let mut options = MqttOptions::new(&identity.device_id, &identity.address, identity.port);
+    options
+        .set_keep_alive(Duration::from_secs(60))
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_manual_acks(true)
+        .set_inflight(32);
+    let username = topics::hub_username(&identity.host, &identity.device_id);
+    let (client_cert, token) = match &identity.credential {
+        Credential::SasKeyFile(_) => {
+            let key = identity
+                .sas_key()
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let uri = topics::device_resource_uri(&identity.host, &identity.device_id);
+            let ttl = link.config.hub.as_ref().map_or(3600, |h| h.sas_ttl_secs);
+            let token = sas::token(&uri, &key, None, unix_now(), ttl).map_err(|e| e.to_string())?;
+            options.set_credentials(username, token.token.clone());
+            (None, Some(token))
+        }
+        Credential::X509 { cert, key } => {
+            options.set_credentials(username, "");
+            (Some((cert.as_path(), key.as_path())), None)
+        }
+    };
+    let tls =
+        tls::client_config(identity.ca_file.as_deref(), client_cert).map_err(|e| e.to_string())?;
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    Ok((options, token))
+}
+
+async fn connect_once(
+    link: &Arc<Link>,
+    identity: &Identity,
+    backoff: &mut Backoff,
+    carried: &mut VecDeque<Request>,
+) -> Ended {
+    serve(link, identity, backoff, carried).await
+}
+
+/// Keeps device-to-cloud publishes that were not acknowledged, for the next connection.
+fn carry_over(eventloop: &mut EventLoop, carried: &mut VecDeque<Request>) {
+    eventloop.clean();
+    carried.extend(
+        eventloop
+            .pending
+            .drain(..)
+            .filter(|r| matches!(r, Request::Publish(p) if p.topic.starts_with("devices/"))),
+    );
+}
+
+async fn serve(
+    link: &Arc<Link>,
+    identity: &Identity,
+    backoff: &mut Backoff,
+    carried: &mut VecDeque<Request>,
+) -> Ended {
+    link.set_health(Health::Connecting);
+    let (options, token) = match options(link, identity) {
+        Ok(v) => v,
+        Err(reason) => {
+            tracing::warn!(%reason, "cannot prepare the connection");
+            return Ended::Failed;
+        }
+    };
+    // Renew no later than 80 % of the token's lifetime (F10).
+    let renew_in = token
+        .as_ref()
+        .map(|t| t.renew_at().saturating_sub(unix_now()));
+    let renew_at = Instant::now() + Duration::from_secs(renew_in.unwrap_or(u64::MAX / 4));
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    eventloop.pending = std::mem::take(carried);
+    let mut sync = Sync::new(Arc::clone(link), client.clone(), identity.device_id.clone());
+    let mut states = link.device.subscribe();
+    let mut outbox = link.outbox_rx.lock().await;
+
+    let ended = loop {
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(session_present = ack.session_present, "connected to the hub");
+                    backoff.reset();
+                    // F09: every ConnAck re-subscribes all filters before anything else.
+                    sync.on_connack().await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    link.set_health(Health::Connected);
+                    sync.on_suback().await;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => sync.on_publish(publish).await,
+                Ok(_) => {}
+                Err(error) => break failure(error),
+            },
+            () = tokio::time::sleep_until(renew_at) => {
+                tracing::info!("renewing the SAS token");
+                let _ = client.disconnect().await;
+                drain(&mut eventloop).await;
+                break Ended::Renew;
+            }
+            () = until_busy(&mut states) => {
+                tracing::info!("device BUSY: disconnecting");
+                let _ = client.disconnect().await;
+                drain(&mut eventloop).await;
+                break Ended::Paused;
+            }
+            () = link.identity_changed.notified() => {
+                let _ = client.disconnect().await;
+                drain(&mut eventloop).await;
+                break Ended::Renew;
+            }
+            () = link.reported.changed(), if sync.can_report() => sync.send_reported().await,
+            Some(message) = outbox.recv(), if sync.is_synced() => sync.send_d2c(message).await,
+        }
+    };
+    carry_over(&mut eventloop, carried);
+    ended
+}
+
+async fn until_busy(states: &mut tokio::sync::watch::Receiver<DeviceState>) {
+    let _ = states
+        .wait_for(|s| *s == DeviceState::Busy)
+        .await
+        .map(|_| ());
+}
+
+async fn drain(eventloop: &mut EventLoop) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+fn failure(error: ConnectionError) -> Ended {
+    let refused = matches!(
+        error,
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
+        )
+    );
+    if refused && !sas::clock_is_plausible(unix_now()) {
+        tracing::warn!(%error, "authentication refused and the clock is before the release date");
+        return Ended::ClockInvalid;
+    }
+    tracing::warn!(%error, "hub connection failed");
+    Ended::Failed
+}
+
+pub(super) const QOS: QoS = QoS::AtLeastOnce;

@@ -1,0 +1,83 @@
+//! The UpgradeProvisioning C2D flow.
+//!
+//! The message must agree with `desired.provisioning` in every field but the key (which
+//! never travels through the twin). Then the new key is stored (0600), the device
+//! provisions again through DPS when configured, switches hub when told, and only then
+//! reports `provisioning`.
+
+use cloudpillar_protocol::messages::{AuthMethod, UpgradeProvisioning};
+use serde_json::{Value, json};
+
+use super::Link;
+use super::identity::{Credential, write_secret};
+
+/// The fields of `upgrade` as `desired.provisioning` spells them.
+fn public_fields(upgrade: &UpgradeProvisioning) -> Value {
+    let mut value = serde_json::to_value(upgrade).unwrap_or(Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("key");
+    }
+    value
+}
+
+/// Handles one UpgradeProvisioning message.
+pub async fn handle(link: &Link, upgrade: UpgradeProvisioning) {
+    let desired = link
+        .desired
+        .lock()
+        .await
+        .document()
+        .get("provisioning")
+        .cloned();
+    let offered = public_fields(&upgrade);
+    if desired.as_ref() != Some(&offered) {
+        tracing::warn!("UpgradeProvisioning does not match desired.provisioning; ignored");
+        link.reported.set(
+            "provisioning",
+            json!({ "status": "refused", "reason": "message does not match desired.provisioning" }),
+        );
+        return;
+    }
+    if upgrade.auth_method != AuthMethod::Sas {
+        link.reported.set(
+            "provisioning",
+            json!({ "status": "refused", "reason": "only SAS upgrades are supported" }),
+        );
+        return;
+    }
+    let Some(mut identity) = link.identity() else {
+        return;
+    };
+    let key_path = link.config.state_dir.join("device.key");
+    if let Err(error) = write_secret(&key_path, &upgrade.key) {
+        tracing::error!(%error, "failed to store the upgraded key");
+        return;
+    }
+    if link.config.dps.is_some() {
+        match super::dps::provision(&link.config, &identity.device_id, Some(&upgrade.key)).await {
+            Ok(assigned) => identity = assigned,
+            Err(error) => {
+                link.reported.set(
+                    "provisioning",
+                    json!({ "status": "failed", "reason": error.to_string() }),
+                );
+                return;
+            }
+        }
+    }
+    if identity.host != upgrade.hub {
+        identity.host = upgrade.hub.clone();
+    }
+    identity.credential = Credential::SasKeyFile(key_path);
+    if let Err(error) = identity.save_provisioned(&link.config.state_dir) {
+        tracing::error!(%error, "failed to store the upgraded identity");
+        return;
+    }
+    link.set_identity(identity);
+    let mut reported = offered;
+    if let Some(map) = reported.as_object_mut() {
+        map.insert("status".into(), json!("applied"));
+    }
+    link.reported.set("provisioning", reported);
+    tracing::info!(hub = %upgrade.hub, "provisioning upgraded");
+}

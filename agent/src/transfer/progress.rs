@@ -1,0 +1,194 @@
+//! Durable download progress: the partial file and how much of it is verified (F11).
+//!
+//! Only bytes covered by a matching `VerifyRangeCRC` count as verified. After a kill the
+//! partial file is cut back to the verified length, so a resume re-requests only the
+//! unverified tail and never starts again from zero.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable::{self, DurableError};
+
+/// Persisted state of one download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Transfer id.
+    pub file_id: String,
+    /// Bytes from the start that matched their range CRC.
+    pub verified: u64,
+    /// Size of the whole file, once a chunk said so.
+    pub total: Option<u64>,
+    /// Size of the first chunk, for chunk counts in reports.
+    pub chunk_size: Option<u64>,
+    /// Integrity failures so far (F12).
+    pub attempts: u32,
+}
+
+/// A download's files: progress record and partial data.
+#[derive(Debug)]
+pub struct Partial {
+    record: PathBuf,
+    data_path: PathBuf,
+    file: File,
+    /// The progress.
+    pub progress: Progress,
+    /// Bytes written (verified or not) in this run.
+    pub written: u64,
+}
+
+/// Errors of partial-file handling.
+#[derive(Debug, thiserror::Error)]
+pub enum PartialError {
+    /// File I/O failed.
+    #[error("failed to use partial file {path}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The record could not be written or read.
+    #[error(transparent)]
+    Record(#[from] DurableError),
+}
+
+impl Partial {
+    /// Opens (or starts) the download of `file_id` into `data_path`, with its record at
+    /// `record`; cuts the data back to the verified length.
+    pub fn open(record: &Path, data_path: &Path, file_id: &str) -> Result<Self, PartialError> {
+        let io = |source| PartialError::Io {
+            path: data_path.to_owned(),
+            source,
+        };
+        let mut progress: Progress = durable::read_json(record)?.unwrap_or(Progress {
+            file_id: file_id.to_owned(),
+            verified: 0,
+            total: None,
+            chunk_size: None,
+            attempts: 0,
+        });
+        if progress.file_id != file_id {
+            progress = Progress {
+                file_id: file_id.to_owned(),
+                verified: 0,
+                total: None,
+                chunk_size: None,
+                attempts: 0,
+            };
+        }
+        if let Some(dir) = data_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_path)
+            .map_err(io)?;
+        let on_disk = file.metadata().map_err(io)?.len();
+        if on_disk < progress.verified {
+            // Verified bytes went missing: trust only what is there.
+            progress.verified = 0;
+        }
+        file.set_len(progress.verified).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        let written = progress.verified;
+        let partial = Self {
+            record: record.to_owned(),
+            data_path: data_path.to_owned(),
+            file,
+            progress,
+            written,
+        };
+        partial.save()?;
+        Ok(partial)
+    }
+
+    /// Persists the progress record.
+    pub fn save(&self) -> Result<(), PartialError> {
+        Ok(durable::write_json(&self.record, &self.progress)?)
+    }
+
+    /// Writes a chunk at `offset` and syncs it to disk.
+    pub fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
+        let io = |source| PartialError::Io {
+            path: self.data_path.clone(),
+            source,
+        };
+        self.file.write_all_at(data, offset).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.written = self.written.max(offset + data.len() as u64);
+        if self.progress.chunk_size.is_none() && offset == 0 {
+            self.progress.chunk_size = Some(data.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// CRC-32 of the bytes `[start, end)` as they are on disk.
+    pub fn crc_of(&mut self, start: u64, end: u64) -> Result<u32, PartialError> {
+        let io = |source| PartialError::Io {
+            path: self.data_path.clone(),
+            source,
+        };
+        let mut crc = cloudpillar_protocol::crc::RangeCrc::new();
+        self.file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut remaining = end.saturating_sub(start);
+        let mut buf = vec![0u8; 64 * 1024];
+        while remaining > 0 {
+            let want = usize::try_from(remaining.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = self.file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&buf[..n]);
+            remaining -= n as u64;
+        }
+        Ok(crc.value())
+    }
+
+    /// Marks `[.., end)` verified and persists it.
+    pub fn verify_to(&mut self, end: u64) -> Result<(), PartialError> {
+        self.progress.verified = self.progress.verified.max(end);
+        self.save()
+    }
+
+    /// Drops everything after the verified length (a bad range) and persists it.
+    pub fn rewind_to_verified(&mut self) -> Result<(), PartialError> {
+        let io = |source| PartialError::Io {
+            path: self.data_path.clone(),
+            source,
+        };
+        self.file.set_len(self.progress.verified).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        self.written = self.progress.verified;
+        self.save()
+    }
+
+    /// Starts over from byte 0 (after a failed file signature).
+    pub fn restart(&mut self) -> Result<(), PartialError> {
+        self.progress.verified = 0;
+        self.rewind_to_verified()
+    }
+
+    /// Path of the partial data.
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// Removes the record and the data (after success or a final failure).
+    pub fn discard_record(&self) {
+        let _ = std::fs::remove_file(&self.record);
+    }
+
+    /// Chunks verified and total, when sizes are known.
+    pub fn chunk_counts(&self) -> Option<(u64, u64)> {
+        let size = self.progress.chunk_size.filter(|s| *s > 0)?;
+        let total = self.progress.total?;
+        Some((self.progress.verified / size, total.div_ceil(size)))
+    }
+}
