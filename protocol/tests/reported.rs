@@ -150,7 +150,8 @@ fn pending_report_mirrors_the_recipe_and_steps_update_by_path() {
     let value = serde_json::to_value(&report).expect("serializes");
     assert_eq!(
         value["patch"]["transitPackage"][1],
-        json!({"status": "Failure", "ResultCode": "integrity_mismatch", "ResultText": "hash differs"})
+        json!({"status": "Failure", "ResultCode": "integrity_mismatch",
+               "ResultText": "hash differs"})
     );
     assert_eq!(
         value["patch"]["preTransitConfig"][0],
