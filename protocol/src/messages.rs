@@ -15,12 +15,15 @@ use crate::encoding::base64_bytes;
 pub const C2D_MAX_BYTES: usize = 64 * 1024;
 /// Largest D2C message body IoT Hub accepts.
 pub const D2C_MAX_BYTES: usize = 256 * 1024;
-/// Largest raw chunk in a [`DownloadFileChunk`] or [`UploadFileChunk`].
+/// Largest raw chunk in a [`DownloadFileChunk`] (C2D).
 ///
 /// Base64 grows data by 4/3, so 48 KiB would already fill 64 KiB with no room for the JSON
 /// around it; 47 KiB (62.7 KiB as base64) leaves about 1.3 KiB for the envelope, which a
 /// file id of at most [`MAX_FILE_ID_BYTES`] always fits in.
 pub const MAX_RAW_CHUNK: usize = 47 * 1024;
+/// Largest raw chunk in an [`UploadFileChunk`] (D2C): 171 KiB as base64, well inside
+/// [`D2C_MAX_BYTES`] with its envelope.
+pub const MAX_UPLOAD_CHUNK: usize = 128 * 1024;
 /// Longest file id, in UTF-8 bytes.
 pub const MAX_FILE_ID_BYTES: usize = 256;
 /// Application property that carries the message type next to the body.
@@ -138,7 +141,7 @@ pub struct UploadFileChunk {
     pub file_id: String,
     /// Byte offset of this chunk in the file.
     pub offset: u64,
-    /// Chunk bytes, at most [`MAX_RAW_CHUNK`]; base64 in JSON.
+    /// Chunk bytes, at most [`MAX_UPLOAD_CHUNK`]; base64 in JSON.
     #[serde(with = "base64_bytes")]
     pub data: Vec<u8>,
     /// True on the file's final chunk.
@@ -236,6 +239,7 @@ impl C2dMessage {
                 &chunk.file_id,
                 chunk.offset,
                 &chunk.data,
+                MAX_RAW_CHUNK,
             ),
             Self::VerifyRangeCrc(range) if range.range_start > range.range_end => {
                 invalid("rangeStart is after rangeEnd")
@@ -276,6 +280,7 @@ impl D2cMessage {
                 &chunk.file_id,
                 chunk.offset,
                 &chunk.data,
+                MAX_UPLOAD_CHUNK,
             ),
             Self::StreamRangeRequest(range) if range.to.is_some_and(|to| to < range.from) => {
                 Err(MessageError::Invalid {
@@ -293,12 +298,13 @@ fn check_transfer(
     file_id: &str,
     offset: u64,
     data: &[u8],
+    max_chunk: usize,
 ) -> Result<(), MessageError> {
     check_file_id(kind, file_id)?;
-    if data.len() > MAX_RAW_CHUNK {
+    if data.len() > max_chunk {
         return Err(MessageError::Invalid {
             message_type: kind,
-            reason: "chunk over MAX_RAW_CHUNK",
+            reason: "chunk over its limit",
         });
     }
     if offset.checked_add(data.len() as u64).is_none() {

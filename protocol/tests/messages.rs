@@ -2,8 +2,8 @@
 
 use cloudpillar_protocol::messages::{
     AuthMethod, C2D_MAX_BYTES, C2dMessage, D2C_MAX_BYTES, D2cMessage, DownloadFileChunk,
-    MAX_FILE_ID_BYTES, MAX_RAW_CHUNK, MessageError, ProvisioningMode, StreamRangeRequest,
-    UpgradeProvisioning, UploadFileChunk, VerifyRangeCrc,
+    MAX_FILE_ID_BYTES, MAX_RAW_CHUNK, MAX_UPLOAD_CHUNK, MessageError, ProvisioningMode,
+    StreamRangeRequest, UpgradeProvisioning, UploadFileChunk, VerifyRangeCrc,
 };
 use serde_json::{Value, json};
 
@@ -194,4 +194,24 @@ fn a_48_kib_chunk_would_not_fit_with_its_envelope() {
     });
     let body = serde_json::to_vec(&message).expect("serializes");
     assert!(body.len() > C2D_MAX_BYTES);
+}
+
+#[test]
+fn full_upload_chunk_with_the_longest_file_id_fits_a_d2c_message() {
+    let chunk = |size: usize| {
+        D2cMessage::UploadFileChunk(UploadFileChunk {
+            file_id: "f".repeat(MAX_FILE_ID_BYTES),
+            offset: u64::MAX - MAX_UPLOAD_CHUNK as u64,
+            data: vec![0xff; size],
+            last: true,
+        })
+    };
+    let body = chunk(MAX_UPLOAD_CHUNK)
+        .encode()
+        .expect("a full upload chunk fits");
+    assert!(body.len() <= D2C_MAX_BYTES, "{} bytes", body.len());
+    assert!(matches!(
+        chunk(MAX_UPLOAD_CHUNK + 1).encode(),
+        Err(MessageError::Invalid { .. })
+    ));
 }
