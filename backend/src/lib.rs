@@ -12,6 +12,7 @@ pub mod hub_link;
 pub mod keys;
 pub mod messages;
 pub mod partition;
+pub mod streamer;
 pub mod writer;
 
 /// Installs ring as the process's rustls provider when none is installed yet (TLS for Azure,

@@ -1,9 +1,17 @@
 //! Which service handles which device-to-cloud message.
+//!
+//! D2C messages name their type in the protocol's `messageType` application property. File
+//! chunks and range requests belong to the streamer; messages typed `Log` are log records;
+//! anything else is telemetry.
+
+use cloudpillar_protocol::messages::MESSAGE_TYPE_PROPERTY;
 
 use crate::hub_link::Event;
 
-/// Application property naming a D2C message's type.
-pub const MESSAGE_TYPE_PROPERTY: &str = "messageType";
+/// `messageType` of D2C log records.
+pub const LOG_MESSAGE_TYPE: &str = "Log";
+/// `messageType` values the streamer handles (the protocol's D2C transfer messages).
+const STREAMER_TYPES: [&str; 2] = ["UploadFileChunk", "StreamRange"];
 
 /// Who takes care of a D2C message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +31,8 @@ pub fn classify(event: &Event) -> D2cKind {
         .get(MESSAGE_TYPE_PROPERTY)
         .map(String::as_str)
     {
-        Some("UploadFileChunk" | "StreamRange") => D2cKind::Streamer,
-        Some("Log") => D2cKind::Log,
+        Some(kind) if STREAMER_TYPES.contains(&kind) => D2cKind::Streamer,
+        Some(LOG_MESSAGE_TYPE) => D2cKind::Log,
         _ => D2cKind::Telemetry,
     }
 }

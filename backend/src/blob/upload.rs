@@ -6,6 +6,10 @@
 //! are streamed in offset order into one block write of `uploads/{device}/{file}`, committed,
 //! and the staging objects are deleted. A crash between any two steps is repaired by replaying
 //! the same chunks: staging is idempotent and the commit rewrites the same bytes.
+//!
+//! A file id names one transfer: chunks replayed after their file was committed are recognised
+//! by the committed file's size and dropped, so a device must not reuse a file id for another
+//! file of the same size.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -140,6 +144,23 @@ impl UploadAssembler {
             file.size = size;
         }
         if !file.is_complete() {
+            // The final chunk of a file committed before a restart, replayed without the chunks
+            // deleted at that commit: the committed file stands, the replayed parts go.
+            if let Some(size) = size
+                && self.uploads.size(&final_path).await.ok() == Some(size)
+            {
+                let staged: Vec<(u64, u64)> = file.chunks.iter().map(|(&o, &l)| (o, l)).collect();
+                pending.remove(&key);
+                for (offset, len) in staged {
+                    self.state
+                        .delete(&format!("{staging}/{offset:020}-{len:010}"))
+                        .await?;
+                }
+                return Ok(UploadProgress::Committed {
+                    path: final_path,
+                    size,
+                });
+            }
             return Ok(UploadProgress::Staged {
                 received: file.covered(),
                 size: file.size,

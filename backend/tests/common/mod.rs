@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod rig;
+
 use cloudpillar_backend::blob::{AzureBlobConfig, BlobConfig};
 
 /// URL of the running Azurite blob service; the test fails when it is not configured.

@@ -1,0 +1,161 @@
+//! An embedded edge hub and devices driven through the hub's own service calls.
+//!
+//! A test device sends D2C messages through the hub's D2C entry point and takes its C2D
+//! messages off the hub's durable queue (completing each one), as the MQTT endpoint does for a
+//! connected device.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudpillar_backend::hub_link::EmbeddedHub;
+use cloudpillar_hub::core::Core;
+use cloudpillar_hub::{Hub, HubConfig, HubHandle};
+use cloudpillar_protocol::crc::crc32;
+use cloudpillar_protocol::messages::{C2dMessage, D2cMessage, MESSAGE_TYPE_PROPERTY};
+use serde_json::json;
+
+/// A running hub in a temporary directory.
+pub struct HubRig {
+    pub handle: HubHandle,
+    pub dir: tempfile::TempDir,
+}
+
+impl HubRig {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = HubConfig {
+            insecure_loopback: true,
+            ..HubConfig::new(dir.path())
+        };
+        let handle = Hub::start(config).await.expect("hub starts");
+        Self { handle, dir }
+    }
+
+    pub fn core(&self) -> Arc<Core> {
+        self.handle.core().clone()
+    }
+
+    pub fn link(&self) -> Arc<EmbeddedHub> {
+        Arc::new(EmbeddedHub::new(self.core()))
+    }
+
+    pub async fn add_device(&self, id: &str) {
+        let record = serde_json::from_value(json!({ "deviceId": id })).expect("record");
+        self.core()
+            .put_device(id, record, None)
+            .await
+            .expect("device registered");
+    }
+
+    /// Sends a protocol D2C message from `device`.
+    pub async fn send_d2c(&self, device: &str, message: &D2cMessage) {
+        let body = message.encode().expect("encodes");
+        let properties = [(
+            MESSAGE_TYPE_PROPERTY.to_owned(),
+            message.message_type().to_owned(),
+        )]
+        .into();
+        self.core()
+            .d2c(device, body, properties, BTreeMap::new())
+            .await
+            .expect("d2c accepted");
+    }
+}
+
+/// What one device received.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub file: Vec<u8>,
+    pub size: Option<u64>,
+    /// How often each chunk offset arrived.
+    pub chunk_counts: HashMap<u64, u32>,
+    /// `(start, end, crc matched)` per `VerifyRangeCRC`, in arrival order.
+    pub verified: Vec<(u64, u64, bool)>,
+    /// Deepest queue the device saw.
+    pub max_queue: usize,
+}
+
+impl Received {
+    /// True when the verified ranges cover the whole file and all matched.
+    pub fn complete(&self) -> bool {
+        let Some(size) = self.size else { return false };
+        let mut ranges: Vec<(u64, u64)> = self
+            .verified
+            .iter()
+            .filter(|v| v.2)
+            .map(|v| (v.0, v.1))
+            .collect();
+        ranges.sort_unstable();
+        let mut end = 0;
+        for (start, stop) in ranges {
+            if start > end {
+                return false;
+            }
+            end = end.max(stop);
+        }
+        end >= size && self.verified.iter().all(|v| v.2)
+    }
+}
+
+/// Takes `device`'s C2D messages off the hub queue, `per_poll` at a time, until stopped.
+pub fn consume(
+    core: Arc<Core>,
+    device: &str,
+    per_poll: usize,
+) -> (Arc<Mutex<Received>>, tokio::task::JoinHandle<()>) {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let state = received.clone();
+    let device = device.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let pending = core.c2d_pending(&device).expect("queue readable");
+            if pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            {
+                let mut got = state.lock().expect("lock");
+                got.max_queue = got.max_queue.max(pending.len());
+            }
+            for (seq, message) in pending.into_iter().take(per_poll) {
+                let decoded = C2dMessage::decode(&message.body_bytes()).expect("protocol message");
+                apply(&mut state.lock().expect("lock"), decoded);
+                core.c2d_complete(&device, seq).await.expect("completed");
+            }
+        }
+    });
+    (received, task)
+}
+
+fn apply(got: &mut Received, message: C2dMessage) {
+    match message {
+        C2dMessage::DownloadFileChunk(chunk) => {
+            if let Some(size) = chunk.total_size {
+                got.size = Some(size);
+                got.file.resize(size as usize, 0);
+            }
+            let start = chunk.offset as usize;
+            got.file[start..start + chunk.data.len()].copy_from_slice(&chunk.data);
+            *got.chunk_counts.entry(chunk.offset).or_default() += 1;
+        }
+        C2dMessage::VerifyRangeCrc(range) => {
+            let bytes = &got.file[range.range_start as usize..range.range_end as usize];
+            let ok = crc32(bytes) == range.crc;
+            got.verified.push((range.range_start, range.range_end, ok));
+        }
+        C2dMessage::UpgradeProvisioning(_) => {}
+    }
+}
+
+/// Waits until `check` holds, failing the test after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
