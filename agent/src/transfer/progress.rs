@@ -192,3 +192,64 @@ impl Partial {
         Some((self.progress.verified / size, total.div_ceil(size)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f13_range_crcs_include_the_short_last_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p =
+            Partial::open(&dir.path().join("r.json"), &dir.path().join("f"), "f").expect("open");
+        for (offset, chunk) in [(0u64, "0123"), (4, "4567"), (8, "89")] {
+            p.write_chunk(offset, chunk.as_bytes()).expect("write");
+        }
+        let hex = |crc: u32| cloudpillar_protocol::crc::format_crc(crc);
+        assert_eq!(hex(p.crc_of(0, 4).expect("crc")), "a6669d7d");
+        assert_eq!(hex(p.crc_of(4, 8).expect("crc")), "4d0ca3eb");
+        assert_eq!(hex(p.crc_of(8, 10).expect("crc")), "0943260c");
+        assert_eq!(hex(p.crc_of(0, 10).expect("crc")), "a684c7c6");
+    }
+
+    #[test]
+    fn f11_restart_cuts_the_partial_file_to_the_last_verified_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = dir.path().join("r.json");
+        let data = dir.path().join("fw.bin.cppart");
+        let chunk = 49_152u64;
+        {
+            let mut p = Partial::open(&record, &data, "fw").expect("open");
+            p.progress.total = Some(10_485_760);
+            let bytes = vec![7u8; usize::try_from(chunk).expect("size")];
+            for i in 0..100 {
+                p.write_chunk(i * chunk, &bytes).expect("write");
+            }
+            p.verify_to(100 * chunk).expect("verify");
+            // 20,000 bytes of chunk 100 written, then the process dies.
+            p.write_chunk(100 * chunk, &bytes[..20_000]).expect("write");
+        }
+        let p = Partial::open(&record, &data, "fw").expect("reopen");
+        assert_eq!(std::fs::metadata(&data).expect("meta").len(), 4_915_200);
+        assert_eq!(p.progress.verified, 4_915_200);
+        assert_eq!(p.written, 4_915_200, "resume requests from chunk 100");
+        assert_eq!(
+            p.chunk_counts(),
+            Some((100, 214)),
+            "progress right after restart is 100/214"
+        );
+    }
+
+    #[test]
+    fn another_file_id_starts_a_fresh_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = dir.path().join("r.json");
+        let data = dir.path().join("d");
+        let mut p = Partial::open(&record, &data, "a").expect("open");
+        p.write_chunk(0, b"abcd").expect("write");
+        p.verify_to(4).expect("verify");
+        let q = Partial::open(&record, &data, "b").expect("other");
+        assert_eq!(q.progress.verified, 0);
+        assert_eq!(std::fs::metadata(&data).expect("meta").len(), 0);
+    }
+}
