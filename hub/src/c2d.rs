@@ -72,13 +72,16 @@ pub fn enqueue(
         .open_table(C2D)
         .map_err(|source| table_err(C2D, source))?;
     let mut pending = 0usize;
+    let mut expired = Vec::new();
     for row in table
         .range((device, 0)..=(device, u64::MAX))
         .map_err(StoreError::from)?
     {
-        let (_, v) = row.map_err(StoreError::from)?;
+        let (k, v) = row.map_err(StoreError::from)?;
         let queued: C2dMessage = crate::store::decode(device, v.value())?;
-        if !queued.expired(now) {
+        if queued.expired(now) {
+            expired.push(k.value().1);
+        } else {
             pending += 1;
         }
     }
@@ -96,6 +99,10 @@ pub fn enqueue(
         .txn
         .open_table(C2D)
         .map_err(|source| table_err(C2D, source))?;
+    // Expired messages are dropped here, when the queue is next written.
+    for old in expired {
+        table.remove((device, old)).map_err(StoreError::from)?;
+    }
     table
         .insert((device, seq), encode(&message).as_slice())
         .map_err(StoreError::from)?;

@@ -77,3 +77,19 @@ pub fn summary(hub: &HubHandle) -> String {
     ));
     out
 }
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM.
+pub async fn wait_for_shutdown() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -82,7 +82,18 @@ fn generate_dev(dir: &Path, hostname: &str) -> Result<(), StartError> {
 
     write(&dir.join(DEV_CA_FILE), &ca_cert.pem())?;
     write(&dir.join("dev-server.pem"), &cert.pem())?;
-    write(&dir.join("dev-server.key"), &key.serialize_pem())?;
+    let key_path = dir.join("dev-server.key");
+    write(&key_path, &key.serialize_pem())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StartError::Write {
+                path: key_path.display().to_string(),
+                source,
+            },
+        )?;
+    }
     tracing::info!(ca = %dir.join(DEV_CA_FILE).display(), "generated development TLS CA");
     Ok(())
 }

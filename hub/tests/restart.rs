@@ -121,6 +121,10 @@ async fn acknowledged_writes_survive_kill_9() {
         assert_eq!(s, 200);
     }
 
+    // A consumer checkpoint taken now: everything after it must be readable after the crash.
+    let (_, page) = call(&hub, &key, Method::GET, "/events?from=1&limit=1000", None).await;
+    let checkpoint = page["nextSequenceNumber"].as_u64().unwrap();
+
     // Reported patches and telemetry acknowledged over MQTT (QoS 1 PUBACK / 204).
     let token =
         cloudpillar_hub::sas::generate(&dkey, "edgehub.local/devices/k1", now() + 3600, None)
@@ -182,6 +186,15 @@ async fn acknowledged_writes_survive_kill_9() {
             .filter(|e| e["source"] == "twinChangeEvents")
             .count(),
         21
+    );
+    let path = format!("/events?from={checkpoint}&limit=1000");
+    let (_, resumed) = call(&hub, &key, Method::GET, &path, None).await;
+    let resumed = resumed["events"].as_array().unwrap();
+    assert_eq!(resumed[0]["sequenceNumber"].as_u64().unwrap(), checkpoint);
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e["bodyBase64"] == "bGFzdCB3b3Jkcw==")
     );
     hub.child.kill().unwrap();
     hub.child.wait().unwrap();

@@ -5,7 +5,7 @@ use std::io::Write;
 use cloudpillar_hub::standalone::{self, HubArgs};
 
 /// Starts the hub, prints where it listens and where its CA and policy key are, and runs
-/// until Ctrl-C.
+/// until Ctrl-C or SIGTERM.
 pub fn run(args: &HubArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -15,7 +15,7 @@ pub fn run(args: &HubArgs) -> anyhow::Result<()> {
             write!(stdout, "{}", standalone::summary(&hub))?;
             stdout.flush()?;
         }
-        tokio::signal::ctrl_c().await?;
+        standalone::wait_for_shutdown().await?;
         hub.shutdown().await;
         Ok(())
     })

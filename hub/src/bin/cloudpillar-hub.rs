@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         write!(stdout, "{}", standalone::summary(&hub))?;
         stdout.flush()?;
     }
-    tokio::signal::ctrl_c().await?;
+    standalone::wait_for_shutdown().await?;
     hub.shutdown().await;
     Ok(())
 }
