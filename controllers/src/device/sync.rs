@@ -154,13 +154,13 @@ mod tests {
 
     #[test]
     fn keys_written_by_others_are_never_nulled() {
-        let none = BTreeMap::new();
+        let (no_tags, nothing) = (BTreeMap::new(), BTreeMap::new());
         let twin = twin_with_desired(json!({"theirs": 1}));
         let owned = Owned {
-            tags: &none,
-            desired: &none,
-            applied_tags: &none,
-            applied_desired: &none,
+            tags: &no_tags,
+            desired: &nothing,
+            applied_tags: &no_tags,
+            applied_desired: &nothing,
         };
         assert!(plan(owned, &twin).is_empty());
     }

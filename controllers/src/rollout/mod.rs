@@ -8,6 +8,8 @@ mod cancel;
 mod execute;
 mod expect;
 pub mod plan;
+#[cfg(test)]
+mod plan_tests;
 mod summary;
 pub mod waves;
 pub mod window;

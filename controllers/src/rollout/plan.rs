@@ -191,13 +191,13 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
             .waves
             .get(index)
             .and_then(|w| w.pause.as_ref());
+        let approved = facts.spec.approved_wave.unwrap_or(0) > wave;
         match pause {
-            Some(p) if p.until_resumed == Some(true) => {
-                if facts.spec.approved_wave.unwrap_or(0) <= wave {
-                    gate = Gate::WaitingForApproval(wave + 1);
-                    break;
-                }
+            Some(p) if p.until_resumed == Some(true) && !approved => {
+                gate = Gate::WaitingForApproval(wave + 1);
+                break;
             }
+            Some(p) if p.until_resumed == Some(true) => {}
             Some(p) => {
                 let wait = p
                     .duration

@@ -1,0 +1,339 @@
+//! Wave planning from durable state: concurrency, deferral, pauses, thresholds, restarts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cloudpillar_crds::{
+    DeviceAssignment, DeviceRecipeStatus, DeviceRolloutPhase as Phase, FailureAction,
+    FailureThreshold, RolloutPhase, RolloutSpec, RolloutStatus, Wave, WavePause,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::plan::{Candidate, Facts, Plan, plan};
+use super::waves::Observed;
+
+/// A fleet with its durable records, advanced step by step like the controller does.
+struct Fleet {
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    records: BTreeMap<String, DeviceAssignment>,
+    reports: BTreeMap<String, DeviceRecipeStatus>,
+    busy: Vec<String>,
+    elsewhere: Vec<String>,
+    names: Vec<String>,
+    now: i64,
+}
+
+impl Fleet {
+    fn new(devices: usize, waves: Vec<Wave>) -> Self {
+        let mut spec = RolloutSpec::for_label("fw", "site", "lab");
+        spec.strategy.waves = waves;
+        Self {
+            spec,
+            status: RolloutStatus::default(),
+            records: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            busy: Vec::new(),
+            elsewhere: Vec::new(),
+            names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
+            now: 1_000,
+        }
+    }
+
+    /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed).
+    fn step(&mut self) -> Plan {
+        let now = Timestamp::from_second(self.now).expect("valid time");
+        let candidates: Vec<Candidate<'_>> = self
+            .names
+            .iter()
+            .map(|name| Candidate {
+                name,
+                selected: true,
+                mine: self.records.get(name),
+                held_elsewhere: self.elsewhere.contains(name),
+                busy: self.busy.contains(name),
+                observed: Observed {
+                    report: self.reports.get(name),
+                    reachable: true,
+                },
+            })
+            .collect();
+        let facts = Facts {
+            rollout: "ro",
+            uid: "uid-1",
+            spec: &self.spec,
+            generation: Some(1),
+            previous: &self.status,
+            recipe_id: Some("r1"),
+            window_open: true,
+            now,
+            max_starts: 500,
+        };
+        let plan = plan(&facts, &candidates);
+        for write in &plan.writes {
+            self.records
+                .insert(write.device.clone(), write.assignment.clone());
+        }
+        for name in &plan.starts {
+            if let Some(record) = self.records.get_mut(name) {
+                record.assigned_time = Some(Time(now));
+            }
+        }
+        self.status = plan.status.clone();
+        plan
+    }
+
+    fn report(&mut self, name: &str, status: &str) {
+        let report = DeviceRecipeStatus {
+            id: Some("r1".into()),
+            status: Some(status.into()),
+            ..DeviceRecipeStatus::default()
+        };
+        self.reports.insert(name.to_owned(), report);
+    }
+
+    fn in_phase(&self, phase: Phase) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.phase == phase)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn finish_running(&mut self, status: &str) {
+        for name in self
+            .in_phase(Phase::Assigned)
+            .into_iter()
+            .chain(self.in_phase(Phase::InProgress))
+        {
+            self.report(&name, status);
+        }
+    }
+}
+
+#[test]
+fn never_more_devices_in_flight_than_max_concurrent_even_when_all_match_at_once() {
+    let mut fleet = Fleet::new(10, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(3);
+    let first = fleet.step();
+    assert_eq!(first.starts.len(), 3);
+    assert_eq!(fleet.status.counts.in_flight(), 3);
+    assert_eq!(fleet.status.counts.pending, 7);
+
+    let again = fleet.step();
+    assert!(
+        again.starts.is_empty(),
+        "no slot is free until a device finishes"
+    );
+
+    fleet.report("dev-00", "Success");
+    let next = fleet.step();
+    assert_eq!(next.starts, vec!["dev-03".to_owned()]);
+    assert_eq!(fleet.status.counts.in_flight(), 3);
+    assert_eq!(fleet.status.counts.succeeded, 1);
+}
+
+#[test]
+fn two_waves_run_in_order_and_the_rollout_succeeds() {
+    let mut fleet = Fleet::new(4, vec![Wave::percent(50), Wave::percent(50)]);
+    fleet.step();
+    assert_eq!(fleet.in_phase(Phase::Assigned), vec!["dev-00", "dev-01"]);
+    assert_eq!(fleet.status.current_wave, Some(1));
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+
+    fleet.report("dev-00", "InProgress");
+    fleet.step();
+    assert_eq!(fleet.in_phase(Phase::InProgress), vec!["dev-00"]);
+    assert!(
+        fleet.in_phase(Phase::Assigned) == vec!["dev-01"],
+        "wave 2 waits for wave 1"
+    );
+
+    fleet.finish_running("Success");
+    let plan = fleet.step();
+    assert!(plan.events.iter().any(|e| e.reason == "WaveStarted"));
+    assert_eq!(fleet.status.current_wave, Some(2));
+    assert_eq!(fleet.in_phase(Phase::Assigned), vec!["dev-02", "dev-03"]);
+
+    fleet.finish_running("Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
+    assert_eq!(fleet.status.counts.succeeded, 4);
+    assert!(fleet.status.completion_time.is_some());
+    assert_eq!(fleet.status.waves.len(), 2);
+}
+
+#[test]
+fn busy_devices_are_deferred_not_failed_and_start_when_ready() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.busy = vec!["dev-01".into()];
+    fleet.step();
+    assert_eq!(fleet.in_phase(Phase::Deferred), vec!["dev-01"]);
+    assert_eq!(fleet.status.counts.deferred, 1);
+    assert_eq!(fleet.status.counts.failed, 0);
+    assert_eq!(fleet.records["dev-01"].reason.as_deref(), Some("Busy"));
+
+    fleet.busy.clear();
+    let plan = fleet.step();
+    assert_eq!(plan.starts, vec!["dev-01".to_owned()]);
+    assert_eq!(fleet.status.counts.deferred, 0);
+}
+
+#[test]
+fn failure_threshold_pauses_with_the_reason_and_an_event() {
+    let mut fleet = Fleet::new(6, vec![Wave::count(2), Wave::count(4)]);
+    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
+        count: Some(1),
+        percent: None,
+        action: FailureAction::Pause,
+    });
+    fleet.step();
+    fleet.report("dev-00", "Failure");
+    fleet.report("dev-01", "Failure");
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Paused);
+    let paused =
+        cloudpillar_crds::conditions::find(&fleet.status.conditions, "Paused").expect("Paused");
+    assert_eq!(
+        (paused.status.as_str(), paused.reason.as_str()),
+        ("True", "FailureThreshold")
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "FailureThreshold")
+    );
+    assert!(plan.starts.is_empty(), "no device of wave 2 starts");
+    assert_eq!(fleet.status.failed_devices.len(), 2);
+}
+
+#[test]
+fn failure_threshold_with_abort_ends_the_rollout() {
+    let mut fleet = Fleet::new(4, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(1);
+    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
+        count: Some(0),
+        percent: None,
+        action: FailureAction::Abort,
+    });
+    fleet.step();
+    fleet.report("dev-00", "Failure");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+    assert!(fleet.step().starts.is_empty());
+    assert_eq!(
+        fleet.status.phase,
+        RolloutPhase::Aborted,
+        "an aborted rollout stays aborted"
+    );
+}
+
+#[test]
+fn a_timed_pause_between_waves_holds_the_next_wave_until_it_ends() {
+    let mut first = Wave::count(1);
+    first.pause = Some(WavePause {
+        duration: Some(Duration::from_secs(600).into()),
+        until_resumed: None,
+    });
+    let mut fleet = Fleet::new(2, vec![first, Wave::count(1)]);
+    fleet.step();
+    fleet.report("dev-00", "Success");
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Paused);
+    assert_eq!(
+        plan.wake_at,
+        Some(Timestamp::from_second(1_600).expect("time"))
+    );
+    assert!(plan.starts.is_empty());
+
+    fleet.now += 599;
+    assert!(fleet.step().starts.is_empty());
+    fleet.now += 1;
+    assert_eq!(fleet.step().starts, vec!["dev-01".to_owned()]);
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+}
+
+#[test]
+fn a_pause_until_resumed_waits_for_the_approved_wave() {
+    let mut first = Wave::count(1);
+    first.pause = Some(WavePause {
+        duration: None,
+        until_resumed: Some(true),
+    });
+    let mut fleet = Fleet::new(2, vec![first, Wave::count(1)]);
+    fleet.step();
+    fleet.report("dev-00", "Success");
+    fleet.step();
+    let paused =
+        cloudpillar_crds::conditions::find(&fleet.status.conditions, "Paused").expect("Paused");
+    assert_eq!(paused.reason, "WaitingForApproval");
+    fleet.spec.approved_wave = Some(2);
+    assert_eq!(fleet.step().starts, vec!["dev-01".to_owned()]);
+}
+
+#[test]
+fn a_device_held_by_another_rollout_waits_and_the_rollout_says_so() {
+    let mut fleet = Fleet::new(1, vec![Wave::percent(100)]);
+    fleet.elsewhere = vec!["dev-00".into()];
+    let plan = fleet.step();
+    assert!(plan.starts.is_empty());
+    let paused =
+        cloudpillar_crds::conditions::find(&fleet.status.conditions, "Paused").expect("Paused");
+    assert_eq!(paused.reason, "RecipeBusy");
+    assert_eq!(fleet.status.counts.pending, 1);
+
+    fleet.elsewhere.clear();
+    assert_eq!(fleet.step().starts, vec!["dev-00".to_owned()]);
+}
+
+#[test]
+fn a_device_that_matches_later_joins_the_current_wave() {
+    let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(5);
+    fleet.step();
+    fleet.names.push("dev-late".into());
+    assert_eq!(fleet.step().starts, vec!["dev-late".to_owned()]);
+    assert_eq!(fleet.records["dev-late"].wave, 1);
+}
+
+#[test]
+fn replanning_after_a_restart_neither_repeats_nor_skips_a_device() {
+    let mut fleet = Fleet::new(6, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(2);
+    fleet.step();
+    // The operator stopped after claiming dev-02 but before writing its twin.
+    fleet.report("dev-00", "Success");
+    let plan = fleet.step();
+    let claimed = plan
+        .writes
+        .iter()
+        .find(|w| w.claim)
+        .expect("a new claim")
+        .device
+        .clone();
+    fleet
+        .records
+        .get_mut(&claimed)
+        .expect("claimed")
+        .assigned_time = None;
+
+    // A fresh operator plans from the same records: it finishes that start and claims no one else.
+    let resumed = fleet.step();
+    assert_eq!(resumed.starts, vec![claimed]);
+    assert!(resumed.writes.iter().all(|w| !w.claim));
+    let mut started: Vec<String> = fleet.records.keys().cloned().collect();
+    started.sort();
+    assert_eq!(started, vec!["dev-00", "dev-01", "dev-02"]);
+}
+
+#[test]
+fn a_failed_device_makes_the_finished_rollout_failed() {
+    let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
+    fleet.step();
+    fleet.report("dev-00", "Success");
+    fleet.report("dev-01", "Failure");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Failed);
+    assert_eq!(fleet.status.failed_devices[0].name, "dev-01");
+}

@@ -1,0 +1,264 @@
+//! The Device controller against the real API server and an embedded edge hub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudpillar_controllers::device::FINALIZER;
+use cloudpillar_controllers::runtime::finalizer;
+use cloudpillar_crds::{ConnectionState, Device};
+use cloudpillar_tests::controllers::{
+    EdgeHub, Operator, apply, device_key, eventually, test_config,
+};
+use cloudpillar_tests::recording::RecordingConnector;
+use cloudpillar_tests::{fixture_json, install_crds, kube_client, test_namespace};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn device(name: &str, desired: Value) -> Value {
+    json!({
+        "apiVersion": "cloudpillar.io/v1alpha1",
+        "kind": "Device",
+        "metadata": { "name": name, "labels": { "site": "lab" } },
+        "spec": { "hubRef": { "name": "edge" }, "tags": { "site": "lab" }, "desired": desired },
+    })
+}
+
+async fn status_of(api: &Api<Device>, name: &str) -> anyhow::Result<Option<Device>> {
+    Ok(api.get_opt(name).await?)
+}
+
+fn condition_true(device: &Device, type_: &str) -> bool {
+    let conditions = device
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    cloudpillar_crds::conditions::is_true(&conditions, type_)
+        && cloudpillar_crds::conditions::find(&conditions, type_)
+            .is_some_and(|c| c.observed_generation == device.metadata.generation)
+}
+
+async fn events_for(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<Event>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let events = api.list(&ListParams::default()).await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect())
+}
+
+#[tokio::test]
+async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-device").await?;
+    let hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    let recorder = RecordingConnector::default();
+    let mut config = test_config(&ns);
+    config.connector = Arc::new(recorder.clone());
+    let operator = Operator::start(&client, config);
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    // Registration: identity with the keys of the operator's Secret; tags and desired written.
+    apply::<Device>(
+        &client,
+        &ns,
+        device("dev-1", json!({"logLevel": "debug", "uploadEveryMin": 15})),
+    )
+    .await?;
+    let registered = eventually("dev-1 registered and synced", WAIT, || async {
+        let device = status_of(&devices, "dev-1").await?;
+        Ok(device.filter(|d| condition_true(d, "Registered") && condition_true(d, "Synced")))
+    })
+    .await?;
+    assert!(registered.finalizers().iter().any(|f| f == FINALIZER));
+    let key = device_key(&client, &ns, "dev-1").await?;
+    let identity = serde_json::to_value(hub.handle.core().get_device("dev-1")?)?;
+    assert_eq!(
+        identity["authentication"]["symmetricKey"]["primaryKey"],
+        key.as_str()
+    );
+    let status_text = serde_json::to_string(&registered.status)?;
+    assert!(
+        !status_text.contains(&key),
+        "a device key leaked into status"
+    );
+    let twin = hub.twin("dev-1").expect("twin exists");
+    assert_eq!(twin["tags"]["site"], "lab");
+    assert_eq!(twin["properties"]["desired"]["logLevel"], "debug");
+    assert_eq!(twin["properties"]["desired"]["uploadEveryMin"], 15);
+
+    // F03: removing a field sends exactly {"logLevel": null}.
+    recorder.clear();
+    apply::<Device>(&client, &ns, device("dev-1", json!({"uploadEveryMin": 15}))).await?;
+    eventually("logLevel removed from the twin", WAIT, || async {
+        let desired = hub
+            .twin("dev-1")
+            .map(|t| t["properties"]["desired"].clone())
+            .unwrap_or_default();
+        Ok((desired.get("logLevel").is_none() && desired["uploadEveryMin"] == 15).then_some(()))
+    })
+    .await?;
+    let sent = recorder.patches_for("dev-1");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].desired, Some(json!({"logLevel": null})));
+    assert_eq!(sent[0].tags, None);
+
+    // Reported state comes back into status as the device reports it over MQTT; an
+    // unchanged spec writes nothing meanwhile (F03).
+    recorder.clear();
+    let mut link = hub.connect("dev-1", &key).await?;
+    let sample = fixture_json("reported-sample.json", "/reported/changeSpec")?;
+    link.report(json!({"deviceState": "PATCH_APPLYING", "changeSpec": sample}))
+        .await?;
+    let mirrored = eventually("reported mirrored into status", WAIT, || async {
+        let device = status_of(&devices, "dev-1").await?;
+        Ok(device.filter(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            s.device_state.as_deref() == Some("PATCH_APPLYING")
+                && s.connection
+                    .as_ref()
+                    .is_some_and(|c| c.state == ConnectionState::Connected)
+        }))
+    })
+    .await?;
+    let status = mirrored.status.unwrap_or_default();
+    let recipe = status.recipe.clone().expect("recipe status");
+    assert_eq!(
+        recipe.id.as_deref(),
+        Some("1.14.61047.38115.20230418180125")
+    );
+    assert_eq!(
+        recipe.action_path.as_deref(),
+        Some("changeSpec.patch.postInstallConfig[1]")
+    );
+    assert_eq!(
+        recipe.last_faulted_path.as_deref(),
+        Some("changeSpec.patch.transitPackage[1]")
+    );
+    assert_eq!(recipe.status.as_deref(), Some("InProgress"));
+    assert_eq!(recipe.progress, Some(100));
+    assert!(status.reported_twin_version.is_some() && status.last_activity_time.is_some());
+    assert!(
+        recorder.patches_for("dev-1").is_empty(),
+        "an unchanged spec wrote to the twin"
+    );
+
+    // Disconnecting shows in status and as an Event.
+    link.disconnect().await;
+    eventually("connection Disconnected", WAIT, || async {
+        let device = status_of(&devices, "dev-1").await?;
+        Ok(device.filter(|d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.connection.as_ref())
+                .map(|c| c.state)
+                == Some(ConnectionState::Disconnected)
+        }))
+    })
+    .await?;
+    let events = events_for(&client, &ns, "dev-1").await?;
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(
+        reasons.contains(&"Registered") && reasons.contains(&"Disconnected"),
+        "{reasons:?}"
+    );
+
+    // Deletion removes the hub identity and the key Secret before the object goes.
+    devices.delete("dev-1", &DeleteParams::default()).await?;
+    eventually("dev-1 gone", WAIT, || async {
+        Ok(status_of(&devices, "dev-1").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(hub.twin("dev-1").is_none(), "hub identity left behind");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let key_secret = cloudpillar_controllers::device::key_secret_name("dev-1");
+    assert!(
+        secrets.get_opt(&key_secret).await?.is_none(),
+        "key Secret left behind"
+    );
+
+    operator.stop().await?;
+    cloudpillar_tests::delete_namespace(&client, &ns).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_device_whose_hub_identity_is_already_gone_completes() -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-f21").await?;
+    let hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    let operator = Operator::start(&client, test_config(&ns));
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    apply::<Device>(&client, &ns, device("dev-2", json!({}))).await?;
+    eventually("dev-2 registered", WAIT, || async {
+        Ok(status_of(&devices, "dev-2")
+            .await?
+            .filter(|d| condition_true(d, "Registered")))
+    })
+    .await?;
+
+    // F21: someone removed the identity in the hub by hand.
+    hub.handle.core().delete_device("dev-2", None).await?;
+    devices.delete("dev-2", &DeleteParams::default()).await?;
+    eventually("dev-2 gone", WAIT, || async {
+        Ok(status_of(&devices, "dev-2").await?.is_none().then_some(()))
+    })
+    .await?;
+    let events = events_for(&client, &ns, "dev-2").await?;
+    let note = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Deregistered"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(note.contains("already gone"), "{note}");
+
+    operator.stop().await?;
+    cloudpillar_tests::delete_namespace(&client, &ns).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn finalizer_removal_succeeds_when_the_object_vanished_or_changed_meanwhile()
+-> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-fin").await?;
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    let mut object: Device = serde_json::from_value(device("dev-3", json!({})))?;
+    object.metadata.finalizers = Some(vec![FINALIZER.into(), "example.com/other".into()]);
+    let created = devices.create(&PostParams::default(), &object).await?;
+
+    // Someone else changes the finalizer list: the stale copy conflicts, is re-read, and
+    // the removal still takes only our finalizer.
+    let bump = json!({"metadata": {"labels": {"touched": "yes"}}});
+    devices
+        .patch("dev-3", &PatchParams::default(), &Patch::Merge(&bump))
+        .await?;
+    finalizer::remove(&devices, &created, FINALIZER).await?;
+    let now = devices.get("dev-3").await?;
+    assert_eq!(now.finalizers(), ["example.com/other".to_owned()]);
+
+    // The object disappears between reading it and removing the finalizer: that is success.
+    let stale = now.clone();
+    devices.delete("dev-3", &DeleteParams::default()).await?;
+    let clear = json!({"metadata": {"finalizers": null}});
+    devices
+        .patch("dev-3", &PatchParams::default(), &Patch::Merge(&clear))
+        .await?;
+    assert!(devices.get_opt("dev-3").await?.is_none());
+    let mut with_ours = stale;
+    with_ours.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    finalizer::remove(&devices, &with_ours, FINALIZER).await?;
+
+    cloudpillar_tests::delete_namespace(&client, &ns).await?;
+    Ok(())
+}
