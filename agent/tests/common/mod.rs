@@ -203,3 +203,4 @@ stall_secs = 2
 pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
+pub mod streamer;
