@@ -215,10 +215,34 @@ impl HubHandle {
         &self.core
     }
 
-    /// Stops both endpoints.
+    /// Stops both endpoints and closes the store, so the same data directory can be opened
+    /// again in this process.
     pub async fn shutdown(self) {
         self.http.shutdown();
         self.mqtt.stop().await;
+        let db = self.core.store.database();
+        let core = self.core;
+        // Connections and request handlers let go of the shared state as they wind down;
+        // the writer thread ends when the last store handle is gone.
+        if !wait_until(|| Arc::strong_count(&core) == 1).await {
+            tracing::warn!("hub state still in use after shutdown; store stays open");
+            return;
+        }
+        drop(core);
+        if !wait_until(|| Arc::strong_count(&db) == 1).await {
+            tracing::warn!("store writer did not stop");
+        }
         tracing::info!("edge hub stopped");
     }
+}
+
+/// Polls `done` for up to five seconds.
+async fn wait_until(done: impl Fn() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
 }

@@ -289,3 +289,26 @@ async fn f05_f06_bad_twin_writes_get_azure_status_and_change_nothing() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_store_so_the_hub_restarts_in_process() {
+    let hub = TestHub::start().await;
+    let key = hub.add_device("s1").await;
+    let mut device = hub.connect("s1", &key, false).await;
+    hub.call(
+        Method::PATCH,
+        "/twins/s1",
+        Some(json!({"tags": {"k": "v"}})),
+        &[],
+    )
+    .await;
+    let TestHub {
+        hub: handle, dir, ..
+    } = hub;
+    handle.shutdown().await;
+    assert!(device.closed().await.is_some());
+    let again = TestHub::start_in(dir).await;
+    let (s, _, twin) = again.call(Method::GET, "/twins/s1", None, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(twin["tags"]["k"], "v");
+}

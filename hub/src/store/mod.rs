@@ -56,6 +56,11 @@ impl Store {
         Ok(Self { db, writer })
     }
 
+    /// The database handle, to tell when every user (the writer thread too) has let go.
+    pub(crate) fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// The group-commit writer.
     pub fn writer(&self) -> &Writer {
         &self.writer
