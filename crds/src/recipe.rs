@@ -4,12 +4,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-mod change_spec;
+mod schema;
 mod status;
 
-pub use change_spec::{
-    Action, ActionKind, ChangeSpec, SECTIONS, STAGES, Section, Stage, change_spec_schema,
-};
+pub use cloudpillar_protocol::recipe::{Action, ActionKind, ChangeSpec, Section, Stage};
+pub use schema::{MAX_ACTIONS_PER_STAGE, SECTIONS, change_spec_schema};
 pub use status::{Artifact, RecipeStatus};
 
 /// The recipe, written exactly as the device twin's `desired.changeSpec`.

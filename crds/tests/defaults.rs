@@ -26,7 +26,10 @@ fn device_id_defaults_to_the_object_name() {
 
     let named = Device::new(
         "mri-01",
-        DeviceSpec { device_id: Some("MRI:01@lab".into()), ..DeviceSpec::default() },
+        DeviceSpec {
+            device_id: Some("MRI:01@lab".into()),
+            ..DeviceSpec::default()
+        },
     );
     assert_eq!(named.device_id(), "MRI:01@lab");
 }
@@ -47,11 +50,18 @@ fn device_fields_use_the_documented_spelling() {
     .expect("spec reads");
 
     assert_eq!(spec.mode, DeviceMode::Strict);
-    let provisioning = spec.authentication.provisioning.as_ref().expect("provisioning");
+    let provisioning = spec
+        .authentication
+        .provisioning
+        .as_ref()
+        .expect("provisioning");
     assert_eq!(provisioning.method, AuthMethod::X509);
     assert_eq!(spec.desired["upload"], json!({ "everyMinutes": 15 }));
     let back = serde_json::to_value(&spec).expect("serializes");
-    assert_eq!(back["authentication"]["permanent"]["secretRef"]["key"], "primary");
+    assert_eq!(
+        back["authentication"]["permanent"]["secretRef"]["key"],
+        "primary"
+    );
 }
 
 #[test]
@@ -66,7 +76,10 @@ fn owned_desired_keys_are_the_keys_last_applied() {
     let owned: Vec<&str> = status.owned_desired_keys().collect();
     assert_eq!(owned, ["logLevel", "uploadEveryMin"]);
     let recipe = status.recipe.expect("recipe");
-    assert_eq!(recipe.action_path.as_deref(), Some("changeSpec.patch.installSteps[0]"));
+    assert_eq!(
+        recipe.action_path.as_deref(),
+        Some("changeSpec.patch.installSteps[0]")
+    );
 }
 
 #[test]
@@ -116,15 +129,23 @@ fn rollout_strategy_reads_durations_and_defaults() {
     .expect("spec reads");
 
     let strategy = &spec.strategy;
-    let pause = strategy.waves[1].pause.as_ref().and_then(|p| p.duration.as_ref());
-    assert_eq!(pause.map(|d| std::time::Duration::from(*d).as_secs()), Some(5400));
+    let pause = strategy.waves[1]
+        .pause
+        .as_ref()
+        .and_then(|p| p.duration.as_ref());
+    assert_eq!(
+        pause.map(|d| std::time::Duration::from(*d).as_secs()),
+        Some(5400)
+    );
     assert_eq!(
         strategy.failure_threshold.as_ref().map(|t| t.action),
         Some(FailureAction::Pause)
     );
     let window: &MaintenanceWindow = strategy.maintenance_window.as_ref().expect("window");
     assert_eq!(window.time_zone, "UTC");
-    let timeout = strategy.device_timeout.map(|d| std::time::Duration::from(d).as_secs());
+    let timeout = strategy
+        .device_timeout
+        .map(|d| std::time::Duration::from(d).as_secs());
     assert_eq!(timeout, Some(6 * 3600));
 }
 
@@ -135,21 +156,38 @@ fn a_new_rollout_status_reads_as_pending_with_zero_counts() {
     assert_eq!(status.counts, DeviceCounts::default());
 
     let written = serde_json::to_value(&status).expect("serializes");
-    assert_eq!(written["counts"]["succeeded"], 0, "printer columns show 0, not blank");
+    assert_eq!(
+        written["counts"]["succeeded"], 0,
+        "printer columns show 0, not blank"
+    );
 }
 
 #[test]
 fn counts_add_up_by_phase() {
     use DeviceRolloutPhase::*;
-    let counts: DeviceCounts = [Succeeded, Succeeded, Failed, Deferred, InProgress, Unreachable]
-        .into_iter()
-        .collect();
+    let counts: DeviceCounts = [
+        Succeeded,
+        Succeeded,
+        Failed,
+        Deferred,
+        InProgress,
+        Unreachable,
+    ]
+    .into_iter()
+    .collect();
 
     assert_eq!(counts.total, 6);
     assert_eq!(counts.succeeded, 2);
     assert_eq!(counts.deferred, 1);
-    assert_eq!(counts.in_flight(), 2, "in progress and unreachable hold a slot");
+    assert_eq!(
+        counts.in_flight(),
+        2,
+        "in progress and unreachable hold a slot"
+    );
     assert_eq!(counts.finished(), 3);
-    assert!(!Deferred.is_in_flight(), "deferred devices never hold a slot");
+    assert!(
+        !Deferred.is_in_flight(),
+        "deferred devices never hold a slot"
+    );
     assert!(Failed.is_finished());
 }

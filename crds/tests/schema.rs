@@ -233,3 +233,40 @@ fn rendered_yaml_reads_back_as_the_same_crds() {
         assert_eq!(back, crd);
     }
 }
+
+#[test]
+fn recipe_steps_describe_every_field_of_the_protocol_action() {
+    let recipe = schema("Recipe");
+    let change_spec = &recipe["properties"]["spec"]["properties"]["changeSpec"];
+    let step = &change_spec["properties"]["patch"]["additionalProperties"]["items"]["properties"];
+    let crd_fields: Vec<&String> = step.as_object().expect("step properties").keys().collect();
+
+    let protocol = schemars::schema_for!(cloudpillar_protocol::recipe::Action);
+    let protocol = serde_json::to_value(protocol).expect("schema serializes");
+    let protocol_fields: Vec<&String> = protocol["properties"]
+        .as_object()
+        .expect("action properties")
+        .keys()
+        .collect();
+
+    assert_eq!(
+        crd_fields, protocol_fields,
+        "the CRD and the twin protocol agree on step fields"
+    );
+}
+
+#[test]
+fn recipe_sections_share_one_step_schema() {
+    let change_spec = &schema("Recipe")["properties"]["spec"]["properties"]["changeSpec"];
+    let sections = change_spec["properties"].as_object().expect("sections");
+    let names: Vec<&str> = sections
+        .keys()
+        .map(String::as_str)
+        .filter(|n| *n != "id")
+        .collect();
+    let mut expected = cloudpillar_crds::recipe::SECTIONS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+    let patch = &sections["patch"]["additionalProperties"];
+    assert_eq!(patch, &sections["base"]["additionalProperties"]);
+}

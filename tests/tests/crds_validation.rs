@@ -449,3 +449,27 @@ async fn a_hub_endpoint_must_be_a_host() -> anyhow::Result<()> {
     );
     scratch.finish().await
 }
+
+#[tokio::test]
+async fn every_step_field_of_the_twin_protocol_is_accepted() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-step-fields").await?;
+    let step = json!({
+        "action": "executeOnce", "description": "install", "shell": "pwsh",
+        "command": "./Install-Update.ps1",
+        "onPause": "Stop-Service x", "onResume": "Start-Service x",
+        "successCodes": [3010], "timeout": 3600,
+    });
+    let stored = scratch
+        .apply(&recipe_with_step("fields", "installSteps", step.clone()))
+        .await?;
+    assert_eq!(
+        stored["spec"]["changeSpec"]["patch"]["installSteps"][0],
+        step
+    );
+
+    let step = json!({ "action": "singularUpload", "filename": "/var/log/install.log" });
+    scratch
+        .apply(&recipe_with_step("upload", "postInstallConfig", step))
+        .await?;
+    scratch.finish().await
+}
