@@ -1,0 +1,602 @@
+//! Recipes and Rollouts against the real API server and an embedded edge hub, with devices
+//! reporting over MQTT as the agent does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cloudpillar_controllers::SecretLocation;
+use cloudpillar_crds::{Device, DeviceRolloutPhase, Recipe, Rollout, RolloutPhase};
+use cloudpillar_protocol::signing::{SigningKey, TrustStore};
+use cloudpillar_tests::controllers::{
+    EdgeHub, Operator, SimDevice, apply, device_key, eventually, test_config,
+};
+use cloudpillar_tests::recording::RecordingConnector;
+use cloudpillar_tests::{fixture_json, install_crds, kube_client, test_namespace};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// A namespace with an edge hub, a signing key in a Secret and the operator running.
+struct Site {
+    client: Client,
+    ns: String,
+    hub: EdgeHub,
+    key: SigningKey,
+    recorder: RecordingConnector,
+    operator: Option<Operator>,
+    links: BTreeMap<String, SimDevice>,
+}
+
+impl Site {
+    async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let client = kube_client().await?;
+        install_crds(&client).await?;
+        let ns = test_namespace(&client, prefix).await?;
+        let hub = EdgeHub::start(&client, &ns, "edge", 5000).await?;
+        let key = SigningKey::generate()?;
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("recipe-signing".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "key.pem".to_owned(),
+                ByteString(key.to_pkcs8_pem()?.into_bytes()),
+            )])),
+            ..Secret::default()
+        };
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let mut site = Self {
+            client,
+            ns,
+            hub,
+            key,
+            recorder: RecordingConnector::default(),
+            operator: None,
+            links: BTreeMap::new(),
+        };
+        site.start_operator();
+        Ok(site)
+    }
+
+    fn start_operator(&mut self) {
+        let mut config = test_config(&self.ns);
+        config.connector = Arc::new(self.recorder.clone());
+        config.signing_key = Some(SecretLocation {
+            namespace: self.ns.clone(),
+            name: "recipe-signing".into(),
+            key: "key.pem".into(),
+        });
+        self.operator = Some(Operator::start(&self.client, config));
+    }
+
+    async fn restart_operator(&mut self) -> anyhow::Result<()> {
+        if let Some(operator) = self.operator.take() {
+            operator.stop().await?;
+        }
+        self.start_operator();
+        Ok(())
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(operator) = self.operator.take() {
+            operator.stop().await?;
+        }
+        cloudpillar_tests::delete_namespace(&self.client, &self.ns).await
+    }
+
+    async fn recipe(&self, name: &str, change_spec: Value) -> anyhow::Result<()> {
+        let object = json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Recipe",
+            "metadata": { "name": name }, "spec": { "changeSpec": change_spec },
+        });
+        apply::<Recipe>(&self.client, &self.ns, object).await?;
+        Ok(())
+    }
+
+    /// Applies labelled Devices, waits until registered and connects each over MQTT.
+    async fn devices(&mut self, names: &[&str], labels: Value) -> anyhow::Result<()> {
+        for name in names {
+            let object = json!({
+                "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+                "metadata": { "name": name, "labels": labels },
+                "spec": { "hubRef": { "name": "edge" } },
+            });
+            apply::<Device>(&self.client, &self.ns, object).await?;
+        }
+        let api: Api<Device> = Api::namespaced(self.client.clone(), &self.ns);
+        for name in names {
+            eventually(&format!("{name} registered"), WAIT, || async {
+                let device = api.get_opt(name).await?;
+                let conditions = device
+                    .and_then(|d| d.status)
+                    .map(|s| s.conditions)
+                    .unwrap_or_default();
+                Ok(cloudpillar_crds::conditions::is_true(&conditions, "Registered").then_some(()))
+            })
+            .await?;
+            let key = device_key(&self.client, &self.ns, name).await?;
+            let mut link = self.hub.connect(name, &key).await?;
+            link.report(json!({"deviceState": "READY"})).await?;
+            self.links.insert((*name).to_owned(), link);
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, device: &str, patch: Value) -> anyhow::Result<()> {
+        self.links
+            .get_mut(device)
+            .expect("connected device")
+            .report(patch)
+            .await
+    }
+
+    /// Reports the recipe `id` in `status` the way the agent does.
+    async fn recipe_status(&mut self, device: &str, id: &str, status: &str) -> anyhow::Result<()> {
+        let state = if status == "InProgress" {
+            "PATCH_APPLYING"
+        } else {
+            "READY"
+        };
+        let patch = json!({
+            "deviceState": state,
+            "changeSpec": {
+                "id": id, "Status": status, "actionPath": "changeSpec.patch.installSteps[0]",
+                "patch": { "installSteps": [ { "status": status, "ResultCode": "0", "Progress": 40 } ] },
+            },
+        });
+        self.report(device, patch).await
+    }
+
+    fn twin_recipe(&self, device: &str) -> Option<String> {
+        let twin = self.hub.twin(device)?;
+        twin.pointer("/properties/desired/changeSpec/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    async fn rollout(&self, name: &str) -> anyhow::Result<Rollout> {
+        Ok(Api::<Rollout>::namespaced(self.client.clone(), &self.ns)
+            .get(name)
+            .await?)
+    }
+
+    async fn wait_rollout(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Rollout) -> bool,
+    ) -> anyhow::Result<Rollout> {
+        let api: Api<Rollout> = Api::namespaced(self.client.clone(), &self.ns);
+        eventually(what, WAIT, || async {
+            Ok(api.get_opt(name).await?.filter(|r| check(r)))
+        })
+        .await
+    }
+
+    async fn assignment_phase(&self, device: &str) -> anyhow::Result<Option<DeviceRolloutPhase>> {
+        let device = Api::<Device>::namespaced(self.client.clone(), &self.ns)
+            .get(device)
+            .await?;
+        Ok(device.status.and_then(|s| s.assignment).map(|a| a.phase))
+    }
+
+    /// Checks the twin holds the Recipe's changeSpec and a changeSign that verifies.
+    async fn assert_signed_recipe_in_twin(&self, device: &str, recipe: &str) -> anyhow::Result<()> {
+        let recipe = Api::<Recipe>::namespaced(self.client.clone(), &self.ns)
+            .get(recipe)
+            .await?;
+        let twin = self.hub.twin(device).expect("twin");
+        let desired = &twin["properties"]["desired"];
+        assert_eq!(
+            desired["changeSpec"],
+            serde_json::to_value(&recipe.spec.change_spec)?,
+            "{device}"
+        );
+        let mut trust = TrustStore::new();
+        trust.add(self.key.verifying_key().clone());
+        let sign = desired["changeSign"].as_str().expect("changeSign");
+        trust.verify_json(&desired["changeSpec"], sign)?;
+        Ok(())
+    }
+}
+
+fn phase_is(phase: RolloutPhase) -> impl Fn(&Rollout) -> bool {
+    move |r| r.status.as_ref().is_some_and(|s| s.phase == phase)
+}
+
+fn paused_because(reason: &'static str) -> impl Fn(&Rollout) -> bool {
+    move |r| {
+        let conditions = r
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        cloudpillar_crds::conditions::find(&conditions, "Paused")
+            .is_some_and(|c| c.status == "True" && c.reason == reason)
+    }
+}
+
+#[tokio::test]
+async fn field_recipes_are_signed_and_an_invalid_recipe_never_reaches_a_twin() -> anyhow::Result<()>
+{
+    let mut site = Site::start("ctl-recipe").await?;
+    let windows = fixture_json("windows-update-recipe.json", "/changeSpec")?;
+    let security = fixture_json("security-update-desired.json", "/desired/changeSpec")?;
+    site.recipe("windows", windows).await?;
+    site.recipe("security", security).await?;
+    let mut invalid = fixture_json("windows-update-recipe.json", "/changeSpec")?;
+    invalid["id"] = json!("invalid-1");
+    invalid["patch"]["preTransitConfig"][0]["shell"] = json!("zsh");
+    site.recipe("invalid", invalid).await?;
+
+    let recipes: Api<Recipe> = Api::namespaced(site.client.clone(), &site.ns);
+    let mut trust = TrustStore::new();
+    trust.add(site.key.verifying_key().clone());
+    for name in ["windows", "security"] {
+        let signed = eventually(&format!("{name} signed"), WAIT, || async {
+            let recipe = recipes.get(name).await?;
+            Ok(cloudpillar_controllers::recipe::is_ready(&recipe).then_some(recipe))
+        })
+        .await?;
+        let status = signed.status.clone().expect("status");
+        let spec = serde_json::to_value(&signed.spec.change_spec)?;
+        trust.verify_json(&spec, status.signature.as_deref().expect("signature"))?;
+        assert_eq!(status.key_id.as_deref(), Some(site.key.key_id()));
+        assert_eq!(status.digest.as_deref().map(str::len), Some(128));
+        assert_eq!(
+            signed.metadata.generation,
+            Some(1),
+            "the operator changed the spec"
+        );
+    }
+    let security = recipes.get("security").await?;
+    let artifacts: Vec<String> = security
+        .status
+        .expect("status")
+        .artifacts
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(artifacts, vec!["mcaffeeV3_5150dat.zip", "SPU.zip"]);
+
+    let refused = eventually("invalid recipe refused", WAIT, || async {
+        let recipe = recipes.get("invalid").await?;
+        let conditions = recipe
+            .status
+            .clone()
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        let valid = cloudpillar_crds::conditions::find(&conditions, "Valid").cloned();
+        Ok(valid.filter(|c| c.status == "False").map(|c| (recipe, c)))
+    })
+    .await?;
+    assert!(refused.1.message.contains("shell"), "{}", refused.1.message);
+    assert!(
+        refused
+            .0
+            .status
+            .as_ref()
+            .is_some_and(|s| s.signature.is_none())
+    );
+
+    // A Rollout of the invalid recipe stays Pending and writes nothing.
+    site.devices(&["dev-x"], json!({"fleet": "invalid"}))
+        .await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "bad" },
+        "spec": { "recipeRef": { "name": "invalid" }, "selector": { "matchLabels": { "fleet": "invalid" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+    site.wait_rollout("bad", "rollout pending on an invalid recipe", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == RolloutPhase::Pending && s.observed_generation.is_some())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(site.twin_recipe("dev-x"), None);
+    site.finish().await
+}
+
+#[tokio::test]
+async fn rollout_walks_two_waves_defers_busy_devices_pauses_on_failures_and_survives_restart()
+-> anyhow::Result<()> {
+    let mut site = Site::start("ctl-rollout").await?;
+    let windows = fixture_json("windows-update-recipe.json", "/changeSpec")?;
+    let id = windows["id"].as_str().expect("id").to_owned();
+    site.recipe("windows", windows).await?;
+    let names = ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4", "dev-5"];
+    site.devices(&names, json!({"fleet": "ro"})).await?;
+    site.report("dev-5", json!({"deviceState": "BUSY"})).await?;
+
+    // Watch the twins throughout: never more than maxConcurrent devices hold an unfinished recipe.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (core, peak, id) = (site.hub.handle.core().clone(), peak.clone(), id.clone());
+        tokio::spawn(async move {
+            loop {
+                let running = (0..7)
+                    .filter_map(|i| core.get_twin(&format!("dev-{i}")).ok())
+                    .filter(|t| t.pointer("/properties/desired/changeSpec/id") == Some(&json!(id)))
+                    .filter(|t| {
+                        let status = t
+                            .pointer("/properties/reported/changeSpec/Status")
+                            .and_then(Value::as_str);
+                        !matches!(status, Some("Success" | "Failure" | "Cancelled"))
+                    })
+                    .count();
+                peak.fetch_max(running, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "ro-1" },
+        "spec": {
+            "recipeRef": { "name": "windows" },
+            "selector": { "matchLabels": { "fleet": "ro" } },
+            "strategy": {
+                "waves": [ { "name": "canary", "count": 2 }, { "percent": 100 } ],
+                "maxConcurrent": 2,
+                "failureThreshold": { "count": 0, "action": "Pause" },
+            },
+        },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+
+    // Wave 1: the first two devices (by name) get the signed recipe; no one else.
+    site.wait_rollout("ro-1", "wave 1 assigned", |r| {
+        r.status.as_ref().is_some_and(|s| s.counts.assigned == 2)
+    })
+    .await?;
+    eventually("recipe in wave 1 twins", WAIT, || async {
+        Ok(
+            (site.twin_recipe("dev-0").is_some() && site.twin_recipe("dev-1").is_some())
+                .then_some(()),
+        )
+    })
+    .await?;
+    site.assert_signed_recipe_in_twin("dev-0", "windows")
+        .await?;
+    site.assert_signed_recipe_in_twin("dev-1", "windows")
+        .await?;
+    for other in ["dev-2", "dev-3", "dev-4", "dev-5"] {
+        assert_eq!(
+            site.twin_recipe(other),
+            None,
+            "{other} got the recipe in wave 1"
+        );
+    }
+    let status = site.rollout("ro-1").await?.status.expect("status");
+    assert_eq!(
+        (status.phase, status.current_wave, status.counts.pending),
+        (RolloutPhase::Progressing, Some(1), 4)
+    );
+
+    // Devices report progress, then success: wave 2 starts with the free slots.
+    site.recipe_status("dev-0", &id, "InProgress").await?;
+    site.wait_rollout("ro-1", "in progress counted", |r| {
+        r.status.as_ref().is_some_and(|s| s.counts.in_progress == 1)
+    })
+    .await?;
+    site.recipe_status("dev-0", &id, "Success").await?;
+    site.recipe_status("dev-1", &id, "Success").await?;
+    let wave2 = site
+        .wait_rollout("ro-1", "wave 2 started", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.current_wave == Some(2) && s.counts.assigned == 2)
+        })
+        .await?;
+    let counts = wave2.status.clone().expect("status").counts;
+    assert_eq!(
+        (counts.succeeded, counts.deferred, counts.pending),
+        (2, 1, 1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        site.assignment_phase("dev-5").await?,
+        Some(DeviceRolloutPhase::Deferred)
+    );
+    assert!(site.twin_recipe("dev-2").is_some() && site.twin_recipe("dev-3").is_some());
+
+    // The operator restarts mid-rollout; a device that matches late joins the wave.
+    site.restart_operator().await?;
+    site.devices(&["dev-6"], json!({"fleet": "ro"})).await?;
+
+    // The first failure crosses a threshold of zero: paused with the reason and an Event,
+    // and the slot it frees is not used.
+    site.recipe_status("dev-2", &id, "Failure").await?;
+    site.wait_rollout(
+        "ro-1",
+        "paused on a failure",
+        paused_because("FailureThreshold"),
+    )
+    .await?;
+    site.recipe_status("dev-3", &id, "Failure").await?;
+    let paused = site
+        .wait_rollout("ro-1", "second failure counted", |r| {
+            paused_because("FailureThreshold")(r)
+                && r.status.as_ref().is_some_and(|s| s.counts.failed == 2)
+        })
+        .await?;
+    assert_eq!(
+        paused.status.as_ref().map(|s| s.phase),
+        Some(RolloutPhase::Paused)
+    );
+    let failed: Vec<String> = paused
+        .status
+        .expect("status")
+        .failed_devices
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(failed.len(), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        site.twin_recipe("dev-4"),
+        None,
+        "a device started while paused"
+    );
+
+    // Raising the threshold resumes; the busy device starts once it is ready.
+    let raise = json!({"spec": {"strategy": {"failureThreshold": {"count": 5}}}});
+    Api::<Rollout>::namespaced(site.client.clone(), &site.ns)
+        .patch("ro-1", &PatchParams::default(), &Patch::Merge(&raise))
+        .await?;
+    eventually("dev-4 started", WAIT, || async {
+        Ok(site.twin_recipe("dev-4").map(|_| ()))
+    })
+    .await?;
+    assert_eq!(
+        site.assignment_phase("dev-5").await?,
+        Some(DeviceRolloutPhase::Deferred)
+    );
+    site.recipe_status("dev-4", &id, "Success").await?;
+    site.report("dev-5", json!({"deviceState": "READY"}))
+        .await?;
+    eventually("dev-5 started", WAIT, || async {
+        Ok(site.twin_recipe("dev-5").map(|_| ()))
+    })
+    .await?;
+    eventually("dev-6 started", WAIT, || async {
+        Ok(site.twin_recipe("dev-6").map(|_| ()))
+    })
+    .await?;
+    site.recipe_status("dev-5", &id, "Success").await?;
+    site.recipe_status("dev-6", &id, "Success").await?;
+
+    let done = site
+        .wait_rollout("ro-1", "rollout finished", phase_is(RolloutPhase::Failed))
+        .await?;
+    let status = done.status.expect("status");
+    assert_eq!(
+        (
+            status.counts.total,
+            status.counts.succeeded,
+            status.counts.failed
+        ),
+        (7, 5, 2)
+    );
+    assert!(status.completion_time.is_some());
+    assert!(
+        peak.load(Ordering::Relaxed) <= 2,
+        "{} devices ran at once",
+        peak.load(Ordering::Relaxed)
+    );
+    watcher.abort();
+
+    // Every device received the recipe exactly once, across the restart.
+    for device in names.iter().copied().chain(["dev-6"]) {
+        let writes = site
+            .recorder
+            .patches_for(device)
+            .into_iter()
+            .filter(|p| {
+                p.desired
+                    .as_ref()
+                    .is_some_and(|d| d.get("changeSpec").is_some())
+            })
+            .count();
+        assert_eq!(writes, 1, "{device} got the recipe {writes} times");
+    }
+    site.finish().await
+}
+
+#[tokio::test]
+async fn a_second_rollout_waits_and_cancelling_leaves_reported_progress_untouched()
+-> anyhow::Result<()> {
+    let mut site = Site::start("ctl-cancel").await?;
+    let windows = fixture_json("windows-update-recipe.json", "/changeSpec")?;
+    let security = fixture_json("security-update-desired.json", "/desired/changeSpec")?;
+    let (first_id, second_id) = (
+        windows["id"].as_str().expect("id").to_owned(),
+        security["id"].as_str().expect("id").to_owned(),
+    );
+    site.recipe("windows", windows).await?;
+    site.recipe("security", security).await?;
+    site.devices(&["dev-a"], json!({"fleet": "one"})).await?;
+    let rollout = |name: &str, recipe: &str| {
+        json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": name },
+            "spec": { "recipeRef": { "name": recipe }, "selector": { "matchLabels": { "fleet": "one" } } },
+        })
+    };
+    apply::<Rollout>(&site.client, &site.ns, rollout("first", "windows")).await?;
+    eventually("first recipe in twin", WAIT, || async {
+        Ok((site.twin_recipe("dev-a").as_deref() == Some(first_id.as_str())).then_some(()))
+    })
+    .await?;
+
+    // A second Rollout over the same device waits for the first, and says so.
+    apply::<Rollout>(&site.client, &site.ns, rollout("second", "security")).await?;
+    site.wait_rollout("second", "second waits", paused_because("RecipeBusy"))
+        .await?;
+    site.recipe_status("dev-a", &first_id, "Success").await?;
+    site.wait_rollout(
+        "first",
+        "first succeeded",
+        phase_is(RolloutPhase::Succeeded),
+    )
+    .await?;
+    eventually("second recipe in twin", WAIT, || async {
+        Ok((site.twin_recipe("dev-a").as_deref() == Some(second_id.as_str())).then_some(()))
+    })
+    .await?;
+    site.assert_signed_recipe_in_twin("dev-a", "security")
+        .await?;
+
+    // F22: the device is mid-download when the Rollout is deleted.
+    site.recipe_status("dev-a", &second_id, "InProgress")
+        .await?;
+    site.wait_rollout("second", "second in progress", |r| {
+        r.status.as_ref().is_some_and(|s| s.counts.in_progress == 1)
+    })
+    .await?;
+    let before =
+        site.hub.twin("dev-a").expect("twin")["properties"]["reported"]["changeSpec"].clone();
+    let rollouts: Api<Rollout> = Api::namespaced(site.client.clone(), &site.ns);
+    rollouts.delete("second", &DeleteParams::default()).await?;
+    let cancel = eventually("cancel in desired", WAIT, || async {
+        Ok(site
+            .hub
+            .twin("dev-a")
+            .and_then(|t| t.pointer("/properties/desired/changeCancel").cloned()))
+    })
+    .await?;
+    assert_eq!(cancel, json!({ "id": second_id }));
+    let after =
+        site.hub.twin("dev-a").expect("twin")["properties"]["reported"]["changeSpec"].clone();
+    assert_eq!(before, after, "the operator touched reported progress");
+    assert!(
+        rollouts.get_opt("second").await?.is_some(),
+        "the Rollout went before the device answered"
+    );
+    assert_ne!(
+        site.assignment_phase("dev-a").await?,
+        Some(DeviceRolloutPhase::Cancelled)
+    );
+
+    // The device confirms: only now is it Cancelled, and the Rollout goes away.
+    site.recipe_status("dev-a", &second_id, "Cancelled").await?;
+    eventually("second removed", WAIT, || async {
+        Ok(rollouts.get_opt("second").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        site.assignment_phase("dev-a").await?,
+        Some(DeviceRolloutPhase::Cancelled)
+    );
+    let _ = site.rollout("first").await?.name_any();
+    site.finish().await
+}
