@@ -61,8 +61,15 @@ pub struct RolloutSpec {
     }]))]
     pub recipe_ref: LocalRef,
 
-    /// Which Devices (in this namespace) receive the recipe. Devices that match later join
-    /// the current or the next wave.
+    /// Which Devices (in this namespace) receive the recipe, by label. Devices that match
+    /// later join the current or the next wave. An empty selector is refused, so that no
+    /// rollout reaches every device by accident.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || \
+                 (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+        "message": "selector needs at least one label or expression: an empty selector would \
+                    pick every Device in the namespace",
+    }]))]
     pub selector: LabelSelector,
 
     /// How fast the recipe spreads: waves, concurrency, failure threshold, maintenance

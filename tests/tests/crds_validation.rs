@@ -473,3 +473,21 @@ async fn every_step_field_of_the_twin_protocol_is_accepted() -> anyhow::Result<(
         .await?;
     scratch.finish().await
 }
+
+#[tokio::test]
+async fn a_rollout_with_an_empty_selector_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-selector").await?;
+    let mut rollout = rollout_with_waves("everyone", json!([{ "percent": 100 }]));
+    rollout["spec"]["selector"] = json!({});
+    let message = scratch.refused(&rollout).await;
+    assert_says(
+        &message,
+        &["spec.selector", "an empty selector would pick every Device"],
+    );
+
+    rollout["spec"]["selector"] = json!({
+        "matchExpressions": [{ "key": "cloudpillar.io/fleet", "operator": "Exists" }],
+    });
+    scratch.apply(&rollout).await?;
+    scratch.finish().await
+}
