@@ -9,6 +9,10 @@ use super::ConfigError;
 /// Prefix of every override variable.
 pub const PREFIX: &str = "CP_AGENT_";
 
+/// Variables with the prefix that are not configuration keys: the config file path and
+/// the log filter.
+pub const RESERVED: [&str; 2] = ["CP_AGENT_CONFIG", "CP_AGENT_LOG"];
+
 /// Applies every `CP_AGENT_*` variable in `vars` to `table`.
 pub fn apply_overrides(
     table: &mut toml::Table,
@@ -18,6 +22,9 @@ pub fn apply_overrides(
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
+        if RESERVED.contains(&name.as_str()) {
+            continue;
+        }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
             return Err(ConfigError::Override {

@@ -56,6 +56,8 @@ fn env_overrides_replace_file_values_with_types() {
             ("CP_AGENT_STRICT_MODE", "true"),
             ("CP_AGENT_DEVICE_ID", "\"42\""),
             ("UNRELATED", "x"),
+            ("CP_AGENT_LOG", "debug"),
+            ("CP_AGENT_CONFIG", "/etc/cloudpillar/agent.toml"),
         ],
     )
     .expect("overrides apply");

@@ -1,0 +1,163 @@
+//! `kill -9` of the agent binary mid-download and mid-recipe: nothing finished is lost or
+//! repeated, the partial file resumes from its verified length.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use common::TestHub;
+use common::streamer::{self, Script};
+
+fn spawn_agent(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cloudpillar-agent"))
+        .arg("--config")
+        .arg(config)
+        .env("CP_AGENT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    // std's kill sends SIGKILL on Unix.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_download_resumes_from_verified_bytes_and_the_file_hash_matches() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, hub.agent_config("k9-1", dir.path(), "").await).unwrap();
+    let work = dir.path().join("state/work");
+    let log = dir.path().join("agent.log");
+    let mut agent = spawn_agent(&config_path, &log);
+    hub.wait_reported("k9-1", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let chunk = 47 * 1024;
+    let mut file = vec![0u8; chunk * 60 + 1234];
+    rand::fill(&mut file[..]);
+    let file = Arc::new(file);
+    let seen = streamer::start(
+        &hub,
+        Script {
+            device: "k9-1".into(),
+            file_id: "fw.bin".into(),
+            file: Arc::clone(&file),
+            chunk,
+            pace: Duration::from_millis(60),
+            corrupt_crc: false,
+        },
+    );
+    let sign = cloudpillar_protocol::signing::SignedText::new(&hub.signer, &hub.signer.sign(&file))
+        .to_string();
+    let spec = json!({"id": "k9-dl", "patch": {"transitPackage": [{"action": "singularDownload",
+        "source": "fw.bin", "protocol": "iotmqtt", "destinationPath": "./fw.bin", "sign": sign,
+        "retransmissionRewind": chunk}]}});
+    hub.patch_desired(
+        "k9-1",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    let before = hub
+        .wait_reported("k9-1", "a third of the file", |r| {
+            r["changeSpec"]["patch"]["transitPackage"][0]["BytesDone"]
+                .as_u64()
+                .unwrap_or(0)
+                > (chunk * 20) as u64
+        })
+        .await;
+    kill9(&mut agent);
+    let done_before = before["changeSpec"]["patch"]["transitPackage"][0]["BytesDone"]
+        .as_u64()
+        .unwrap();
+    let requests_before = seen.requests.load(Ordering::SeqCst);
+
+    let mut agent = spawn_agent(&config_path, &log);
+    let after = hub
+        .wait_reported("k9-1", "recipe success", |r| {
+            r["changeSpec"]["Status"] == "Success"
+        })
+        .await;
+    kill9(&mut agent);
+
+    let on_disk = std::fs::read(work.join("fw.bin")).unwrap();
+    assert_eq!(
+        Sha256::digest(&on_disk),
+        Sha256::digest(&file[..]),
+        "final hash matches"
+    );
+    assert!(seen.requests.load(Ordering::SeqCst) > requests_before);
+    let resumed_from = seen.last_from.load(Ordering::SeqCst);
+    assert!(
+        resumed_from >= done_before,
+        "resume from {resumed_from}, verified {done_before}"
+    );
+    assert_eq!(
+        resumed_from % chunk as u64,
+        0,
+        "resume at a verified chunk boundary"
+    );
+    assert_eq!(
+        after["changeSpec"]["patch"]["transitPackage"][0]["ResultCode"],
+        "FinishedTransit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_recipe_never_repeats_a_finished_step() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, hub.agent_config("k9-2", dir.path(), "").await).unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = spawn_agent(&config_path, &log);
+    hub.wait_reported("k9-2", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let counter = dir.path().join("count");
+    let gate = dir.path().join("gate");
+    let spec = json!({"id": "k9-steps", "patch": {"installSteps": [
+        {"shell": "bash", "command": format!("echo first >> {}", counter.display())},
+        {"shell": "bash", "command": format!(
+            "echo second >> {c}; while [ ! -e {g} ]; do sleep 0.05; done",
+            c = counter.display(), g = gate.display())},
+        {"shell": "bash", "command": format!("echo third >> {}", counter.display())}]}});
+    hub.patch_desired(
+        "k9-2",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    hub.wait_reported("k9-2", "first step done", |r| {
+        r["changeSpec"]["patch"]["installSteps"][0]["status"] == "Success"
+    })
+    .await;
+    kill9(&mut agent);
+    std::fs::write(&gate, "").unwrap();
+
+    let mut agent = spawn_agent(&config_path, &log);
+    hub.wait_reported("k9-2", "recipe success", |r| {
+        r["changeSpec"]["Status"] == "Success"
+    })
+    .await;
+    kill9(&mut agent);
+    let lines = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(lines.matches("first").count(), 1, "{lines}");
+    assert!(lines.ends_with("third\n"), "{lines}");
+}
