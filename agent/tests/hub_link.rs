@@ -1,0 +1,133 @@
+//! Link robustness against the edge hub: large packets (F08), lost sessions (F09).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use cloudpillar_protocol::messages::{
+    AuthMethod, C2dMessage, ProvisioningMode, UpgradeProvisioning,
+};
+use serde_json::json;
+
+use common::{TestHub, parse_config};
+
+fn connections(
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cloudpillar_hub::HubEvent>>,
+    device: &str,
+) -> usize {
+    let mut n = 0;
+    while let Ok(event) = events.try_recv() {
+        if event.device_id == device && event.source == "deviceConnectionStateEvents" {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f08_twin_reads_over_10_kib_and_64_kib_c2d_messages_keep_the_link_up() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("big-1", dir.path(), "").await);
+    let agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("big-1", "connected", |r| r["health"] == "connected")
+        .await;
+    let mut events = hub.hub.events();
+
+    // A desired section well over 10,240 bytes, delivered as a patch and in full reads.
+    let big = "x".repeat(20_000);
+    hub.patch_desired("big-1", json!({"notes": big})).await;
+    let version = hub.twin("big-1").await["properties"]["desired"]["$version"]
+        .as_u64()
+        .unwrap();
+    hub.wait_reported("big-1", "big desired applied", |r| {
+        r["desiredVersionApplied"].as_u64() == Some(version)
+    })
+    .await;
+    // A C2D message of about 64 KiB (a full 47 KiB chunk as base64 in JSON).
+    let message =
+        C2dMessage::DownloadFileChunk(cloudpillar_protocol::messages::DownloadFileChunk {
+            file_id: "nobody-asked".into(),
+            offset: 0,
+            data: vec![1u8; cloudpillar_protocol::messages::MAX_RAW_CHUNK],
+            total_size: None,
+        });
+    let body = message.encode().unwrap();
+    assert!(body.len() > 60 * 1024);
+    let sender = common::streamer::C2dSender::new(&hub);
+    common::streamer::send(&sender, "big-1", &message).await;
+    for _ in 0..50 {
+        if hub.twin("big-1").await["cloudToDeviceMessageCount"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        hub.twin("big-1").await["cloudToDeviceMessageCount"],
+        0,
+        "C2D acknowledged"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(connections(&mut events, "big-1"), 0, "no reconnect");
+    use cloudpillar_agent::api::LinkControl;
+    assert_eq!(
+        agent.link.as_ref().unwrap().desired()["notes"]
+            .as_str()
+            .unwrap()
+            .len(),
+        20_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f09_after_a_reconnect_without_session_both_handlers_fire_within_5_s() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("ses-1", dir.path(), "").await);
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("ses-1", "connected", |r| r["health"] == "connected")
+        .await;
+
+    // The hub forgets the session and cuts the connection.
+    let core = hub.hub.core();
+    core.save_session("ses-1", None).await.unwrap();
+    core.push("ses-1", cloudpillar_hub::core::Outbound::Close);
+    for _ in 0..100 {
+        if hub.twin("ses-1").await["connectionState"] == "Connected" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.wait_reported("ses-1", "reconnected", |r| r["health"] == "connected")
+        .await;
+
+    // The backend patches desired and queues one C2D message.
+    let started = std::time::Instant::now();
+    hub.patch_desired(
+        "ses-1",
+        json!({"provisioning": {"authMethod": "SAS", "hub": "other.hub", "mode": "FULL"}}),
+    )
+    .await;
+    let upgrade = C2dMessage::UpgradeProvisioning(UpgradeProvisioning {
+        auth_method: AuthMethod::Sas,
+        hub: "mismatch.hub".into(),
+        mode: ProvisioningMode::Full,
+        key: "c2VjcmV0".into(),
+    });
+    let sender = common::streamer::C2dSender::new(&hub);
+    common::streamer::send(&sender, "ses-1", &upgrade).await;
+    let version = hub.twin("ses-1").await["properties"]["desired"]["$version"]
+        .as_u64()
+        .unwrap();
+    hub.wait_reported("ses-1", "both handlers", |r| {
+        r["desiredVersionApplied"].as_u64() == Some(version)
+            && r["provisioning"]["status"] == "refused"
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
