@@ -4,6 +4,10 @@
 //! - [`hub_link`]: the hub's event stream and C2D sends, as the services use them.
 //! - [`checkpoint`] and [`partition`]: durable consumer positions and the device split
 //!   between replicas.
+//! - [`keys`]: the key holder (`SignRecipe`, `SignBlob`, published keys, rotation).
+//! - [`streamer`]: file range requests to C2D chunks, uploads into the upload container.
+//! - [`writer`]: twin changes, state transitions and D2C records into MongoDB.
+//! - [`roles`]: settings and entry points the `cloudpillar` binary runs.
 
 pub mod backoff;
 pub mod blob;
@@ -12,6 +16,7 @@ pub mod hub_link;
 pub mod keys;
 pub mod messages;
 pub mod partition;
+pub mod roles;
 pub mod streamer;
 pub mod writer;
 

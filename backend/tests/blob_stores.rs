@@ -166,9 +166,7 @@ async fn filesystem_store_round_trips_byte_exact() {
 
 #[tokio::test]
 async fn azurite_store_round_trips_byte_exact() {
-    let stores = BlobStores::open(&common::azurite_config())
-        .await
-        .expect("open azurite");
+    let stores = common::azurite_stores().await;
     let prefix = common::unique("t");
     round_trip(&stores, &prefix).await;
     upload_assembles(&stores, &common::unique("dev-az-")).await;

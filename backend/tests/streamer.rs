@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cloudpillar_backend::blob::{BlobConfig, BlobStores};
+use cloudpillar_backend::hub_link::HubLink;
 use cloudpillar_backend::partition::Partition;
 use cloudpillar_backend::streamer::{Streamer, StreamerOptions};
 use cloudpillar_backend::writer::history::{History, LOGS};
@@ -40,16 +42,26 @@ async fn fs_stores(dir: &tempfile::TempDir) -> BlobStores {
     .expect("open")
 }
 
-/// One device downloads `data` stored as `file` in `stores`; returns what it received.
-async fn download_once(stores: BlobStores, file: &str, data: &[u8]) {
-    let rig = HubRig::start().await;
+/// One device downloads `data` stored as `file` in `stores`, through the embedded hub or
+/// through the hub's REST API.
+async fn download_once(stores: BlobStores, file: &str, data: &[u8], rest: bool) {
+    let rig = if rest {
+        HubRig::start_tls().await
+    } else {
+        HubRig::start().await
+    };
     rig.add_device("dev-dl").await;
     stores
         .patches
         .put(file, Bytes::copy_from_slice(data))
         .await
         .expect("patch stored");
-    let streamer = Streamer::new(rig.link(), stores, None, Partition::all(), options());
+    let link: Arc<dyn HubLink> = if rest {
+        rig.rest_args().connect().expect("rest client")
+    } else {
+        rig.link()
+    };
+    let streamer = Streamer::new(link, stores, None, Partition::all(), options());
     let running = tokio::spawn(streamer.run());
     let (received, device) = consume(rig.core(), "dev-dl", 3);
 
@@ -79,20 +91,36 @@ async fn download_once(stores: BlobStores, file: &str, data: &[u8]) {
 async fn download_from_filesystem_store_arrives_byte_exact_within_the_queue_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = common::pattern(3 * 1024 * 1024 + 1234, 21);
-    download_once(fs_stores(&dir).await, "fw/app-2.1.bin", &data).await;
+    download_once(fs_stores(&dir).await, "fw/app-2.1.bin", &data, false).await;
+}
+
+#[tokio::test]
+async fn download_through_the_hub_rest_api_arrives_byte_exact_within_the_queue_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = common::pattern(1024 * 1024 + 99, 23);
+    download_once(fs_stores(&dir).await, "fw/rest.bin", &data, true).await;
 }
 
 #[tokio::test]
 async fn download_from_azurite_store_arrives_byte_exact() {
-    let stores = BlobStores::open(&common::azurite_config())
-        .await
-        .expect("azurite");
+    let stores = common::azurite_stores().await;
     let data = common::pattern(1024 * 1024 + 77, 22);
-    download_once(stores, &format!("{}/pkg.zip", common::unique("fw")), &data).await;
+    download_once(
+        stores,
+        &format!("{}/pkg.zip", common::unique("fw")),
+        &data,
+        false,
+    )
+    .await;
 }
 
 /// A device uploads a file in chunks (out of order, one twice); returns the stored bytes.
-async fn upload_once(stores: BlobStores, history: Option<History>, device: &str) -> Vec<u8> {
+/// The hub and streamer keep running until the returned guard is dropped.
+async fn upload_once(
+    stores: BlobStores,
+    history: Option<History>,
+    device: &str,
+) -> (HubRig, tokio::task::JoinHandle<()>) {
     let rig = HubRig::start().await;
     rig.add_device(device).await;
     let streamer = Streamer::new(
@@ -130,8 +158,7 @@ async fn upload_once(stores: BlobStores, history: Option<History>, device: &str)
     }
     let stored = uploads.read_all(&path).await.expect("read").to_vec();
     assert_eq!(stored, data, "byte-exact");
-    running.abort();
-    stored
+    (rig, running)
 }
 
 #[tokio::test]
@@ -141,7 +168,7 @@ async fn upload_lands_in_the_upload_container_and_is_linked_from_logs() {
         .await
         .expect("history");
     let device = "dev-up";
-    upload_once(fs_stores(&dir).await, Some(history.clone()), device).await;
+    let (_rig, running) = upload_once(fs_stores(&dir).await, Some(history.clone()), device).await;
 
     let mut link = None;
     for _ in 0..100 {
@@ -161,14 +188,14 @@ async fn upload_lands_in_the_upload_container_and_is_linked_from_logs() {
     assert_eq!(blob.get_str("container").expect("container"), "uploads");
     assert_eq!(blob.get_str("path").expect("path"), "dev-up/logs/app.log");
     history.database().drop().await.expect("drop");
+    running.abort();
 }
 
 #[tokio::test]
 async fn upload_to_azurite_store_round_trips_byte_exact() {
-    let stores = BlobStores::open(&common::azurite_config())
-        .await
-        .expect("azurite");
-    upload_once(stores, None, &common::unique("dev-up-")).await;
+    let stores = common::azurite_stores().await;
+    let (_rig, running) = upload_once(stores, None, &common::unique("dev-up-")).await;
+    running.abort();
 }
 
 #[tokio::test]

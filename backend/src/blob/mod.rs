@@ -114,10 +114,16 @@ pub struct BlobStores {
 impl BlobStores {
     /// Opens (and on Azure, creates when missing) the three default containers.
     pub async fn open(config: &BlobConfig) -> Result<Self, BlobError> {
+        Self::open_prefixed(config, "").await
+    }
+
+    /// Opens the containers named `{prefix}patches`, `{prefix}uploads` and `{prefix}state`,
+    /// so several installations (or tests) can share one storage account.
+    pub async fn open_prefixed(config: &BlobConfig, prefix: &str) -> Result<Self, BlobError> {
         Ok(Self {
-            patches: Container::open(config, PATCHES).await?,
-            uploads: Container::open(config, UPLOADS).await?,
-            state: Container::open(config, STATE).await?,
+            patches: Container::open(config, &format!("{prefix}{PATCHES}")).await?,
+            uploads: Container::open(config, &format!("{prefix}{UPLOADS}")).await?,
+            state: Container::open(config, &format!("{prefix}{STATE}")).await?,
         })
     }
 }

@@ -54,6 +54,24 @@ impl TokenProvider for StaticToken {
     }
 }
 
+/// A token kept in a file that something else refreshes (a sidecar or a mounted Secret);
+/// read again for every request.
+#[derive(Debug, Clone)]
+pub struct FileToken(pub std::path::PathBuf);
+
+#[async_trait]
+impl TokenProvider for FileToken {
+    async fn token(&self) -> Result<String, KeyError> {
+        tokio::fs::read_to_string(&self.0)
+            .await
+            .map(|text| text.trim().to_owned())
+            .map_err(|source| KeyError::Load {
+                origin: self.0.display().to_string(),
+                source: Box::new(source),
+            })
+    }
+}
+
 /// One version of an EC P-521 key in Key Vault.
 #[derive(Debug, Clone)]
 pub struct KeyVaultSigner {

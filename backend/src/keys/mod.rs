@@ -14,7 +14,7 @@ mod keyvault;
 mod local;
 
 pub use http::{KeyEntry, PublishedKeys, SignBlobRequest, SignRecipeRequest, SignResponse, router};
-pub use keyvault::{KeyVaultSigner, StaticToken, TokenProvider};
+pub use keyvault::{FileToken, KeyVaultSigner, StaticToken, TokenProvider};
 pub use local::{LocalSigner, SECRET_ACTIVE_KEY, retired_key};
 
 use std::sync::Arc;

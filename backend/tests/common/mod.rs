@@ -30,6 +30,14 @@ pub fn azurite_config() -> BlobConfig {
     BlobConfig::Azure(AzureBlobConfig::azurite(azurite_url()))
 }
 
+/// Containers of their own on Azurite for one test (a unique name prefix), so checkpoints and
+/// files of other tests and earlier runs stay out of the way.
+pub async fn azurite_stores() -> cloudpillar_backend::blob::BlobStores {
+    cloudpillar_backend::blob::BlobStores::open_prefixed(&azurite_config(), &unique("t"))
+        .await
+        .expect("azurite containers open")
+}
+
 /// A name unique to this test run, for containers, databases and device ids.
 pub fn unique(prefix: &str) -> String {
     use rand::RngExt;

@@ -32,6 +32,29 @@ impl HubRig {
         Self { handle, dir }
     }
 
+    /// A hub serving TLS with its generated development CA, as a separate deployment would.
+    pub async fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = Hub::start(HubConfig::new(dir.path()))
+            .await
+            .expect("hub starts");
+        Self { handle, dir }
+    }
+
+    /// Settings a role in its own process would use to reach this hub's REST API.
+    pub fn rest_args(&self) -> cloudpillar_backend::roles::HubArgs {
+        cloudpillar_backend::roles::HubArgs {
+            hub_url: Some(format!(
+                "https://localhost:{}",
+                self.handle.http_addr().port()
+            )),
+            hub_hostname: self.handle.hostname().to_owned(),
+            hub_policy_name: self.handle.policy_name().to_owned(),
+            hub_policy_key_file: Some(self.handle.policy_key_file().to_owned()),
+            hub_ca_file: self.handle.ca_cert_path().map(ToOwned::to_owned),
+        }
+    }
+
     pub fn core(&self) -> Arc<Core> {
         self.handle.core().clone()
     }
