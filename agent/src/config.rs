@@ -388,4 +388,6 @@ impl Config {
 }
 
 #[cfg(test)]
+mod sample_tests;
+#[cfg(test)]
 mod tests;
