@@ -319,3 +319,57 @@ async fn f22_cancel_after_success_is_rejected() {
         json!({"id": "ro-7", "result": "cancel_rejected: already_succeeded"})
     );
 }
+
+#[tokio::test]
+async fn strict_mode_download_outside_every_zone_is_denied_with_the_exact_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deny_root = dir.path().join("state/work/secret");
+    let extra = format!(
+        "strict_mode = true\n[zones.SecretDeny]\naction = \"download\"\nkind = \"deny\"\nroot = {:?}\n\
+         [zones.PackagesAllow]\naction = \"download\"\nroot = {:?}\npatterns = [\"*.zip\"]\n",
+        deny_root.display().to_string(),
+        dir.path().join("state/work").display().to_string()
+    );
+    let rig = rig(dir.path(), &extra, TrustStore::new());
+    let step =
+        |dest: &str| json!({"action": "singularDownload", "source": "a", "destinationPath": dest});
+    let spec = |id: &str, dest: &str| json!({"id": id, "patch": {"transitPackage": [step(dest)]}});
+
+    rig.engine.submit(local(spec("z1", "./fw.bin"))).await;
+    wait_final(&rig.engine).await;
+    let result = &rig.reported.wanted()["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(result["ResultCode"], "zone_denied");
+    assert_eq!(
+        result["ResultText"],
+        "Denied by the lack of local allowance"
+    );
+
+    rig.engine
+        .submit(local(spec("z2", "${SecretDeny}/x.zip")))
+        .await;
+    wait_final(&rig.engine).await;
+    let result = &rig.reported.wanted()["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(
+        result["ResultText"],
+        "Denied by local a restriction \"SecretDeny\""
+    );
+}
+
+#[tokio::test]
+async fn windows_drive_paths_fail_their_step_clearly_on_linux() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let bytes = fixture("security-update-desired.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    // Signature checks aside (a local recipe without changeSign), the `I:\` upload path fails.
+    rig.engine
+        .submit(local(doc["desired"]["changeSpec"].clone()))
+        .await;
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Failure);
+    let step = &rig.reported.wanted()["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(step["ResultCode"], "bad_path");
+    assert_eq!(
+        step["ResultText"],
+        "path \"I:\\\\ExportedData_2023.05.*\" is a Windows drive or network path, not available on this system"
+    );
+}
