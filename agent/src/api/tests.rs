@@ -20,6 +20,11 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn start() -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
@@ -57,7 +62,7 @@ async fn start() -> Api {
         .expect("serve");
     Api {
         base: format!("http://{addr}/api/v1"),
-        client: reqwest::Client::new(),
+        client: client(),
         _dir: dir,
     }
 }
@@ -361,7 +366,7 @@ async fn https_api_uses_a_self_generated_certificate_kept_in_the_state_dir() {
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     // A plain HTTP request to the TLS port does not get an answer from the API.
-    let plain = reqwest::Client::new()
+    let plain = client()
         .get(format!("http://{addr}/api/v1/openapi.json"))
         .send()
         .await;

@@ -1,0 +1,107 @@
+//! Provisioning through the edge hub's DPS endpoint, started from the local API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use common::{TestHub, parse_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initiate_provisioning_registers_with_a_group_key_and_connects_to_the_assigned_hub() {
+    let hub = TestHub::start().await;
+    let group_key = cloudpillar_hub::sas::random_key();
+    let enrollment = json!({"attestation": {"type": "symmetricKey",
+        "symmetricKey": {"primaryKey": group_key, "secondaryKey": group_key}}});
+    let (status, body) = hub
+        .call(Method::PUT, "/enrollmentGroups/lab", Some(enrollment))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("group.key");
+    std::fs::write(&key_file, &group_key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = dir.path().join("api.secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        r#"state_dir = "{state}"
+trusted_keys = ["{signer}"]
+[hub]
+host = "{host}"
+address = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+[dps]
+host = "{host}"
+address = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+id_scope = "{scope}"
+registration_id = "pc-0042"
+key_file = "{key}"
+group = true
+[api]
+bind = "127.0.0.1:0"
+secret_key_file = "{secret}"
+"#,
+        state = dir.path().join("state").display(),
+        signer = hub.signer_pem(dir.path()).display(),
+        host = hub.hub.hostname(),
+        port = hub.hub.mqtt_addr().port(),
+        ca = hub.hub.ca_cert_path().unwrap().display(),
+        scope = hub.hub.id_scope(),
+        key = key_file.display(),
+        secret = secret.display(),
+    );
+    let agent = cloudpillar_agent::daemon::start(parse_config(&text))
+        .await
+        .unwrap();
+    let api = format!("http://{}/api/v1", agent.api_addr);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let call = |method: Method, route: &str| {
+        client
+            .request(method, format!("{api}/{route}"))
+            .header("CP-DEVICE-ID", "pc-0042")
+            .header("CP-SECRET-KEY", "s3cret")
+    };
+
+    let answer = call(Method::POST, "InitiateProvisioning")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let reported = hub
+        .wait_reported("pc-0042", "provisioned and connected", |r| {
+            r["deviceState"] == "READY" && r["health"] == "connected"
+        })
+        .await;
+    assert_eq!(reported["deviceState"], "READY");
+    let state: Value = call(Method::GET, "GetDeviceState")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["deviceState"], "READY");
+    // The identity is now known: another device id is refused.
+    let wrong = client
+        .get(format!("{api}/GetDeviceState"))
+        .header("CP-DEVICE-ID", "pc-9999")
+        .header("CP-SECRET-KEY", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let key_mode = std::fs::metadata(dir.path().join("state/device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "derived device key kept 0600");
+}
