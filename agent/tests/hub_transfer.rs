@@ -238,3 +238,81 @@ async fn busy_in_the_middle_of_a_download_pauses_and_disconnects_ready_resumes_i
     let on_disk = std::fs::read(work.join("fw.bin")).unwrap();
     assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&file[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f22_cancel_in_desired_stops_the_download_keeps_verified_bytes_and_reports_cancelled() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("dl-4", dir.path(), "").await);
+    let work = config.work_dir();
+    let agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("dl-4", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let file = Arc::new(random_file(47 * 1024 * 200));
+    let _seen = streamer::start(
+        &hub,
+        Script {
+            device: "dl-4".into(),
+            file_id: "fw.bin".into(),
+            file: Arc::clone(&file),
+            chunk: 47 * 1024,
+            pace: Duration::from_millis(50),
+            corrupt_crc: false,
+        },
+    );
+    let spec = download_recipe(
+        "ro-7",
+        &file_sign(&hub, &file),
+        json!(
+        {"shell": "bash", "command": "touch never-run"}),
+    );
+    hub.patch_desired(
+        "dl-4",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    hub.wait_reported("dl-4", "download under way", |r| {
+        r["changeSpec"]["patch"]["transitPackage"][0]["ChunksDone"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    })
+    .await;
+
+    hub.patch_desired("dl-4", json!({"changeCancel": "ro-7"}))
+        .await;
+    let reported = hub
+        .wait_reported("dl-4", "cancelled", |r| {
+            r["changeSpec"]["Status"] == "Cancelled"
+        })
+        .await;
+    assert_eq!(
+        reported["changeCancel"],
+        json!({"id": "ro-7", "result": "cancelled"})
+    );
+    let step = &reported["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(
+        step["status"],
+        "Cancelled",
+        "{}",
+        agent.reported.wanted()["changeSpec"]
+    );
+    assert_eq!(
+        reported["changeSpec"]["patch"]["installSteps"][0]["status"],
+        "Pending"
+    );
+    let partial = work.join("fw.bin.cppart");
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(
+        kept >= 3 * 47 * 1024,
+        "verified chunks kept for a later resume: {kept}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        std::fs::metadata(&partial).unwrap().len(),
+        kept,
+        "no chunk written after cancel"
+    );
+    assert!(!work.join("never-run").exists());
+}

@@ -373,3 +373,47 @@ async fn windows_drive_paths_fail_their_step_clearly_on_linux() {
         "path \"I:\\\\ExportedData_2023.05.*\" is a Windows drive or network path, not available on this system"
     );
 }
+
+#[tokio::test]
+async fn on_pause_and_on_resume_run_when_the_device_goes_busy_and_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), "");
+    let zones = Arc::new(Zones::build(&config.zones).expect("zones"));
+    let reported = Arc::new(Reported::open(dir.path()));
+    let device = Arc::new(Device::new(
+        StateStore::open(dir.path()).expect("state"),
+        Arc::clone(&reported),
+    ));
+    let engine = Engine::new(
+        config,
+        zones,
+        Journal::open(dir.path()).expect("journal"),
+        Arc::clone(&reported),
+        Arc::clone(&device),
+        None,
+        TrustStore::new(),
+    );
+    let log = dir.path().join("hooks");
+    let gate = dir.path().join("gate");
+    let spec = json!({"id": "hooks", "patch": {"preTransitConfig": [{
+        "shell": "bash",
+        "command": format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
+        "onPause": format!("echo paused >> {}", log.display()),
+        "onResume": format!("echo resumed >> {}", log.display())}]}});
+    engine.submit(local(spec)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(device.state(), crate::state::DeviceState::ActionInProgress);
+    device.apply(crate::state::Command::SetBusy).expect("busy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device
+        .apply(crate::state::Command::SetReady)
+        .expect("ready");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&gate, "").expect("gate");
+    assert_eq!(wait_final(&engine).await, RecipeStatus::Success);
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("hooks ran"),
+        "paused\nresumed\n"
+    );
+    assert_eq!(device.state(), crate::state::DeviceState::Ready);
+}

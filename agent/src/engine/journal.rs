@@ -125,7 +125,7 @@ impl Journal {
     /// Records a finished step of the current run.
     pub fn record_step(&mut self, path: &str, outcome: StepOutcome) -> Result<(), DurableError> {
         if let Some(run) = self.file.current.as_mut() {
-            if !outcome.is_success() && run.last_faulted_path.is_none() {
+            if outcome.status == super::outcome::StepStatus::Failure {
                 run.last_faulted_path = Some(path.to_owned());
                 run.last_faulted_recipe = path.split('.').nth(1).map(str::to_owned);
             }

@@ -78,7 +78,19 @@ pub struct Shared {
 
 impl Shared {
     pub(crate) async fn set_live(&self, live: Option<LiveStep>) {
+        // Lock order: journal, then live. A late progress update must not revive a step
+        // that already ended.
+        let journal = self.journal.lock().await;
+        if let Some(step) = &live {
+            let ended = journal
+                .current()
+                .is_none_or(|r| r.status.is_final() || r.steps.contains_key(&step.path));
+            if ended {
+                return;
+            }
+        }
         *self.live.lock().await = live;
+        drop(journal);
         self.publish().await;
     }
 
@@ -246,17 +258,28 @@ impl Engine {
         if let Some((old_id, token)) = previous {
             token.cancel();
             let mut journal = self.shared.journal.lock().await;
+            let live = self.shared.live.lock().await.take();
             if journal
                 .current()
                 .is_some_and(|r| r.id == old_id && !r.status.is_final())
             {
+                let finished = |path: &str| {
+                    journal
+                        .current()
+                        .is_some_and(|r| r.steps.contains_key(path))
+                };
+                if let Some(live) = live.filter(|l| !finished(&l.path)) {
+                    let outcome = outcome::StepOutcome::failed(outcome::codes::CANCELLED, why);
+                    if let Err(error) = journal.record_step(&live.path, outcome) {
+                        tracing::error!(%error, "failed to journal a cancelled step");
+                    }
+                }
                 let reason = Some(("cancelled".to_owned(), why.to_owned()));
                 if let Err(error) = journal.finish(RecipeStatus::Cancelled, reason) {
                     tracing::error!(%error, "failed to journal a cancel");
                 }
             }
             drop(journal);
-            *self.shared.live.lock().await = None;
             self.shared.publish().await;
             self.shared.device.try_apply(crate::state::Command::Finish);
             tracing::info!(recipe = %old_id, why, "recipe stopped");
