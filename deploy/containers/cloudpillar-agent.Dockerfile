@@ -2,13 +2,15 @@
 # `cloudpillar-agent`: the device agent.
 # A static musl binary on distroless/static, run as uid 65532. Build from the repository root:
 #
-#   docker build -f deploy/containers/cloudpillar-agent.Dockerfile -t cloudpillar/cloudpillar-agent:0.1.0 .
+#   docker build -f deploy/containers/cloudpillar-agent.Dockerfile \
+#     -t cloudpillar/cloudpillar-agent:0.1.0 .
 #
-# Multi-arch: each platform compiles natively (docker buildx build --platform linux/amd64,linux/arm64).
+# Multi-arch: each platform compiles natively
+# (docker buildx build --platform linux/amd64,linux/arm64 ...).
 
 # The toolchain pinned in rust-toolchain.toml.
 ARG RUST_VERSION=1.95.0
-# Any base with a shell and CA certificates also works, for agents that run shell steps.
+# Another base (one with a shell, say) can be given at build time.
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
@@ -24,12 +26,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     triple="$(uname -m)-unknown-linux-musl" \
     && rustup target add "$triple" \
-    && cargo build --release --locked --target "$triple" -p cloudpillar-agent --bin cloudpillar-agent \
+    && cargo build --release --locked --target "$triple" \
+        -p cloudpillar-agent --bin cloudpillar-agent \
     && install -D -m 0755 "target/$triple/release/cloudpillar-agent" /out/cloudpillar-agent
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="cloudpillar-agent" \
-      org.opencontainers.image.description="CloudPillar: the device agent" \
+      org.opencontainers.image.description="CloudPillar device agent" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/cloudpillar/cloudpillar"
 COPY --from=build /out/cloudpillar-agent /usr/local/bin/cloudpillar-agent

@@ -1,14 +1,17 @@
 # syntax=docker/dockerfile:1
-# `cloudpillar`: the operator, edge hub, streamer, key holder and writer (one binary, one role per subcommand).
+# `cloudpillar`: the operator, edge hub, streamer, key holder and writer
+# (one binary, one role per subcommand).
 # A static musl binary on distroless/static, run as uid 65532. Build from the repository root:
 #
-#   docker build -f deploy/containers/cloudpillar.Dockerfile -t cloudpillar/cloudpillar:0.1.0 .
+#   docker build -f deploy/containers/cloudpillar.Dockerfile \
+#     -t cloudpillar/cloudpillar:0.1.0 .
 #
-# Multi-arch: each platform compiles natively (docker buildx build --platform linux/amd64,linux/arm64).
+# Multi-arch: each platform compiles natively
+# (docker buildx build --platform linux/amd64,linux/arm64 ...).
 
 # The toolchain pinned in rust-toolchain.toml.
 ARG RUST_VERSION=1.95.0
-# Any base with a shell and CA certificates also works, for agents that run shell steps.
+# Another base (one with a shell, say) can be given at build time.
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
@@ -29,7 +32,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="cloudpillar" \
-      org.opencontainers.image.description="CloudPillar: the operator, edge hub, streamer, key holder and writer (one binary, one role per subcommand)" \
+      org.opencontainers.image.description="CloudPillar operator, edge hub and backend services" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/cloudpillar/cloudpillar"
 COPY --from=build /out/cloudpillar /usr/local/bin/cloudpillar

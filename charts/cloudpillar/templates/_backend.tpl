@@ -17,7 +17,8 @@
 {{- end -}}
 
 {{- define "cloudpillar.blobClaimName" -}}
-{{- default (include "cloudpillar.componentName" (dict "root" . "component" "blobs")) .Values.blob.filesystem.existingClaim -}}
+{{- $created := include "cloudpillar.componentName" (dict "root" . "component" "blobs") -}}
+{{- default $created .Values.blob.filesystem.existingClaim -}}
 {{- end -}}
 
 {{- define "cloudpillar.blobVolumes" -}}
@@ -190,7 +191,8 @@ metadata:
   namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "cloudpillar.labels" $ctx | nindent 4 }}
-  {{- $annotations := merge (dict) (.role.serviceAccount.annotations | default dict) (.root.Values.commonAnnotations | default dict) }}
+  {{- $own := .role.serviceAccount.annotations | default dict }}
+  {{- $annotations := merge (dict) $own (.root.Values.commonAnnotations | default dict) }}
   {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}

@@ -141,7 +141,8 @@ readinessProbe:
 {{- end -}}
 
 {{- define "cloudpillar.keyholderUrl" -}}
-{{- printf "http://%s.%s.svc:%v" (include "cloudpillar.componentName" (dict "root" . "component" "keyholder")) .Release.Namespace .Values.keyholder.ports.http -}}
+{{- $service := include "cloudpillar.componentName" (dict "root" . "component" "keyholder") -}}
+{{- printf "http://%s.%s.svc:%v" $service .Release.Namespace .Values.keyholder.ports.http -}}
 {{- end -}}
 
 {{/* The key holder's API token, mounted where the operator and key holder read it. */}}
