@@ -49,12 +49,14 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
     let link = if config.hub.is_some() || config.dps.is_some() {
         let desired =
             DesiredTracker::open(&config.state_dir).context("failed to open the desired cache")?;
-        Some(Link::new(
+        let link = Link::new(
             Arc::clone(&config),
             desired,
             Arc::clone(&reported),
             Arc::clone(&device),
-        ))
+        )
+        .context("failed to open the device-to-cloud queue")?;
+        Some(link)
     } else {
         None
     };

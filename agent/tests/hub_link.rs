@@ -131,3 +131,56 @@ async fn f09_after_a_reconnect_without_session_both_handlers_fire_within_5_s() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_to_cloud_messages_queued_offline_survive_a_restart_and_are_delivered() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = hub.agent_config("q-1", dir.path(), "").await;
+    let first = cloudpillar_agent::daemon::start(parse_config(&text))
+        .await
+        .unwrap();
+    hub.wait_reported("q-1", "connected", |r| r["health"] == "connected")
+        .await;
+    first
+        .device
+        .apply(cloudpillar_agent::state::Command::SetBusy)
+        .unwrap();
+    let link = first.link.clone().unwrap();
+    for n in 0..3u8 {
+        let message = cloudpillar_agent::link::Outgoing {
+            properties: vec![("messageType".into(), "Probe".into())],
+            payload: format!("{{\"n\":{n}}}").into_bytes(),
+            droppable: false,
+        };
+        link.send(message).await.unwrap();
+    }
+
+    // A new process on the same state dir starts BUSY, like the one that stopped.
+    let mut events = hub.hub.events();
+    let second = cloudpillar_agent::daemon::start(parse_config(&text))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.device.state(),
+        cloudpillar_agent::state::DeviceState::Busy
+    );
+    second
+        .device
+        .apply(cloudpillar_agent::state::Command::SetReady)
+        .unwrap();
+    let mut seen = vec![];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.len() < 3 {
+            let event = events.recv().await.unwrap();
+            if event.device_id == "q-1"
+                && event.properties.get("messageType").map(String::as_str) == Some("Probe")
+            {
+                seen.push(event.body.clone().unwrap()["n"].as_u64().unwrap());
+            }
+        }
+    })
+    .await
+    .expect("queued messages delivered");
+    assert_eq!(seen, [0, 1, 2]);
+}

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod desired;
 pub mod dps;
 pub mod identity;
+pub mod outbox;
 pub mod sas;
 mod session;
 mod sync;
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use self::desired::DesiredTracker;
 use self::identity::Identity;
@@ -48,6 +49,8 @@ pub struct Outgoing {
     pub properties: Vec<(String, String)>,
     /// Body.
     pub payload: Vec<u8>,
+    /// A log chunk that may be dropped, oldest first, when the offline queue is full.
+    pub droppable: bool,
 }
 
 /// Connection health as reported in `reported.health`.
@@ -90,8 +93,7 @@ pub struct Link {
     pub(crate) device: Arc<Device>,
     engine: OnceLock<Arc<Engine>>,
     c2d: OnceLock<Arc<dyn C2dHandler>>,
-    outbox_tx: mpsc::Sender<Outgoing>,
-    outbox_rx: tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
+    pub(crate) outbox: outbox::Outbox,
     identity_changed: Notify,
     health: Mutex<Health>,
 }
@@ -103,14 +105,14 @@ impl Link {
         desired: DesiredTracker,
         reported: Arc<Reported>,
         device: Arc<Device>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, outbox::OutboxError> {
         let provisioned = Identity::load_provisioned(&config.state_dir).unwrap_or_else(|error| {
             tracing::warn!(%error, "provisioned identity unreadable");
             None
         });
         let identity = provisioned.or_else(|| Identity::from_config(&config));
-        let (outbox_tx, outbox_rx) = mpsc::channel(config.transfer.offline_queue_limit.max(1));
-        Arc::new(Self {
+        let outbox = outbox::Outbox::open(&config.state_dir, config.transfer.offline_queue_limit)?;
+        Ok(Arc::new(Self {
             config,
             identity: RwLock::new(identity),
             desired: tokio::sync::Mutex::new(desired),
@@ -118,11 +120,10 @@ impl Link {
             device,
             engine: OnceLock::new(),
             c2d: OnceLock::new(),
-            outbox_tx,
-            outbox_rx: tokio::sync::Mutex::new(outbox_rx),
+            outbox,
             identity_changed: Notify::new(),
             health: Mutex::new(Health::Unprovisioned),
-        })
+        }))
     }
 
     /// Connects the engine that desired recipes go to.
@@ -135,12 +136,20 @@ impl Link {
         let _ = self.c2d.set(handler);
     }
 
-    /// Queues a D2C message; waits while the queue is full.
+    /// Queues a D2C message durably; waits while the queue is full of messages that may
+    /// not be dropped.
     pub async fn send(&self, message: Outgoing) -> Result<(), String> {
-        self.outbox_tx
-            .send(message)
+        let dropped_before = self.outbox.dropped();
+        let droppable = message.droppable;
+        self.outbox
+            .push(message, droppable)
             .await
-            .map_err(|_| "link stopped".to_owned())
+            .map_err(|e| e.to_string())?;
+        let dropped = self.outbox.dropped();
+        if dropped != dropped_before {
+            self.reported.set("d2cDropped", json!(dropped));
+        }
+        Ok(())
     }
 
     /// The identity in use.

@@ -141,7 +141,6 @@ async fn serve(
     eventloop.pending = std::mem::take(carried);
     let mut sync = Sync::new(Arc::clone(link), client.clone(), identity.device_id.clone());
     let mut states = link.device.subscribe();
-    let mut outbox = link.outbox_rx.lock().await;
 
     let ended = loop {
         tokio::select! {
@@ -178,11 +177,25 @@ async fn serve(
                 break Ended::Renew;
             }
             () = link.reported.changed(), if sync.can_report() => sync.send_reported().await,
-            Some(message) = outbox.recv(), if sync.is_synced() => sync.send_d2c(message).await,
+            () = queued(&link.outbox), if sync.is_synced() => {
+                if let Some((seq, message)) = link.outbox.peek() {
+                    sync.send_d2c(message).await;
+                    link.outbox.remove(seq);
+                }
+            }
         }
     };
     carry_over(&mut eventloop, carried);
     ended
+}
+
+/// Returns at once when a message is queued, else when one arrives.
+async fn queued(outbox: &super::outbox::Outbox) {
+    let notified = outbox.changed();
+    tokio::pin!(notified);
+    if outbox.is_empty() {
+        notified.await;
+    }
 }
 
 async fn until_busy(states: &mut tokio::sync::watch::Receiver<DeviceState>) {

@@ -43,12 +43,12 @@ impl RangeRequester for LinkRequester {
             from,
             to: None,
         });
-        send(&self.0, &message).await;
+        send(&self.0, &message, false).await;
     }
 }
 
 /// Queues a D2C message on the link.
-pub(super) async fn send(link: &Link, message: &D2cMessage) {
+pub(super) async fn send(link: &Link, message: &D2cMessage, droppable: bool) {
     let payload = match message.encode() {
         Ok(p) => p,
         Err(error) => {
@@ -64,6 +64,7 @@ pub(super) async fn send(link: &Link, message: &D2cMessage) {
         .send(Outgoing {
             properties,
             payload,
+            droppable,
         })
         .await
     {

@@ -131,7 +131,7 @@ async fn upload_new_bytes(
             data: buf[..want].to_vec(),
             last,
         });
-        super::hub::send(&ctx.link, &message).await;
+        super::hub::send(&ctx.link, &message, true).await;
         offset += want as u64;
         sent.insert(key.clone(), offset);
         durable::write_json(&ctx.record, &sent).map_err(std::io::Error::other)?;

@@ -1,0 +1,252 @@
+//! The durable device-to-cloud queue.
+//!
+//! Every message is a file in `<state_dir>/outbox/` before the sender goes on, so what was
+//! queued survives a restart and an outage. The queue holds at most `limit` messages: when
+//! it is full the oldest droppable message (a log chunk) makes room and is counted; when
+//! nothing can be dropped the sender waits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cloudpillar_protocol::encoding::{decode_base64_strict, encode_base64};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::Outgoing;
+use crate::durable;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    properties: Vec<(String, String)>,
+    payload: String,
+    droppable: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u64,
+    /// Sequence number → droppable.
+    entries: BTreeMap<u64, bool>,
+    dropped: u64,
+}
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// A message could not be stored.
+    #[error("failed to store a queued message")]
+    Store(#[from] durable::DurableError),
+    /// The directory could not be read.
+    #[error("failed to read the outbox {dir}")]
+    List {
+        /// Directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The queue.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    limit: usize,
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+impl Outbox {
+    /// Opens the queue in `state_dir`, keeping what an earlier run left.
+    pub fn open(state_dir: &Path, limit: usize) -> Result<Self, OutboxError> {
+        let dir = state_dir.join("outbox");
+        std::fs::create_dir_all(&dir).map_err(|source| OutboxError::List {
+            dir: dir.clone(),
+            source,
+        })?;
+        let mut inner = Inner::default();
+        let listing = std::fs::read_dir(&dir).map_err(|source| OutboxError::List {
+            dir: dir.clone(),
+            source,
+        })?;
+        for entry in listing.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(seq) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let droppable = durable::read_json::<Stored>(&entry.path())
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.droppable);
+            inner.entries.insert(seq, droppable);
+            inner.next = inner.next.max(seq + 1);
+        }
+        Ok(Self {
+            dir,
+            limit: limit.max(1),
+            inner: Mutex::new(inner),
+            changed: Notify::new(),
+        })
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.json"))
+    }
+
+    /// Stores `message`; waits while the queue is full of messages that may not be dropped.
+    pub async fn push(&self, message: Outgoing, droppable: bool) -> Result<(), OutboxError> {
+        loop {
+            let notified = self.changed.notified();
+            if self.try_push(&message, droppable)? {
+                self.changed.notify_waiters();
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    fn try_push(&self, message: &Outgoing, droppable: bool) -> Result<bool, OutboxError> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Ok(false);
+        };
+        if inner.entries.len() >= self.limit {
+            let oldest_droppable = inner.entries.iter().find(|(_, d)| **d).map(|(s, _)| *s);
+            let Some(victim) = oldest_droppable else {
+                return Ok(false);
+            };
+            inner.entries.remove(&victim);
+            inner.dropped += 1;
+            let _ = std::fs::remove_file(self.path(victim));
+            tracing::warn!(
+                dropped = inner.dropped,
+                "outbox full; oldest log chunk dropped"
+            );
+        }
+        let seq = inner.next;
+        let stored = Stored {
+            properties: message.properties.clone(),
+            payload: encode_base64(&message.payload),
+            droppable,
+        };
+        durable::write_json(&self.path(seq), &stored)?;
+        inner.next += 1;
+        inner.entries.insert(seq, droppable);
+        Ok(true)
+    }
+
+    /// The oldest message, if any.
+    pub fn peek(&self) -> Option<(u64, Outgoing)> {
+        let seq = *self.inner.lock().ok()?.entries.keys().next()?;
+        let stored: Stored = durable::read_json(&self.path(seq)).ok().flatten()?;
+        let payload = decode_base64_strict("payload", &stored.payload).ok()?;
+        let droppable = stored.droppable;
+        Some((
+            seq,
+            Outgoing {
+                properties: stored.properties,
+                payload,
+                droppable,
+            },
+        ))
+    }
+
+    /// Removes a message handed to the MQTT client.
+    pub fn remove(&self, seq: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.entries.remove(&seq);
+        }
+        let _ = std::fs::remove_file(self.path(seq));
+        self.changed.notify_waiters();
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.entries.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Log chunks dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.lock().map(|i| i.dropped).unwrap_or(0)
+    }
+
+    /// Waits until a message is pushed or removed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u8) -> Outgoing {
+        Outgoing {
+            properties: vec![("n".into(), n.to_string())],
+            payload: vec![n],
+            droppable: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_messages_survive_a_restart_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let outbox = Outbox::open(dir.path(), 10).expect("open");
+            for n in 0..3 {
+                outbox.push(msg(n), false).await.expect("push");
+            }
+        }
+        let outbox = Outbox::open(dir.path(), 10).expect("reopen");
+        assert_eq!(outbox.len(), 3);
+        let (seq, first) = outbox.peek().expect("first");
+        assert_eq!(first.payload, vec![0]);
+        outbox.remove(seq);
+        assert_eq!(outbox.peek().expect("second").1.payload, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_log_chunk_and_counts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(dir.path(), 3).expect("open");
+        outbox.push(msg(0), false).await.expect("request");
+        outbox.push(msg(1), true).await.expect("log 1");
+        outbox.push(msg(2), true).await.expect("log 2");
+        outbox
+            .push(msg(3), true)
+            .await
+            .expect("log 3 replaces log 1");
+        assert_eq!(outbox.dropped(), 1);
+        let mut payloads = vec![];
+        while let Some((seq, m)) = outbox.peek() {
+            payloads.push(m.payload[0]);
+            outbox.remove(seq);
+        }
+        assert_eq!(payloads, [0, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_queue_full_of_requests_makes_the_sender_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = std::sync::Arc::new(Outbox::open(dir.path(), 1).expect("open"));
+        outbox.push(msg(0), false).await.expect("first");
+        let waiting = {
+            let outbox = std::sync::Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.push(msg(1), false).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        let (seq, _) = outbox.peek().expect("first");
+        outbox.remove(seq);
+        waiting.await.expect("join").expect("second");
+        assert_eq!(outbox.peek().expect("second").1.payload, vec![1]);
+        assert_eq!(outbox.dropped(), 0);
+    }
+}
