@@ -5,18 +5,18 @@
 //! helm and hadolint come from the build cache (`k3s-dev/build-tools helm hadolint`); a test
 //! fails, never skips, when one is missing.
 
-use std::fmt::Debug;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use cloudpillar_tests::{delete_namespace, install_crds, kube_client, test_namespace};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 #[path = "chart/rbac.rs"]
 mod rbac;
+#[path = "chart/tools.rs"]
+mod tools;
+
+use tools::{RELEASE, cached_tool, chart_dir, documents, helm, kubectl, pod_security_violations};
+use tools::{render, repo, run};
 
 /// Values files and settings rendered by the tests; paths are relative to the chart.
 const PROFILES: &[(&str, &[&str])] = &[
@@ -33,116 +33,6 @@ const PROFILES: &[(&str, &[&str])] = &[
         ],
     ),
 ];
-
-/// Release name of every render.
-const RELEASE: &str = "cp";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn chart_dir() -> PathBuf {
-    repo().join("charts/cloudpillar")
-}
-
-/// `NAME-VERSION` in the cache `k3s-dev/build-tools` fills (`CP_CACHE` or the XDG cache).
-fn cached_tool(name: &str, version_var: &str, version: &str) -> PathBuf {
-    let cache = std::env::var_os("CP_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let base = std::env::var_os("XDG_CACHE_HOME").map_or_else(
-                || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
-                PathBuf::from,
-            );
-            base.join("cloudpillar")
-        });
-    let version = std::env::var(version_var).unwrap_or_else(|_| version.to_owned());
-    let path = cache.join("bin").join(format!("{name}-{version}"));
-    assert!(
-        path.is_file(),
-        "{name} {version} is missing at {}: build it with `k3s-dev/build-tools {name}`",
-        path.display()
-    );
-    path
-}
-
-fn helm() -> PathBuf {
-    cached_tool("helm", "CP_HELM_VERSION", "v3.21.4")
-}
-
-/// What a finished command printed.
-struct Ran {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `program` in `dir` with `stdin` piped in.
-async fn run(program: &Path, args: &[&str], dir: &Path, stdin: &str) -> anyhow::Result<Ran> {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    let mut input = child.stdin.take().context("stdin is piped")?;
-    input.write_all(stdin.as_bytes()).await?;
-    drop(input);
-    let output = child.wait_with_output().await?;
-    Ok(Ran {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
-}
-
-/// `kubectl ARGS` against `KUBECONFIG` with `stdin` as the manifest.
-async fn kubectl(args: &[&str], stdin: &str) -> anyhow::Result<Ran> {
-    run(Path::new("kubectl"), args, &repo(), stdin).await
-}
-
-/// `helm template` of the chart into `namespace`; fails with helm's message.
-async fn render(namespace: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["template", RELEASE, ".", "--namespace", namespace];
-    all.extend_from_slice(args);
-    let ran = run(&helm(), &all, &chart_dir(), "").await?;
-    ensure!(ran.success, "helm {all:?} failed:\n{}", ran.stderr);
-    Ok(ran.stdout)
-}
-
-/// The YAML documents of a rendered manifest that hold an object.
-fn documents(rendered: &str) -> Vec<String> {
-    rendered
-        .split("\n---")
-        .filter(|doc| doc.lines().any(|line| line.starts_with("kind: ")))
-        .map(|doc| doc.trim_start_matches("---").trim().to_owned())
-        .collect()
-}
-
-/// Names of the Pod Security checks in kubectl's "would violate PodSecurity" warnings.
-fn pod_security_violations(stderr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in stderr
-        .lines()
-        .filter(|l| l.contains("would violate PodSecurity"))
-    {
-        let list = line.split_once("\": ").map_or("", |(_, rest)| rest);
-        let (mut depth, mut current) = (0, String::new());
-        for c in list.chars() {
-            match c {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                ',' if depth == 0 => names.push(std::mem::take(&mut current).trim().to_owned()),
-                _ if depth == 0 => current.push(c),
-                _ => {}
-            }
-        }
-        names.push(current.trim().to_owned());
-    }
-    names
-}
 
 #[tokio::test]
 async fn helm_lint_strict_passes_for_every_profile() -> anyhow::Result<()> {
@@ -242,6 +132,44 @@ async fn every_profile_renders_and_the_api_server_accepts_every_manifest() -> an
         delete_namespace(&client, &namespace).await?;
         result?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn helm_installs_the_generated_crds_and_the_api_server_accepts_them() -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let rendered = render("cloudpillar", &["--include-crds"]).await?;
+    let crds: Vec<String> = documents(&rendered)
+        .into_iter()
+        .filter(|doc| doc.contains("\nkind: CustomResourceDefinition"))
+        .collect();
+    let mut names: Vec<&str> = crds
+        .iter()
+        .filter_map(|doc| doc.lines().find_map(|l| l.strip_prefix("  name: ")))
+        .collect();
+    names.sort_unstable();
+    let generated: Vec<String> = cloudpillar_crds::all()
+        .into_iter()
+        .filter_map(|crd| crd.metadata.name)
+        .collect();
+    let mut generated: Vec<&str> = generated.iter().map(String::as_str).collect();
+    generated.sort_unstable();
+    assert_eq!(
+        names, generated,
+        "the chart installs every generated CRD and nothing else"
+    );
+
+    let ran = kubectl(
+        &["apply", "--dry-run=server", "-f", "-"],
+        &crds.join("\n---\n"),
+    )
+    .await?;
+    assert!(
+        ran.success,
+        "the API server refused a chart CRD:\n{}",
+        ran.stderr
+    );
     Ok(())
 }
 
@@ -388,12 +316,4 @@ async fn operator_service_account_does_its_work_and_is_refused_the_rest() -> any
     delete_namespace(&admin, &namespace).await?;
     delete_namespace(&admin, &other).await?;
     result
-}
-
-/// `Ok` when `result` is the API server's 403 Forbidden.
-fn forbidden<T: Debug>(result: Result<T, kube::Error>, what: &str) -> anyhow::Result<()> {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
-        other => bail!("{what}: expected 403 Forbidden, got {other:?}"),
-    }
 }

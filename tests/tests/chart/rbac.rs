@@ -16,7 +16,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::forbidden;
+use super::tools::forbidden;
 
 /// Lease name the chart's default values give the operator.
 const LEASE: &str = "cloudpillar-operator";
