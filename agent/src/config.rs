@@ -354,6 +354,12 @@ impl Config {
         if self.hub.is_some() && self.auth.is_none() && self.dps.is_none() {
             return Err(ConfigError::Invalid("[hub] needs [auth] or [dps]".into()));
         }
+        if self.hub.as_ref().is_some_and(|h| h.sas_ttl_secs < 600) {
+            // F10: a token must outlive the 300 s skew window well past its renewal point.
+            return Err(ConfigError::Invalid(
+                "hub.sas_ttl_secs must be at least 600".into(),
+            ));
+        }
         if self.require_signatures && self.trusted_keys.is_empty() {
             return Err(ConfigError::Invalid(
                 "require_signatures is on but trusted_keys is empty".into(),

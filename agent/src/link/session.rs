@@ -17,6 +17,7 @@ use super::{Health, Link, MAX_PACKET_BYTES, sas, tls, topics};
 use crate::state::DeviceState;
 
 /// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Ended {
     /// The device went BUSY.
     Paused,
@@ -83,7 +84,14 @@ fn options(
                 .unwrap_or_default();
             let uri = topics::device_resource_uri(&identity.host, &identity.device_id);
             let ttl = link.config.hub.as_ref().map_or(3600, |h| h.sas_ttl_secs);
-            let token = sas::token(&uri, &key, None, unix_now(), ttl).map_err(|e| e.to_string())?;
+            let now = unix_now();
+            let token = sas::token(&uri, &key, None, now, ttl).map_err(|e| e.to_string())?;
+            // F10: never connect with a token that expires within the service's skew.
+            if !token.usable_for_connect(now) {
+                return Err(format!(
+                    "a {ttl} s token is too short-lived to connect with"
+                ));
+            }
             options.set_credentials(username, token.token.clone());
             (None, Some(token))
         }
@@ -157,7 +165,7 @@ async fn serve(
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => sync.on_publish(publish).await,
                 Ok(_) => {}
-                Err(error) => break failure(error),
+                Err(error) => break failure(&error, unix_now()),
             },
             () = tokio::time::sleep_until(renew_at) => {
                 tracing::info!("renewing the SAS token");
@@ -212,14 +220,16 @@ async fn drain(eventloop: &mut EventLoop) {
     .await;
 }
 
-fn failure(error: ConnectionError) -> Ended {
+/// Classifies a failed connection: an authentication refusal while the clock shows a time
+/// before this release means the clock is wrong, not the key (F10).
+fn failure(error: &ConnectionError, now: u64) -> Ended {
     let refused = matches!(
         error,
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
         )
     );
-    if refused && !sas::clock_is_plausible(unix_now()) {
+    if refused && !sas::clock_is_plausible(now) {
         tracing::warn!(%error, "authentication refused and the clock is before the release date");
         return Ended::ClockInvalid;
     }
@@ -228,3 +238,25 @@ fn failure(error: ConnectionError) -> Ended {
 }
 
 pub(super) const QOS: QoS = QoS::AtLeastOnce;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f10_auth_refusal_with_a_1970_clock_is_a_clock_problem() {
+        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert_eq!(failure(&refused, 0), Ended::ClockInvalid);
+        assert_eq!(
+            failure(&refused, sas::CLOCK_FLOOR_UNIX - 3 * 3600),
+            Ended::ClockInvalid
+        );
+        assert_eq!(failure(&refused, sas::CLOCK_FLOOR_UNIX + 10), Ended::Failed);
+        let io = ConnectionError::Io(std::io::Error::other("reset"));
+        assert_eq!(
+            failure(&io, 0),
+            Ended::Failed,
+            "only auth refusals blame the clock"
+        );
+    }
+}
