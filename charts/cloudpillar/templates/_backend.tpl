@@ -4,16 +4,24 @@
 {{- define "cloudpillar.blobArgs" -}}
 {{- $f := .Values.cli.flags -}}
 {{- if eq .Values.blob.backend "filesystem" }}
-- {{ $f.blobRoot }}=/var/lib/cloudpillar/blobs
+- {{ $f.blobDir }}=/var/lib/cloudpillar/blobs
 {{- else }}
-- {{ $f.blobAccount }}={{ .Values.blob.azure.account }}
+- {{ $f.azureAccount }}={{ .Values.blob.azure.account }}
 {{- with .Values.blob.azure.endpoint }}
-- {{ $f.blobEndpoint }}={{ . }}
-{{- end }}
-{{- if .Values.blob.azure.existingSecret }}
-- {{ $f.blobKeyFile }}=/etc/cloudpillar/blob/{{ .Values.blob.azure.key }}
+- {{ $f.azureEndpoint }}={{ . }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The Azure storage account key from its Secret, when one is named. */}}
+{{- define "cloudpillar.blobEnv" -}}
+{{- if and (eq .Values.blob.backend "azure") .Values.blob.azure.existingSecret -}}
+- name: {{ .Values.cli.env.azureStorageKey }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.blob.azure.existingSecret }}
+      key: {{ .Values.blob.azure.key }}
+{{- end -}}
 {{- end -}}
 
 {{- define "cloudpillar.blobClaimName" -}}
@@ -26,13 +34,6 @@
 - name: blobs
   persistentVolumeClaim:
     claimName: {{ include "cloudpillar.blobClaimName" . }}
-{{- else if .Values.blob.azure.existingSecret }}
-- name: blob-key
-  secret:
-    secretName: {{ .Values.blob.azure.existingSecret }}
-    items:
-      - key: {{ .Values.blob.azure.key }}
-        path: {{ .Values.blob.azure.key }}
 {{- end }}
 {{- end -}}
 
@@ -40,10 +41,6 @@
 {{- if eq .Values.blob.backend "filesystem" }}
 - name: blobs
   mountPath: /var/lib/cloudpillar/blobs
-{{- else if .Values.blob.azure.existingSecret }}
-- name: blob-key
-  mountPath: /etc/cloudpillar/blob
-  readOnly: true
 {{- end }}
 {{- end -}}
 
@@ -51,6 +48,7 @@
 {{- define "cloudpillar.hubLinkArgs" -}}
 {{- $f := .Values.cli.flags -}}
 - {{ $f.hubUrl }}=https://{{ include "cloudpillar.hubServiceHost" . }}:{{ .Values.hub.ports.https }}
+- {{ $f.hubHostname }}={{ include "cloudpillar.hubHostname" . }}
 - {{ $f.hubPolicyName }}={{ .Values.hub.policy.name }}
 - {{ $f.hubPolicyKeyFile }}=/etc/cloudpillar/hub-policy/{{ .Values.hub.policy.key }}
 - {{ $f.hubCaFile }}=/etc/cloudpillar/hub-ca/ca.crt
@@ -143,8 +141,9 @@ spec:
           {{- include "cloudpillar.image" $root | nindent 10 }}
           args:
             - {{ get $root.Values.cli.commands .component }}
-            - {{ $f.metricsAddr }}=0.0.0.0:{{ $role.ports.metrics }}
-            - {{ $f.partition }}={{ .index }}/{{ $role.partitions }}
+            - {{ $f.metrics }}=0.0.0.0:{{ $role.ports.metrics }}
+            - {{ $f.partitionIndex }}={{ .index }}
+            - {{ $f.partitionCount }}={{ $role.partitions }}
             {{- include "cloudpillar.hubLinkArgs" $root | nindent 12 }}
             {{- with include "cloudpillar.blobArgs" $root | trim }}{{ . | nindent 12 }}{{ end }}
             {{- if $root.Values.mongodb.existingSecret }}
@@ -156,6 +155,7 @@ spec:
           env:
             {{- include "cloudpillar.commonEnv" $root | nindent 12 }}
             {{- with include "cloudpillar.mongodbEnv" $root | trim }}{{ . | nindent 12 }}{{ end }}
+            {{- with include "cloudpillar.blobEnv" $root | trim }}{{ . | nindent 12 }}{{ end }}
             {{- with $role.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
