@@ -1,6 +1,9 @@
 //! `cloudpillar`: the operator, edge hub and backend services in one binary.
 
+mod artifact_cmd;
 mod hub_cmd;
+mod roles_cmd;
+mod run_cmd;
 
 use std::path::PathBuf;
 
@@ -20,6 +23,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run everything in one process: edge hub, controllers, key holder, streamer, writer.
+    Run(Box<run_cmd::RunArgs>),
+    /// Run the controllers (Device, Recipe, Rollout) against a hub and a cluster.
+    Operator(roles_cmd::OperatorArgs),
+    /// Run the file streamer: range requests to C2D chunks, uploads into the blob store.
+    Streamer(Box<roles_cmd::StreamerArgs>),
+    /// Run the history writer: twin changes and device records into MongoDB.
+    Writer(Box<roles_cmd::StreamerArgs>),
+    /// Run the key holder: signs recipes and blobs, publishes the trusted public keys.
+    Keyholder(Box<roles_cmd::KeyholderArgs>),
+    /// Manage files devices download.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// Run the IoT-Hub-compatible edge hub (MQTT device endpoint and service REST API).
     Hub(cloudpillar_hub::standalone::HubArgs),
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
@@ -28,6 +44,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactCommand {
+    /// Put a file into the patches container and sign it; prints the recipe's `sign` value.
+    Put(Box<artifact_cmd::PutArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +64,22 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { out } => write_crds(out),
         Command::Hub(args) => hub_cmd::run(&args),
+        Command::Run(args) => runtime()?.block_on(run_cmd::run(*args)),
+        Command::Operator(args) => runtime()?.block_on(roles_cmd::operator(args)),
+        Command::Streamer(args) => runtime()?.block_on(roles_cmd::streamer(*args)),
+        Command::Writer(args) => runtime()?.block_on(roles_cmd::writer(*args)),
+        Command::Keyholder(args) => runtime()?.block_on(roles_cmd::keyholder(*args)),
+        Command::Artifact(ArtifactCommand::Put(args)) => {
+            runtime()?.block_on(artifact_cmd::put(*args))
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn write_crds(out: Option<PathBuf>) -> anyhow::Result<()> {
