@@ -184,3 +184,78 @@ async fn device_to_cloud_messages_queued_offline_survive_a_restart_and_are_deliv
     .expect("queued messages delivered");
     assert_eq!(seen, [0, 1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_provisioning_matching_desired_switches_key_reconnects_then_reports() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("up-1", dir.path(), "").await);
+    let agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("up-1", "connected", |r| r["health"] == "connected")
+        .await;
+
+    // The backend announces the upgrade in desired (no key), rotates the key in the
+    // registry, then sends the key in the C2D message.
+    let host = hub.hub.hostname().to_owned();
+    hub.patch_desired(
+        "up-1",
+        json!({"provisioning": {"authMethod": "SAS", "hub": host, "mode": "FULL"}}),
+    )
+    .await;
+    let version = hub.twin("up-1").await["properties"]["desired"]["$version"]
+        .as_u64()
+        .unwrap();
+    hub.wait_reported("up-1", "desired applied", |r| {
+        r["desiredVersionApplied"].as_u64() == Some(version)
+    })
+    .await;
+    let new_key = cloudpillar_hub::sas::random_key();
+    let record = json!({"deviceId": "up-1", "authentication": {"type": "sas",
+        "symmetricKey": {"primaryKey": new_key, "secondaryKey": new_key}}});
+    let (status, body) = hub
+        .call_with(
+            reqwest::Method::PUT,
+            "/devices/up-1",
+            Some(record.to_string().into_bytes()),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let upgrade = C2dMessage::UpgradeProvisioning(UpgradeProvisioning {
+        auth_method: AuthMethod::Sas,
+        hub: host.clone(),
+        mode: ProvisioningMode::Full,
+        key: new_key.clone(),
+    });
+    let sender = common::streamer::C2dSender::new(&hub);
+    common::streamer::send(&sender, "up-1", &upgrade).await;
+
+    let reported = hub
+        .wait_reported("up-1", "upgrade applied", |r| {
+            r["provisioning"]["status"] == "applied"
+        })
+        .await;
+    assert_eq!(reported["provisioning"]["hub"], host.as_str());
+    assert!(
+        reported["provisioning"].get("key").is_none(),
+        "the key is never reported"
+    );
+    let stored = std::fs::read_to_string(dir.path().join("state/device.key")).unwrap();
+    assert_eq!(stored, new_key);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("state/device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Connected again with the new key: a later desired change still arrives.
+    hub.patch_desired("up-1", json!({"after": 1})).await;
+    let latest = hub.twin("up-1").await["properties"]["desired"]["$version"]
+        .as_u64()
+        .unwrap();
+    hub.wait_reported("up-1", "still syncing", |r| {
+        r["desiredVersionApplied"].as_u64() == Some(latest) && r["health"] == "connected"
+    })
+    .await;
+    drop(agent);
+}
