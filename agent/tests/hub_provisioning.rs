@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use common::{TestHub, parse_config};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn initiate_provisioning_registers_with_a_group_key_and_connects_to_the_assigned_hub() {
+/// A hub with a group enrollment and an agent configured for DPS only.
+async fn dps_rig() -> (TestHub, tempfile::TempDir, cloudpillar_agent::daemon::Agent) {
     let hub = TestHub::start().await;
     let group_key = cloudpillar_hub::sas::random_key();
     let enrollment = json!({"attestation": {"type": "symmetricKey",
@@ -61,6 +61,12 @@ secret_key_file = "{secret}"
     let agent = cloudpillar_agent::daemon::start(parse_config(&text))
         .await
         .unwrap();
+    (hub, dir, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initiate_provisioning_registers_with_a_group_key_and_connects_to_the_assigned_hub() {
+    let (hub, dir, agent) = dps_rig().await;
     let api = format!("http://{}/api/v1", agent.api_addr);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
@@ -104,4 +110,25 @@ secret_key_file = "{secret}"
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600, "derived device key kept 0600");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_device_state_provisions_lazily_on_first_read() {
+    let (hub, _dir, agent) = dps_rig().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state: Value = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/GetDeviceState", agent.api_addr))
+        .header("CP-DEVICE-ID", "pc-0042")
+        .header("CP-SECRET-KEY", "s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["deviceState"], "PROVISIONING");
+    hub.wait_reported("pc-0042", "provisioned", |r| {
+        r["deviceState"] == "READY" && r["health"] == "connected"
+    })
+    .await;
 }
