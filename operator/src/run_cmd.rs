@@ -78,6 +78,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let holder = ensure_signing_key(&client, &args).await?;
     tracing::info!(key_id = holder.active_key_id(), "recipe signing key ready");
 
+    write_connection_file(&args, &hub)?;
+
     // 3. Backend roles on the embedded hub.
     let link: Arc<dyn HubLink> = Arc::new(EmbeddedHub::new(hub.core().clone()));
     let blob = BlobArgs {
@@ -302,6 +304,25 @@ async fn ensure_enrollment_group(
         .join(format!("{group}.key"));
     write_file(&path, key.as_bytes())?;
     tracing::info!(group, path = %path.display(), id_scope = hub.id_scope(), "DPS enrollment group ready");
+    Ok(())
+}
+
+/// Writes `<data-dir>/connection.json`: what an agent or a script needs to reach this hub.
+fn write_connection_file(args: &RunArgs, hub: &HubHandle) -> anyhow::Result<()> {
+    let path = args.data_dir.join("connection.json");
+    let info = serde_json::json!({
+        "hostname": hub.hostname(),
+        "mqtt": hub.mqtt_addr().to_string(),
+        "http": hub.http_addr().to_string(),
+        "idScope": hub.id_scope(),
+        "caFile": hub.ca_cert_path().map(|p| p.display().to_string()),
+        "signingPublicKey": args.data_dir.join("keys").join("recipe-signer.pub.pem"),
+        "enrollmentGroupKeys": args.enrollment_groups.iter()
+            .map(|g| (g.clone(), args.data_dir.join("enrollments").join(format!("{g}.key"))))
+            .collect::<BTreeMap<_, _>>(),
+    });
+    write_file(&path, serde_json::to_string_pretty(&info)?.as_bytes())?;
+    tracing::info!(path = %path.display(), "wrote hub connection settings");
     Ok(())
 }
 
