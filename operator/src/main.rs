@@ -32,7 +32,7 @@ enum Command {
     /// Run the history writer: twin changes and device records into MongoDB.
     Writer(Box<roles_cmd::StreamerArgs>),
     /// Run the key holder: signs recipes and blobs, publishes the trusted public keys.
-    Keyholder(Box<roles_cmd::KeyholderArgs>),
+    Keyholder(Box<roles_cmd::KeyholderRoleArgs>),
     /// Manage files devices download.
     #[command(subcommand)]
     Artifact(ArtifactCommand),

@@ -124,7 +124,7 @@ pub async fn writer(args: StreamerArgs) -> anyhow::Result<()> {
 
 /// Options of `cloudpillar keyholder`.
 #[derive(Debug, clap::Args)]
-pub struct KeyholderArgs {
+pub struct KeyholderRoleArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
@@ -132,7 +132,7 @@ pub struct KeyholderArgs {
 }
 
 /// Runs the key holder's HTTP API.
-pub async fn keyholder(args: KeyholderArgs) -> anyhow::Result<()> {
+pub async fn keyholder(args: KeyholderRoleArgs) -> anyhow::Result<()> {
     cloudpillar_backend::roles::run_keyholder(&args.keys, &args.blob)
         .await
         .context("key holder")
