@@ -104,3 +104,13 @@ fn write_crds(out: Option<PathBuf>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_has_consistent_arguments() {
+        super::Cli::command().debug_assert();
+    }
+}
