@@ -6,6 +6,7 @@
 
 mod env;
 mod keys;
+mod sections;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use keys::{KeyFileError, read_secret_file};
+pub use sections::{ShellConfig, TransferConfig, ZoneAction, ZoneConfig, ZoneKind};
 
 /// Errors raised while loading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -179,73 +181,6 @@ pub struct ApiConfig {
     pub tls: bool,
 }
 
-/// One named zone: where a transfer may read or write.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ZoneConfig {
-    /// Which transfer the zone governs.
-    pub action: ZoneAction,
-    /// Allow zones grant, deny zones forbid.
-    #[serde(default)]
-    pub kind: ZoneKind,
-    /// Root directory of the zone; `${Name}` in recipes expands to it.
-    pub root: PathBuf,
-    /// Gitignore-style patterns relative to the root; empty means everything below it.
-    #[serde(default)]
-    pub patterns: Vec<String>,
-    /// Largest file the zone accepts, in bytes.
-    #[serde(default)]
-    pub max_size: Option<u64>,
-}
-
-/// The transfer direction a zone applies to.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ZoneAction {
-    /// Files sent to the cloud.
-    Upload,
-    /// Files received from the cloud.
-    Download,
-}
-
-/// Whether a zone grants or forbids.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ZoneKind {
-    /// Files matching the zone are allowed.
-    #[default]
-    Allow,
-    /// Files matching the zone are refused.
-    Deny,
-}
-
-/// Transfer tuning.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TransferConfig {
-    /// Attempts before a download with bad integrity fails the step.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// Raw bytes per upload chunk (the base64 text grows by 4/3).
-    #[serde(default = "default_chunk")]
-    pub upload_chunk_bytes: usize,
-    /// Messages kept in the offline D2C queue.
-    #[serde(default = "default_queue")]
-    pub offline_queue_limit: usize,
-    /// Seconds without a chunk before a range is requested again.
-    #[serde(default = "default_stall")]
-    pub stall_secs: u64,
-}
-
-/// Shell step defaults.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ShellConfig {
-    /// Seconds before a step is killed.
-    #[serde(default = "default_step_timeout")]
-    pub timeout_secs: u64,
-}
-
 fn default_true() -> bool {
     true
 }
@@ -258,47 +193,12 @@ fn default_sas_ttl() -> u64 {
 fn default_api_bind() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7070))
 }
-fn default_attempts() -> u32 {
-    3
-}
-fn default_chunk() -> usize {
-    48 * 1024
-}
-fn default_queue() -> usize {
-    1024
-}
-fn default_stall() -> u64 {
-    30
-}
-fn default_step_timeout() -> u64 {
-    3600
-}
-
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             bind: default_api_bind(),
             secret_key_file: None,
             tls: false,
-        }
-    }
-}
-
-impl Default for TransferConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: default_attempts(),
-            upload_chunk_bytes: default_chunk(),
-            offline_queue_limit: default_queue(),
-            stall_secs: default_stall(),
-        }
-    }
-}
-
-impl Default for ShellConfig {
-    fn default() -> Self {
-        Self {
-            timeout_secs: default_step_timeout(),
         }
     }
 }

@@ -26,10 +26,13 @@ fn file_sign(hub: &TestHub, bytes: &[u8]) -> String {
 
 fn download_recipe(id: &str, sign: &str, extra_install: Value) -> Value {
     json!({"id": id, "patch": {
-        "transitPackage": [{"action": "singularDownload", "source": "fw.bin",
-            "protocol": "iotmqtt", "destinationPath": "./fw.bin", "sign": sign,
-            "retransmissionRewind": 65536}],
-        "installSteps": [{"shell": "bash", "command": "sha256sum fw.bin | cut -d' ' -f1 > fw.sha"}, extra_install]}})
+    "transitPackage": [{"action": "singularDownload", "source": "fw.bin",
+        "protocol": "iotmqtt", "destinationPath": "./fw.bin", "sign": sign,
+        "retransmissionRewind": 65536}],
+    "installSteps": [
+        {"shell": "bash", "command": "sha256sum fw.bin | cut -d' ' -f1 > fw.sha"},
+        extra_install
+    ]}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

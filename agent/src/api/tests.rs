@@ -225,7 +225,10 @@ async fn reported_props_are_patched_with_encoded_keys() {
     let api = start().await;
     let put = api
         .call(Method::PUT, "UpdateReportedProps")
-        .json(&json!({"properties": [{"name": "app.version", "value": "2.1"}, {"name": "n", "value": 3}]}))
+        .json(&json!({"properties": [
+            {"name": "app.version", "value": "2.1"},
+            {"name": "n", "value": 3}
+        ]}))
         .send()
         .await
         .expect("send");

@@ -325,7 +325,8 @@ async fn strict_mode_download_outside_every_zone_is_denied_with_the_exact_text()
     let dir = tempfile::tempdir().expect("tempdir");
     let deny_root = dir.path().join("state/work/secret");
     let extra = format!(
-        "strict_mode = true\n[zones.SecretDeny]\naction = \"download\"\nkind = \"deny\"\nroot = {:?}\n\
+        "strict_mode = true\n[zones.SecretDeny]\naction = \"download\"\nkind = \"deny\"\n\
+         root = {:?}\n\
          [zones.PackagesAllow]\naction = \"download\"\nroot = {:?}\npatterns = [\"*.zip\"]\n",
         deny_root.display().to_string(),
         dir.path().join("state/work").display().to_string()
@@ -370,7 +371,8 @@ async fn windows_drive_paths_fail_their_step_clearly_on_linux() {
     assert_eq!(step["ResultCode"], "bad_path");
     assert_eq!(
         step["ResultText"],
-        "path \"I:\\\\ExportedData_2023.05.*\" is a Windows drive or network path, not available on this system"
+        "path \"I:\\\\ExportedData_2023.05.*\" is a Windows drive or network path, \
+         not available on this system"
     );
 }
 

@@ -92,7 +92,8 @@ pub async fn run(
         let event = tokio::select! {
             () = cancel.cancelled() => {
                 // F22: stop within one chunk, keep what is verified for a later resume.
-                return StepOutcome::failed(codes::CANCELLED, "download cancelled; verified bytes kept");
+                let text = "download cancelled; verified bytes kept";
+                return StepOutcome::failed(codes::CANCELLED, text);
             }
             changed = states.changed() => {
                 if changed.is_ok() && *states.borrow_and_update() != DeviceState::Busy {
@@ -102,7 +103,8 @@ pub async fn run(
             }
             () = tokio::time::sleep(ctx.stall) => {
                 if !ctx.device.is_busy() {
-                    tracing::info!(file_id, from = partial.progress.verified, "download stalled; asking again");
+                    let from = partial.progress.verified;
+                    tracing::info!(file_id, from, "download stalled; asking again");
                     ctx.requester.request(&file_id, partial.progress.verified).await;
                 }
                 continue;
@@ -222,7 +224,8 @@ fn finish(ctx: &DownloadContext, job: &DownloadJob, partial: &mut Partial) -> Fi
             }
             Err(Ok(error)) => {
                 partial.progress.attempts += 1;
-                tracing::warn!(%error, attempts = partial.progress.attempts, "file signature does not verify");
+                let attempts = partial.progress.attempts;
+                tracing::warn!(%error, attempts, "file signature does not verify");
                 if partial.progress.attempts >= ctx.max_attempts {
                     return Finish::Done(give_up(partial, "file signature does not verify"));
                 }

@@ -83,7 +83,8 @@ pub async fn run_periodic(
                 return;
             }
             if let Err(error) = upload_new_bytes(&ctx, &file, &cancel).await {
-                tracing::warn!(%error, file = %file.display(), "upload failed; retrying next round");
+                let file = file.display();
+                tracing::warn!(%error, %file, "upload failed; retrying next round");
             }
         }
     }
