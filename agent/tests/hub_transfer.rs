@@ -319,3 +319,53 @@ async fn f22_cancel_in_desired_stops_the_download_keeps_verified_bytes_and_repor
     );
     assert!(!work.join("never-run").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_f16_badly_encoded_file_signatures_fail_the_step_and_the_file_is_not_placed() {
+    use cloudpillar_protocol::encoding::encode_base64;
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("dl-5", dir.path(), "").await);
+    let work = config.work_dir();
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("dl-5", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let file = Arc::new(random_file(10_000));
+    let _seen = streamer::start(
+        &hub,
+        Script {
+            device: "dl-5".into(),
+            file_id: "fw.bin".into(),
+            file: Arc::clone(&file),
+            chunk: 4096,
+            pace: Duration::ZERO,
+            corrupt_crc: false,
+        },
+    );
+    // F14: a raw r||s shortened to 131 bytes; F16: the right bytes with a line break inside.
+    let raw = hub.signer.sign(&file).to_raw();
+    let full = encode_base64(&raw);
+    let variants = [
+        encode_base64(&raw[1..]),
+        format!("{}\n{}", &full[..64], &full[64..]),
+    ];
+    for (n, sign) in variants.iter().enumerate() {
+        let id = format!("enc-{n}");
+        let spec = download_recipe(&id, sign, json!({"shell": "bash", "command": "true"}));
+        hub.patch_desired(
+            "dl-5",
+            json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+        )
+        .await;
+        let reported = hub
+            .wait_reported("dl-5", "refused file", |r| {
+                r["changeSpec"]["id"] == id.as_str() && r["changeSpec"]["Status"] == "Failure"
+            })
+            .await;
+        let step = &reported["changeSpec"]["patch"]["transitPackage"][0];
+        assert_eq!(step["ResultCode"], "bad_signature_encoding", "{step}");
+        assert!(!work.join("fw.bin").exists());
+        assert!(!work.join("fw.bin.cppart").exists());
+    }
+}
