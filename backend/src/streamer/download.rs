@@ -85,6 +85,7 @@ impl Download {
             let data = self
                 .retry_blob(|| self.patches.read_range(&self.file_id, range.clone()))
                 .await?;
+            let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk));
             for (index, piece) in data.chunks(chunk).enumerate() {
                 let offset = position + (index * chunk) as u64;
                 let message = C2dMessage::DownloadFileChunk(DownloadFileChunk {
@@ -93,19 +94,17 @@ impl Download {
                     data: piece.to_vec(),
                     total_size: Some(size),
                 });
-                window
-                    .send(&message, format!("cp-{}-{offset}", self.seq))
-                    .await?;
+                chunks.push(outgoing(&message, format!("cp-{}-{offset}", self.seq))?);
             }
+            window.send_all(&chunks).await?;
             let verify = C2dMessage::VerifyRangeCrc(VerifyRangeCrc {
                 file_id: self.file_id.clone(),
                 range_start: position,
                 range_end,
                 crc: crc32(&data),
             });
-            window
-                .send(&verify, format!("cp-{}-crc-{range_end}", self.seq))
-                .await?;
+            let verify = outgoing(&verify, format!("cp-{}-crc-{range_end}", self.seq))?;
+            window.send_all(&[verify]).await?;
             position = range_end;
             self.jobs.advance(self.seq, position);
         }
@@ -135,6 +134,21 @@ impl Download {
     }
 }
 
+/// A protocol message as the hub takes it.
+fn outgoing(message: &C2dMessage, message_id: String) -> Result<C2dSend, Stopped> {
+    let body = message.encode().map_err(Stopped::Encode)?;
+    let properties = [(
+        MESSAGE_TYPE_PROPERTY.to_owned(),
+        message.message_type().to_owned(),
+    )]
+    .into();
+    Ok(C2dSend {
+        body,
+        properties,
+        message_id,
+    })
+}
+
 /// Room left in one device's C2D queue.
 struct Window<'a> {
     job: &'a Download,
@@ -151,32 +165,41 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Queues one message once the device's queue has room for it.
-    async fn send(&mut self, message: &C2dMessage, message_id: String) -> Result<(), Stopped> {
-        let body = message.encode().map_err(Stopped::Encode)?;
-        let properties = [(
-            MESSAGE_TYPE_PROPERTY.to_owned(),
-            message.message_type().to_owned(),
-        )]
-        .into();
-        let send = C2dSend {
-            body,
-            properties,
-            message_id,
-        };
-        let mut delay = self.job.options.retry_first;
-        loop {
+    /// Queues `messages` in order, never more at once than the queue has room for, with up to
+    /// `send_ahead` sends in flight. Every message is queued when this returns.
+    ///
+    /// Sends in flight start in order; the embedded hub commits them in that order, while over
+    /// the REST API concurrent sends may land out of offset order within a CRC range (the
+    /// `VerifyRangeCRC` always comes after all of them).
+    async fn send_all(&mut self, messages: &[C2dSend]) -> Result<(), Stopped> {
+        let mut sent = 0;
+        while sent < messages.len() {
             if self.room == 0 {
                 self.wait_for_room().await?;
             }
-            match self.job.hub.send_c2d(&self.job.device, send.clone()).await {
-                Ok(()) => {
-                    self.room -= 1;
-                    self.last_progress = Instant::now();
-                    return Ok(());
-                }
+            let ahead = self.job.options.send_ahead.max(1);
+            let batch = &messages[sent..messages.len().min(sent + self.room.min(ahead))];
+            let results = futures::future::join_all(batch.iter().map(|m| self.send_one(m))).await;
+            results.into_iter().collect::<Result<Vec<()>, Stopped>>()?;
+            self.room -= batch.len();
+            sent += batch.len();
+            self.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Queues one message, waiting out a full queue and retrying transient failures.
+    async fn send_one(&self, message: &C2dSend) -> Result<(), Stopped> {
+        let mut delay = self.job.options.retry_first;
+        loop {
+            match self
+                .job
+                .hub
+                .send_c2d(&self.job.device, message.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
                 Err(HubLinkError::QueueFull { .. }) => {
-                    self.room = 0;
                     self.check_stall()?;
                     tokio::time::sleep(self.job.options.poll_ceiling).await;
                 }
@@ -189,7 +212,6 @@ impl<'a> Window<'a> {
             }
         }
     }
-
     /// Polls the queue depth until it is below `max_pending`.
     async fn wait_for_room(&mut self) -> Result<(), Stopped> {
         let max = self.job.options.max_pending.max(1);

@@ -51,6 +51,8 @@ pub struct StreamerOptions {
     pub crc_range: u64,
     /// Most of our messages waiting in one device's queue (the hub allows 50 in all).
     pub max_pending: usize,
+    /// Most sends to one device in flight at once.
+    pub send_ahead: usize,
     /// Longest pause between queue-depth polls while a device's queue is full.
     pub poll_ceiling: Duration,
     /// A download whose device takes nothing off its queue for this long is dropped; the
@@ -72,6 +74,7 @@ impl Default for StreamerOptions {
             chunk_size: cloudpillar_protocol::messages::MAX_RAW_CHUNK,
             crc_range: 16 * cloudpillar_protocol::messages::MAX_RAW_CHUNK as u64,
             max_pending: 40,
+            send_ahead: 8,
             poll_ceiling: Duration::from_millis(50),
             stall_timeout: Duration::from_secs(600),
             checkpoint_every: Duration::from_millis(500),

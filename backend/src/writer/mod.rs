@@ -153,13 +153,14 @@ impl Writer {
         batches
     }
 
+    /// Writes the three collections side by side; within each, records keep stream order.
     async fn write(
         &self,
         batches: &[(&'static str, Vec<Document>); 3],
     ) -> Result<(), history::HistoryError> {
-        for (collection, documents) in batches {
-            self.history.insert(collection, documents.clone()).await?;
-        }
-        Ok(())
+        let inserts = batches
+            .iter()
+            .map(|(collection, documents)| self.history.insert(collection, documents.clone()));
+        futures::future::try_join_all(inserts).await.map(|_| ())
     }
 }

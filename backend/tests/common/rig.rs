@@ -121,7 +121,8 @@ impl Received {
     }
 }
 
-/// Takes `device`'s C2D messages off the hub queue, `per_poll` at a time, until stopped.
+/// Connects `device` to the hub in process and takes its C2D messages off the durable queue,
+/// `per_poll` at a time, whenever the hub signals new ones (as it signals an MQTT session).
 pub fn consume(
     core: Arc<Core>,
     device: &str,
@@ -131,10 +132,12 @@ pub fn consume(
     let state = received.clone();
     let device = device.to_owned();
     let task = tokio::spawn(async move {
+        let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        core.attach(&device, wake).await.expect("device attached");
         loop {
             let pending = core.c2d_pending(&device).expect("queue readable");
             if pending.is_empty() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(100), woken.recv()).await;
                 continue;
             }
             {
