@@ -161,3 +161,64 @@ async fn kill_9_mid_recipe_never_repeats_a_finished_step() {
     assert_eq!(lines.matches("first").count(), 1, "{lines}");
     assert!(lines.ends_with("third\n"), "{lines}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_upload_continues_after_kill_9_with_only_the_new_bytes() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, hub.agent_config("k9-3", dir.path(), "").await).unwrap();
+    let log = dir.path().join("agent.log");
+    let app_log = dir.path().join("state/work/app.log");
+    let mut agent = spawn_agent(&config_path, &log);
+    hub.wait_reported("k9-3", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let mut events = hub.hub.events();
+    std::fs::create_dir_all(app_log.parent().unwrap()).unwrap();
+    std::fs::write(&app_log, "line one\n").unwrap();
+    let spec = json!({"id": "k9-upload", "patch": {"transitPackage": [{"action": "periodicUpload",
+        "filename": "./app.log", "interval": 1, "enabled": true}]}});
+    hub.patch_desired(
+        "k9-3",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    let first = next_upload(&mut events, "k9-3").await;
+    assert_eq!(first["offset"], 0);
+    kill9(&mut agent);
+
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&app_log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"line two\n"))
+        .unwrap();
+    let mut agent = spawn_agent(&config_path, &log);
+    let second = next_upload(&mut events, "k9-3").await;
+    kill9(&mut agent);
+    assert_eq!(second["offset"], "line one\n".len());
+    assert_eq!(
+        second["data"],
+        cloudpillar_protocol::encoding::encode_base64(b"line two\n")
+    );
+    assert_eq!(second["fileId"], first["fileId"]);
+}
+
+async fn next_upload(
+    events: &mut tokio::sync::broadcast::Receiver<Arc<cloudpillar_hub::HubEvent>>,
+    device: &str,
+) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.device_id == device
+                && event.properties.get("messageType").map(String::as_str)
+                    == Some("UploadFileChunk")
+            {
+                return event.body.clone().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("an upload chunk")
+}

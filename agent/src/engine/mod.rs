@@ -148,6 +148,20 @@ impl Engine {
         let recipe = Recipe::from_change_spec(&run.spec, Some(&run.order)).ok()?;
         *self.shared.recipe.lock().await = Some(Arc::new(recipe.clone()));
         self.shared.publish().await;
+        // Periodic uploads live beyond their step: start again those that were running.
+        let uploading = matches!(
+            run.status,
+            RecipeStatus::InProgress | RecipeStatus::Success | RecipeStatus::Failure
+        );
+        for (path, _, _, action) in recipe.steps().filter(|_| uploading) {
+            let done = run
+                .steps
+                .get(&path)
+                .is_some_and(outcome::StepOutcome::is_success);
+            if let (true, recipe::Action::PeriodicUpload(step)) = (done, action) {
+                run::upload(&self.shared, &run.id, &path, step).await;
+            }
+        }
         if run.status.is_final() {
             return Some(Submitted::AlreadyEnded(run.status));
         }

@@ -216,7 +216,13 @@ async fn download(
     transfers.download(job, progress, cancel.clone()).await
 }
 
-async fn upload(shared: &Shared, recipe_id: &str, path: &str, step: &UploadAction) -> StepOutcome {
+/// Starts (or restarts) a periodic upload.
+pub(super) async fn upload(
+    shared: &Shared,
+    recipe_id: &str,
+    path: &str,
+    step: &UploadAction,
+) -> StepOutcome {
     if !step.enabled {
         return StepOutcome::succeeded("Done", "upload disabled by the recipe");
     }
