@@ -48,6 +48,9 @@ impl Connection {
     }
 
     fn send(&self, topic: String, body: Vec<u8>) {
+        if !self.sink.is_open() {
+            return;
+        }
         if let Err(error) = self
             .sink
             .publish(topic)
