@@ -371,7 +371,7 @@ async fn windows_drive_paths_fail_their_step_clearly_on_linux() {
     assert_eq!(step["ResultCode"], "bad_path");
     assert_eq!(
         step["ResultText"],
-        "path \"I:\\\\ExportedData_2023.05.*\" is a Windows drive or network path, \
+        "path \"I:\\ExportedData_2023.05.*\" is a Windows drive or network path, \
          not available on this system"
     );
 }

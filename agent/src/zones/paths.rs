@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// `${Name}` names no configured zone.
-    #[error("path {path:?} uses unknown zone variable {name:?}")]
+    #[error("path \"{path}\" uses unknown zone variable \"{name}\"")]
     UnknownZone {
         /// The recipe path.
         path: String,
@@ -19,19 +19,19 @@ pub enum PathError {
         name: String,
     },
     /// A `${` without its closing brace.
-    #[error("path {path:?} has an unterminated zone variable")]
+    #[error("path \"{path}\" has an unterminated zone variable")]
     Unterminated {
         /// The recipe path.
         path: String,
     },
     /// A drive-letter or UNC path on a system without drives.
-    #[error("path {path:?} is a Windows drive or network path, not available on this system")]
+    #[error("path \"{path}\" is a Windows drive or network path, not available on this system")]
     ForeignDrive {
         /// The recipe path.
         path: String,
     },
     /// The path leaves every directory it may use.
-    #[error("path {path:?} escapes the work directory and every zone")]
+    #[error("path \"{path}\" escapes the work directory and every zone")]
     Escapes {
         /// The recipe path.
         path: String,
