@@ -315,3 +315,44 @@ async fn two_replicas_split_devices_without_double_sending() {
         replica.abort();
     }
 }
+
+#[tokio::test]
+async fn device_reads_back_its_own_upload_but_not_another_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = fs_stores(&dir).await;
+    let data = common::pattern(128 * 1024, 61);
+    stores
+        .uploads
+        .put("dev-own/diag/rand.bin", Bytes::from(data.clone()))
+        .await
+        .expect("upload");
+    let rig = HubRig::start().await;
+    rig.add_device("dev-own").await;
+    rig.add_device("dev-other").await;
+    let streamer = Streamer::new(rig.link(), stores, None, Partition::all(), options());
+    let running = tokio::spawn(streamer.run());
+    let (own, own_task) = consume(rig.core(), "dev-own", 10);
+    let (other, other_task) = consume(rig.core(), "dev-other", 10);
+
+    rig.send_d2c(
+        "dev-other",
+        &range_request("uploads/dev-own/diag/rand.bin", 0),
+    )
+    .await;
+    rig.send_d2c(
+        "dev-own",
+        &range_request("uploads/dev-own/diag/rand.bin", 0),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "read back", || {
+        own.lock().expect("lock").complete()
+    })
+    .await;
+    assert_eq!(own.lock().expect("lock").file, data, "byte-exact");
+    // The other device's request came first and got nothing.
+    let refused = other.lock().expect("lock");
+    assert!(refused.chunk_counts.is_empty() && refused.verified.is_empty());
+    running.abort();
+    own_task.abort();
+    other_task.abort();
+}

@@ -1,7 +1,7 @@
 //! Sending one requested range of a file to one device.
 //!
 //! The range is cut into CRC ranges of [`StreamerOptions::crc_range`] bytes. Each CRC range is
-//! read from the patches container once, sent as `DownloadFileChunk` messages of at most
+//! read from its container once, sent as `DownloadFileChunk` messages of at most
 //! [`MAX_RAW_CHUNK`] raw bytes in offset order, then closed by a `VerifyRangeCRC` message.
 //! Progress is recorded only after a `VerifyRangeCRC` is queued, so a restarted streamer
 //! resends at most one CRC range plus what was in flight.
@@ -22,8 +22,11 @@ use cloudpillar_protocol::messages::{
 use tokio::time::Instant;
 
 use super::{Jobs, StreamerOptions};
-use crate::blob::{BlobError, Container};
+use crate::blob::{BlobError, BlobStores, Container};
 use crate::hub_link::{C2dSend, HubLink, HubLinkError};
+
+/// File ids starting with this name a device's own upload.
+pub const UPLOADS_PREFIX: &str = "uploads/";
 
 /// Why a download stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +37,12 @@ pub(super) enum Stopped {
     /// The device took no message off its queue for the stall timeout.
     #[error("device queue did not move for {0:?}")]
     Stalled(Duration),
-    /// The file is not in the patches container (or its name is not a valid path).
+    /// The file is not in its container (or its name is not a valid path).
     #[error("file not available")]
     NoFile(#[source] Box<BlobError>),
+    /// The file id names another device's upload.
+    #[error("file belongs to another device")]
+    NotOwnUpload,
     /// A message could not be encoded (a file id over the protocol's limit).
     #[error("message refused by the protocol")]
     Encode(#[source] cloudpillar_protocol::messages::MessageError),
@@ -46,7 +52,7 @@ pub(super) enum Stopped {
 #[derive(Debug)]
 pub(super) struct Download {
     pub(super) hub: Arc<dyn HubLink>,
-    pub(super) patches: Container,
+    pub(super) blobs: BlobStores,
     pub(super) options: StreamerOptions,
     pub(super) jobs: Jobs,
     pub(super) seq: u64,
@@ -73,7 +79,8 @@ impl Download {
     }
 
     async fn send_range(&self) -> Result<u64, Stopped> {
-        let size = self.retry_blob(|| self.patches.size(&self.file_id)).await?;
+        let (container, path) = self.source()?;
+        let size = self.retry_blob(|| container.size(path)).await?;
         let end = self.to.map_or(size, |to| to.min(size));
         let chunk = self.options.chunk_size.clamp(1, MAX_RAW_CHUNK);
         let mut window = Window::new(self);
@@ -83,7 +90,7 @@ impl Download {
             let range_end = end.min(position.saturating_add(self.options.crc_range.max(1)));
             let range = position..range_end;
             let data = self
-                .retry_blob(|| self.patches.read_range(&self.file_id, range.clone()))
+                .retry_blob(|| container.read_range(path, range.clone()))
                 .await?;
             let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk));
             for (index, piece) in data.chunks(chunk).enumerate() {
@@ -109,6 +116,23 @@ impl Download {
             self.jobs.advance(self.seq, position);
         }
         Ok(end.saturating_sub(self.from))
+    }
+
+    /// The container and path a file id names: `uploads/{device}/...` is one of the
+    /// requesting device's own uploads (a device reads back what it sent, e.g. for
+    /// diagnostics); anything else is a path in the patches container.
+    fn source(&self) -> Result<(&Container, &str), Stopped> {
+        match self.file_id.strip_prefix(UPLOADS_PREFIX) {
+            Some(path)
+                if path
+                    .strip_prefix(self.device.as_str())
+                    .is_some_and(|r| r.starts_with('/')) =>
+            {
+                Ok((&self.blobs.uploads, path))
+            }
+            Some(_) => Err(Stopped::NotOwnUpload),
+            None => Ok((&self.blobs.patches, &self.file_id)),
+        }
     }
 
     /// Retries a blob read through outages; a missing file or bad path ends the job.

@@ -3,7 +3,7 @@
 //! Message flow for one device (all messages carry the protocol's `messageType` property):
 //!
 //! 1. D2C `StreamRange {fileId, from, to?}`: `fileId` is the file's path in the patches
-//!    container. The streamer answers with `DownloadFileChunk {fileId, offset, data, totalSize}`
+//!    container, or `uploads/{device}/{path}` for one of the requesting device's own uploads. The streamer answers with `DownloadFileChunk {fileId, offset, data, totalSize}`
 //!    messages in offset order and a `VerifyRangeCRC {fileId, rangeStart, rangeEnd, crc}` after
 //!    every CRC range (see [`download`]). A newer request for the same device and file replaces
 //!    an unfinished one.
@@ -35,6 +35,7 @@ use crate::messages::{D2cKind, classify};
 use crate::partition::Partition;
 use crate::writer::history::{History, LOGS};
 use download::Download;
+pub use download::UPLOADS_PREFIX;
 pub use jobs::JobProgress;
 use jobs::{Jobs, Start};
 
@@ -192,7 +193,7 @@ impl Streamer {
         };
         let download = Download {
             hub: self.hub.clone(),
-            patches: self.blobs.patches.clone(),
+            blobs: self.blobs.clone(),
             options: self.options.clone(),
             jobs: jobs.clone(),
             seq,
