@@ -212,3 +212,48 @@ async fn http_api_publishes_keys_and_guards_signing_with_the_token() {
         .verify(b"payload", blob["signature"].as_str().expect("sig"))
         .expect("ok");
 }
+
+#[tokio::test]
+async fn keys_load_from_a_kubernetes_secret_on_the_api_server() {
+    if std::env::var("KUBECONFIG").is_err() {
+        panic!(
+            "KUBECONFIG is not set: start the dev control plane with `k3s-dev/up` and export its last output line (k3s-dev/test does both)"
+        );
+    }
+    cloudpillar_backend::install_tls_provider();
+    let client = kube::Client::try_default().await.expect("kube client");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), "default");
+    let name = common::unique("cp-signing-");
+    let active = SigningKey::generate().expect("active");
+    let retired = SigningKey::generate().expect("retired");
+    let mut data = std::collections::BTreeMap::new();
+    data.insert(
+        SECRET_ACTIVE_KEY.to_owned(),
+        ByteString(active.to_pkcs8_pem().expect("pem").into_bytes()),
+    );
+    data.insert(
+        "retired-1.pem".to_owned(),
+        ByteString(retired.verifying_key().to_pem().expect("pem").into_bytes()),
+    );
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .expect("secret created");
+
+    let holder = KeyHolder::from_secret(client, "default", &name).await;
+    secrets
+        .delete(&name, &Default::default())
+        .await
+        .expect("secret deleted");
+    let holder = holder.expect("holder from secret");
+    assert_eq!(holder.active_key_id(), active.key_id());
+    assert!(holder.trust_store().get(retired.key_id()).is_some());
+}
