@@ -89,6 +89,8 @@ pub struct Link {
     pub(crate) config: Arc<Config>,
     identity: RwLock<Option<Identity>>,
     pub(crate) desired: tokio::sync::Mutex<DesiredTracker>,
+    /// The last applied desired document, readable without waiting.
+    pub(crate) desired_view: RwLock<Value>,
     pub(crate) reported: Arc<Reported>,
     pub(crate) device: Arc<Device>,
     engine: OnceLock<Arc<Engine>>,
@@ -115,6 +117,7 @@ impl Link {
         Ok(Arc::new(Self {
             config,
             identity: RwLock::new(identity),
+            desired_view: RwLock::new(desired.document().clone()),
             desired: tokio::sync::Mutex::new(desired),
             reported,
             device,
@@ -213,9 +216,9 @@ impl crate::api::LinkControl for Link {
     }
 
     fn desired(&self) -> Value {
-        self.desired
-            .try_lock()
-            .map(|d| d.document().clone())
+        self.desired_view
+            .read()
+            .map(|d| d.clone())
             .unwrap_or(Value::Null)
     }
 

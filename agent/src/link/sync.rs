@@ -166,6 +166,9 @@ impl Sync {
             }
         };
         let desired = self.link.desired.lock().await.document().clone();
+        if let Ok(mut view) = self.link.desired_view.write() {
+            *view = desired.clone();
+        }
         if let Some(engine) = self.link.engine.get() {
             let touches = |k: &str| changes.get(k).is_some();
             if let Some(spec) = desired
