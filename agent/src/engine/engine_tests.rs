@@ -419,3 +419,31 @@ async fn on_pause_and_on_resume_run_when_the_device_goes_busy_and_ready() {
     );
     assert_eq!(device.state(), crate::state::DeviceState::Ready);
 }
+
+#[tokio::test]
+async fn f07_startup_resume_and_a_twin_delivery_start_an_unfinished_recipe_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("count");
+    let gate = dir.path().join("gate");
+    let spec = json!({"id": "race", "patch": {"installSteps": [
+        {"shell": "bash", "command": format!(
+            "echo run >> {c}; while [ ! -e {g} ]; do sleep 0.05; done",
+            c = counter.display(), g = gate.display())}]}});
+    {
+        let rig = rig(dir.path(), "", TrustStore::new());
+        rig.engine.submit(local(spec.clone())).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::fs::remove_file(&counter).expect("first run started");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let (a, b) = tokio::join!(rig.engine.submit(local(spec.clone())), rig.engine.resume());
+    let started = [Some(a), b]
+        .iter()
+        .filter(|o| **o == Some(Submitted::Started))
+        .count();
+    assert_eq!(started, 1, "exactly one start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&gate, "").expect("gate");
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+    assert_eq!(std::fs::read_to_string(&counter).expect("count"), "run\n");
+}

@@ -165,8 +165,11 @@ impl Engine {
         if run.status.is_final() {
             return Some(Submitted::AlreadyEnded(run.status));
         }
-        self.spawn(recipe).await;
-        Some(Submitted::Started)
+        if self.spawn(recipe).await {
+            Some(Submitted::Started)
+        } else {
+            Some(Submitted::AlreadyRunning)
+        }
     }
 
     /// Takes a delivered recipe: verify, then start, resume or ignore it.
@@ -300,14 +303,24 @@ impl Engine {
         }
     }
 
-    async fn spawn(&self, recipe: Recipe) {
+    /// Starts the runner unless one already runs this recipe (the startup resume and a
+    /// twin delivery may race: only one of them starts it).
+    async fn spawn(&self, recipe: Recipe) -> bool {
+        let mut running = self.running.lock().await;
+        if running
+            .as_ref()
+            .is_some_and(|(id, token)| *id == recipe.id && !token.is_cancelled())
+        {
+            return false;
+        }
         let token = CancellationToken::new();
-        *self.running.lock().await = Some((recipe.id.clone(), token.clone()));
+        *running = Some((recipe.id.clone(), token.clone()));
         tokio::spawn(run::run_recipe(
             Arc::clone(&self.shared),
             Arc::new(recipe),
             token,
         ));
+        true
     }
 
     /// Id and status of the current run.
