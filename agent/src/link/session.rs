@@ -185,6 +185,7 @@ async fn serve(
                 break Ended::Renew;
             }
             () = link.reported.changed(), if sync.can_report() => sync.send_reported().await,
+            () = sleep_until_opt(sync.patch_deadline()) => sync.resend_reported().await,
             () = queued(&link.outbox), if sync.is_synced() => {
                 if let Some((seq, message)) = link.outbox.peek() {
                     sync.send_d2c(message).await;
@@ -195,6 +196,13 @@ async fn serve(
     };
     carry_over(&mut eventloop, carried);
     ended
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Returns at once when a message is queued, else when one arrives.

@@ -23,7 +23,11 @@ pub(super) struct Sync {
     get_rid: Option<u64>,
     synced: bool,
     in_flight: Option<(u64, Value)>,
+    in_flight_since: tokio::time::Instant,
 }
+
+/// A reported patch without an answer for this long is sent again.
+const PATCH_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Sync {
     pub(super) fn new(link: Arc<Link>, client: AsyncClient, device_id: String) -> Self {
@@ -35,6 +39,7 @@ impl Sync {
             get_rid: None,
             synced: false,
             in_flight: None,
+            in_flight_since: tokio::time::Instant::now(),
         }
     }
 
@@ -227,9 +232,26 @@ impl Sync {
             .publish(topics::reported_patch(rid), QOS, false, body)
             .await
         {
-            Ok(()) => self.in_flight = Some((rid, patch)),
+            Ok(()) => {
+                self.in_flight = Some((rid, patch));
+                self.in_flight_since = tokio::time::Instant::now();
+            }
             Err(error) => tracing::warn!(%error, "failed to queue a reported patch"),
         }
+    }
+
+    /// When the patch in flight counts as lost, if one is in flight.
+    pub(super) fn patch_deadline(&self) -> Option<tokio::time::Instant> {
+        self.in_flight
+            .as_ref()
+            .map(|_| self.in_flight_since + PATCH_ANSWER_TIMEOUT)
+    }
+
+    /// Gives up waiting for the patch in flight and sends the current difference again.
+    pub(super) async fn resend_reported(&mut self) {
+        tracing::warn!("reported patch unanswered; sending again");
+        self.in_flight = None;
+        self.send_reported().await;
     }
 
     pub(super) async fn send_d2c(&mut self, message: Outgoing) {
