@@ -220,7 +220,9 @@ pub fn patch_reported(
     id: &str,
     patch: &Value,
 ) -> Result<u64, HubError> {
-    let (_, mut twin) = load(batch, id)?;
+    // Only the twin is read: a device that is connected is registered.
+    let mut twin: StoredTwin =
+        txn_get(batch.txn, TWINS, id)?.ok_or_else(|| Refusal::device_not_found(id))?;
     if !patch.is_object() {
         return Err(Refusal::bad_request("reported patch must be a JSON object").into());
     }

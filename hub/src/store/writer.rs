@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 use crate::error::{HubError, StoreError};
 use crate::events::{EventBus, HubEvent};
 
-use super::{EVENTS, decode, encode, table_err, txn_next};
+use super::{COUNTERS, EVENTS, decode, encode, table_err};
+
+/// Counter of the last assigned event sequence number.
+const EVENT_SEQ: &str = "event_seq";
 
 /// Largest number of closures packed into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -25,21 +28,47 @@ pub struct Batch<'a> {
     /// The transaction.
     pub txn: &'a WriteTransaction,
     events: Vec<HubEvent>,
+    /// Last event sequence number handed out in this batch; stored once, at commit.
+    last_seq: Option<u64>,
 }
 
 impl Batch<'_> {
     /// Appends an event to the log, assigning its sequence number. It reaches subscribers
     /// only if the batch commits.
     pub fn append_event(&mut self, mut event: HubEvent) -> Result<HubEvent, HubError> {
-        event.sequence_number = txn_next(self.txn, "event_seq")?;
+        let last = match self.last_seq {
+            Some(last) => last,
+            None => {
+                let t = self
+                    .txn
+                    .open_table(COUNTERS)
+                    .map_err(|source| table_err(COUNTERS, source))?;
+                let stored = t.get(EVENT_SEQ).map_err(StoreError::from)?;
+                stored.map(|v| v.value()).unwrap_or(0)
+            }
+        };
+        event.sequence_number = last + 1;
         let mut t = self
             .txn
             .open_table(EVENTS)
             .map_err(|source| table_err(EVENTS, source))?;
         t.insert(event.sequence_number, encode(&event).as_slice())
             .map_err(StoreError::from)?;
+        self.last_seq = Some(event.sequence_number);
         self.events.push(event.clone());
         Ok(event)
+    }
+
+    /// Stores the event counter once for the whole batch.
+    fn store_counter(&self) -> Result<(), StoreError> {
+        if let Some(last) = self.last_seq {
+            let mut t = self
+                .txn
+                .open_table(COUNTERS)
+                .map_err(|source| table_err(COUNTERS, source))?;
+            t.insert(EVENT_SEQ, last)?;
+        }
+        Ok(())
     }
 }
 
@@ -130,8 +159,18 @@ fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option
     let mut batch = Batch {
         txn: &txn,
         events: Vec::new(),
+        last_seq: None,
     };
     let completions: Vec<_> = jobs.into_iter().map(|job| job(&mut batch)).collect();
+    if let Err(error) = batch.store_counter() {
+        // Without the counter the batch must not commit: fail every job in it.
+        tracing::error!(%error, "event counter not stored; batch abandoned");
+        drop(txn);
+        for done in completions {
+            done(false);
+        }
+        return;
+    }
     let events = std::mem::take(&mut batch.events);
     if let Some(retention) = retention
         && let Err(error) = prune_events(&txn, retention)
