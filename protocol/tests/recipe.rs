@@ -312,3 +312,30 @@ fn schema_describes_sections_and_actions_for_the_crd() {
         assert!(text.contains(name), "schema names {name}");
     }
 }
+
+#[test]
+fn file_signatures_may_name_their_key_but_must_be_canonical_base64() {
+    let download = |sign: &str| {
+        spec_with(json!({
+            "action": "singularDownload",
+            "source": "patch.tar.gz",
+            "destinationPath": "./patch.tar.gz",
+            "sign": sign,
+        }))
+    };
+    assert_eq!(validate(&download("AAECAw==")), vec![]);
+    assert_eq!(validate(&download("0123456789abcdef:AAECAw==")), vec![]);
+
+    for bad in [
+        "0123456789abcdef:AAECAw",
+        "not-a-key-id:AAECAw==",
+        "AAEC Aw==",
+    ] {
+        let issues = validate(&download(bad));
+        assert_eq!(
+            paths(&issues),
+            vec!["changeSpec.patch.transitPackage[0].sign"],
+            "{bad}"
+        );
+    }
+}

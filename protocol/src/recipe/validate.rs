@@ -6,6 +6,7 @@ use super::{Stage, raw_actions};
 use crate::encoding::decode_base64_strict;
 use crate::keys::{KeyError, validate_document_keys};
 use crate::limits::{TwinLimits, depth, twin_size};
+use crate::signing::SignedText;
 
 /// Shells an executeOnce step may name.
 pub const KNOWN_SHELLS: [&str; 5] = ["bash", "sh", "powershell", "pwsh", "cmd"];
@@ -198,8 +199,21 @@ fn check_action(path: &str, action: &Value, issues: &mut Issues) {
     if let Some(Err(error)) = text("filename").map(zone_variables) {
         issues.add(at("filename"), error.to_string());
     }
-    if let Some(Err(error)) = text("sign").map(|sign| decode_base64_strict("sign", sign)) {
-        issues.add(at("sign"), format!("{error}: {}", error.source));
+    if let Some(sign) = text("sign") {
+        check_sign(&at("sign"), sign, issues);
+    }
+}
+
+/// `sign` is `kid:base64` (or bare base64) of a file signature, in the form the key holder
+/// prints; the base64 part must be canonical standard base64 (F16).
+fn check_sign(path: &str, sign: &str, issues: &mut Issues) {
+    match SignedText::parse(sign) {
+        Ok(signed) => {
+            if let Err(error) = decode_base64_strict("sign", &signed.signature) {
+                issues.add(path.to_owned(), format!("{error}: {}", error.source));
+            }
+        }
+        Err(error) => issues.add(path.to_owned(), format!("sign: {error}")),
     }
 }
 
