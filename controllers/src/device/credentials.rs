@@ -63,16 +63,9 @@ pub async fn identity_auth(client: &kube::Client, device: &Device) -> Result<Ide
         });
     }
 
-    // Operator-managed keys: read the Secret, or create it with fresh keys.
+    // Operator-managed keys: create the Secret with fresh keys, or read the one that exists.
+    // Creating first saves a read for every new Device; registration runs once per Device.
     let name = key_secret_name(&device.name_any());
-    if let Some(auth) = secrets
-        .get_opt(&name)
-        .await
-        .kube("read keys of", &object)?
-        .and_then(keys)
-    {
-        return Ok(auth);
-    }
     let created = generated_secret(device, &name);
     match secrets.create(&PostParams::default(), &created).await {
         Ok(secret) => keys(secret).ok_or(Error::Conflict { object }),

@@ -17,7 +17,7 @@ use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -152,8 +152,16 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
+    // Cached objects drop managedFields and the last-applied annotation: the operator never
+    // reads them, and at 10,000 Devices they are a large share of the cache.
     watch::relisting_watcher(api, watcher::Config::default(), resource, metrics.clone())
         .default_backoff()
+        .modify(|object: &mut K| {
+            object.managed_fields_mut().clear();
+            object
+                .annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
 }
 
 /// Builds the caches and runs the four controllers until `stop`.
@@ -168,11 +176,12 @@ async fn controllers(
     let (devices, device_writer) = reflector::store_shared::<Device>(BUFFER);
     let (recipes, recipe_writer) = reflector::store_shared::<Recipe>(BUFFER);
     let (rollouts, rollout_writer) = reflector::store_shared::<Rollout>(BUFFER);
-    let (hubs, hub_writer) = reflector::store::<Hub>();
-    let (Some(device_events), Some(recipe_events), Some(rollout_events)) = (
+    let (hubs, hub_writer) = reflector::store_shared::<Hub>(BUFFER);
+    let (Some(device_events), Some(recipe_events), Some(rollout_events), Some(hub_events)) = (
         device_writer.subscribe(),
         recipe_writer.subscribe(),
         rollout_writer.subscribe(),
+        hub_writer.subscribe(),
     ) else {
         return;
     };
@@ -198,12 +207,13 @@ async fn controllers(
                 .map(|_| ())
                 .boxed(),
         ),
+        drive(
+            watch::<Hub>(&client, &config, "hubs", &metrics)
+                .reflect_shared(hub_writer)
+                .map(|_| ())
+                .boxed(),
+        ),
     ];
-    let hub_stream = watch::<Hub>(&client, &config, "hubs", &metrics)
-        .reflect(hub_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-
     let (triggers, twin_events) = mpsc::unbounded::<ObjectRef<Device>>();
     let index = Arc::new(DeviceIndex::default());
     let hub_clients = Arc::new(HubClients::new(
@@ -237,7 +247,8 @@ async fn controllers(
     let filled = tokio::try_join!(
         devices.wait_until_ready(),
         recipes.wait_until_ready(),
-        rollouts.wait_until_ready()
+        rollouts.wait_until_ready(),
+        hubs.wait_until_ready()
     );
     if filled.is_err() {
         return;
@@ -311,7 +322,7 @@ async fn controllers(
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let hub_controller = Controller::for_stream(hub_stream, hubs)
+    let hub_controller = Controller::for_shared_stream(hub_events, hubs)
         .with_config(settings)
         .graceful_shutdown_on(graceful())
         .run(

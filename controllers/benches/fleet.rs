@@ -1,0 +1,389 @@
+//! Operator at fleet scale: 10,000 Devices against an embedded edge hub and the API server
+//! named by `KUBECONFIG`. Prints figures; asserts nothing.
+//!
+//! `cargo bench -p cloudpillar-controllers --bench fleet` (`FLEET_DEVICES` changes the size).
+//! The operator runs in a child process of this binary so that its RSS is its own.
+//!
+//! Figures:
+//! - cold start: from operator start until every Device is Registered and Synced;
+//! - first wave: from applying a Rollout (10 % first wave) until the first twin holds the
+//!   recipe, and until the whole first wave does;
+//! - operator peak RSS (VmHWM of the child).
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a benchmark prints figures
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloudpillar_controllers::{Config, SecretLocation, run_until};
+use cloudpillar_crds::{Device, Hub, Recipe, Rollout};
+use cloudpillar_hub::HubConfig;
+use cloudpillar_protocol::signing::SigningKey;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const MANAGER: &str = "fleet-bench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Ok(namespace) = std::env::var("FLEET_OPERATOR_NAMESPACE") {
+        return operator(namespace).await;
+    }
+    let devices: usize = std::env::var("FLEET_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    bench(devices).await
+}
+
+/// Child process: the operator alone, until stdin closes.
+async fn operator(namespace: String) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let config = Config {
+        namespace: Some(namespace.clone()),
+        metrics_addr: std::env::var("FLEET_METRICS_ADDR")
+            .unwrap_or_else(|_| "127.0.0.1:0".into())
+            .parse()?,
+        concurrency: 128,
+        signing_key: Some(SecretLocation {
+            namespace,
+            name: "recipe-signing".into(),
+            key: "key.pem".into(),
+        }),
+        ..Config::default()
+    };
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        trigger.cancel();
+    });
+    run_until(client, config, stop).await?;
+    Ok(())
+}
+
+async fn bench(count: usize) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ns = format!("fleet-{:x}", rand::random::<u32>());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+
+    // The edge hub, its Hub object and a signing key.
+    let dir = tempfile::tempdir()?;
+    let mut hub_config = HubConfig::new(dir.path());
+    hub_config.hostname = "localhost".into();
+    let hub = cloudpillar_hub::Hub::start(hub_config).await?;
+    let ca = std::fs::read(hub.ca_cert_path().expect("development CA"))?;
+    let key = SigningKey::generate()?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |name: &str, data: Vec<(&str, Vec<u8>)>| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Secret::default()
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(
+                "edge-policy",
+                vec![
+                    ("key", hub.policy_key().as_bytes().to_vec()),
+                    ("ca.crt", ca),
+                ],
+            ),
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(
+                "recipe-signing",
+                vec![("key.pem", key.to_pkcs8_pem()?.into_bytes())],
+            ),
+        )
+        .await?;
+    let hub_object = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Hub", "metadata": {"name": "edge"},
+        "spec": {
+            "kind": "edge",
+            "endpoint": {"serviceHost": format!("localhost:{}", hub.http_addr().port())},
+            "accessPolicy": {"policyName": hub.policy_name(), "secretRef": {"name": "edge-policy", "key": "key"}},
+            "caBundle": {"name": "edge-policy", "key": "ca.crt"},
+            "twinWriteRateLimit": 100_000,
+        },
+    });
+    Api::<Hub>::namespaced(client.clone(), &ns)
+        .patch(
+            "edge",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&hub_object),
+        )
+        .await?;
+
+    // The fleet, before the operator starts.
+    let created = Instant::now();
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    stream::iter(0..count)
+        .map(|i| {
+            let devices = devices.clone();
+            async move {
+                let device: Device = serde_json::from_value(json!({
+                    "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+                    "metadata": {"name": format!("dev-{i:05}"), "labels": {"fleet": "bench"}},
+                    "spec": {"hubRef": {"name": "edge"}, "tags": {"site": "bench"}, "desired": {"logLevel": "info"}},
+                }))?;
+                devices.create(&PostParams::default(), &device).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "fleet: {count} Devices created in {:.1} s (setup, not measured)",
+        created.elapsed().as_secs_f64()
+    );
+
+    // A cache of the Devices to watch progress without listing 10,000 objects per poll.
+    let (store, writer) = reflector::store::<Device>();
+    let feed = tokio::spawn(
+        watcher(devices.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
+    store.wait_until_ready().await?;
+
+    // Cold start.
+    let started = Instant::now();
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_OPERATOR_NAMESPACE", &ns)
+        .env("FLEET_METRICS_ADDR", metrics_addr.to_string())
+        .stdin(Stdio::piped())
+        .spawn()?;
+    let pid = child.id().expect("child pid");
+    let synced = |d: &Arc<Device>| {
+        let conditions = d
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        cloudpillar_crds::conditions::is_true(&conditions, "Synced")
+    };
+    wait("all Devices synced", Duration::from_secs(600), || {
+        store.state().iter().filter(|d| synced(d)).count() == count
+    })
+    .await?;
+    let cold = started.elapsed();
+    let rss_synced = rss_kib(pid, "VmRSS");
+    println!(
+        "fleet: cold start, {count} twins registered and in sync: {:.1} s",
+        cold.as_secs_f64()
+    );
+    print_reconcile_figures(metrics_addr).await;
+    let twins_ok = hub
+        .core()
+        .all_twins()?
+        .iter()
+        .filter(|t| t["tags"]["site"] == "bench")
+        .count();
+    println!("fleet: twins with the Device tags in the hub: {twins_ok}");
+
+    // A Rollout: first wave of 10 %.
+    let recipe = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Recipe", "metadata": {"name": "fw"},
+        "spec": {"changeSpec": {"id": "fw-bench-1", "patch": {"installSteps": [
+            {"shell": "bash", "command": "echo installing"}]}}},
+    });
+    Api::<Recipe>::namespaced(client.clone(), &ns)
+        .patch("fw", &PatchParams::apply(MANAGER), &Patch::Apply(&recipe))
+        .await?;
+    let recipes: Api<Recipe> = Api::namespaced(client.clone(), &ns);
+    let mut signed = false;
+    for _ in 0..300 {
+        signed = recipes
+            .get("fw")
+            .await?
+            .status
+            .is_some_and(|s| s.signature.is_some());
+        if signed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(signed, "recipe was not signed");
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "fw"},
+        "spec": {"recipeRef": {"name": "fw"}, "selector": {"matchLabels": {"fleet": "bench"}},
+                 "strategy": {"waves": [{"percent": 10}, {"percent": 90}]}},
+    });
+    let applied = Instant::now();
+    Api::<Rollout>::namespaced(client.clone(), &ns)
+        .patch("fw", &PatchParams::apply(MANAGER), &Patch::Apply(&rollout))
+        .await?;
+    let first_wave = count.div_ceil(10);
+    let holds = |id: &str| {
+        hub.core()
+            .get_twin(id)
+            .ok()
+            .and_then(|t| t.pointer("/properties/desired/changeSpec/id").cloned())
+            == Some(json!("fw-bench-1"))
+    };
+    wait(
+        "first twin holds the recipe",
+        Duration::from_secs(120),
+        || (0..count).any(|i| holds(&format!("dev-{i:05}"))),
+    )
+    .await?;
+    let first_twin = applied.elapsed();
+    let assigned = |d: &Arc<Device>| {
+        d.status
+            .as_ref()
+            .and_then(|s| s.assignment.as_ref())
+            .is_some_and(|a| a.assigned_time.is_some())
+    };
+    wait("first wave written", Duration::from_secs(300), || {
+        store.state().iter().filter(|d| assigned(d)).count() >= first_wave
+    })
+    .await?;
+    let whole_wave = applied.elapsed();
+    println!(
+        "fleet: rollout first wave started (first twin written): {:.2} s",
+        first_twin.as_secs_f64()
+    );
+    println!(
+        "fleet: rollout first wave of {first_wave} devices written: {:.2} s",
+        whole_wave.as_secs_f64()
+    );
+    println!(
+        "fleet: operator RSS after sync: {} MiB; peak: {} MiB",
+        rss_synced / 1024,
+        rss_kib(pid, "VmHWM") / 1024
+    );
+
+    // Stop the operator, then clean up with a fresh one removing the hub identities.
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    feed.abort();
+    cleanup(&client, &ns).await?;
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Reconcile counts and mean durations from the operator's metrics.
+async fn print_reconcile_figures(addr: std::net::SocketAddr) {
+    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return;
+    };
+    let Ok(text) = response.text().await else {
+        return;
+    };
+    for line in text.lines() {
+        let wanted = [
+            "cloudpillar_reconciles_total",
+            "cloudpillar_reconcile_failures_total",
+            "cloudpillar_reconcile_duration_seconds_sum",
+            "cloudpillar_twin_writes_total",
+        ];
+        if wanted.iter().any(|w| line.starts_with(w)) {
+            println!("fleet: operator metric {line}");
+        }
+    }
+}
+
+async fn cleanup(client: &Client, ns: &str) -> anyhow::Result<()> {
+    // Without the operator, the finalizers are taken off directly.
+    let devices: Api<Device> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = devices
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    let clear = json!({"metadata": {"finalizers": null}});
+    let _ = rollouts
+        .patch("fw", &PatchParams::default(), &Patch::Merge(&clear))
+        .await;
+    stream::iter(names)
+        .map(|name| {
+            let (devices, clear) = (devices.clone(), clear.clone());
+            async move {
+                let _ = devices
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&clear))
+                    .await;
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    devices
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    let _ = rollouts
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+async fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A `/proc/<pid>/status` figure in KiB (0 when unreadable).
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
