@@ -84,7 +84,8 @@ async fn one_large_file() {
     let seconds = started.elapsed().as_secs_f64();
     let max_queue = received.lock().unwrap().max_queue;
     println!(
-        "streamer: {mib} MiB to one device in {seconds:.1} s = {:.1} MB/s (CRC-verified, deepest queue {max_queue})",
+        "streamer: {mib} MiB to one device in {seconds:.1} s = {:.1} MB/s \
+         (CRC-verified, deepest queue {max_queue})",
         (mib * 1024 * 1024) as f64 / seconds / 1e6
     );
     running.abort();
@@ -109,10 +110,13 @@ async fn many_devices() {
         rig.add_device(&id).await;
         consumers.push(consume(rig.core(), &id, 50));
     }
+    // All devices ask at once, so the spread below is the streamer's doing.
     let started = Instant::now();
-    for n in 0..devices {
-        rig.send_d2c(&format!("bench-many-{n}"), &request()).await;
-    }
+    let asks = (0..devices).map(|n| {
+        let rig = &rig;
+        async move { rig.send_d2c(&format!("bench-many-{n}"), &request()).await }
+    });
+    futures::future::join_all(asks).await;
     let total = (mib * 1024 * 1024) as f64;
     let mut spread_at_half = None;
     loop {
@@ -134,7 +138,8 @@ async fn many_devices() {
     let seconds = started.elapsed().as_secs_f64();
     let (min, max) = spread_at_half.unwrap_or((1.0, 1.0));
     println!(
-        "streamer: {devices} devices x {mib} MiB in {seconds:.1} s = {:.1} MB/s total; at half time the slowest device had {:.0}% and the fastest {:.0}%",
+        "streamer: {devices} devices x {mib} MiB in {seconds:.1} s = {:.1} MB/s total; \
+         at half time the slowest device had {:.0}% and the fastest {:.0}%",
         devices as f64 * total / seconds / 1e6,
         min * 100.0,
         max * 100.0
@@ -229,6 +234,29 @@ async fn writer_rate() {
     );
     running.abort();
     history.database().drop().await.ok();
+
+    // The database's own ceiling: the same number of plain documents, inserted in batches of
+    // 1000 with nothing else going on.
+    let raw = History::connect(&url, &format!("{database}raw"))
+        .await
+        .expect("history");
+    let started = Instant::now();
+    for batch in 0..records.div_ceil(1000) {
+        let documents = (0..1000.min(records - batch * 1000))
+            .map(|n| {
+                let id = format!("{batch}:{n}");
+                mongodb::bson::doc! { "_id": id, "deviceId": "d", "n": n as i64 }
+            })
+            .collect();
+        raw.insert(TELEMETRY, documents).await.expect("raw insert");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "mongodb: {records} plain inserts in batches of 1000 in {seconds:.1} s = {:.0} documents/s \
+         (ceiling for the writer)",
+        records as f64 / seconds
+    );
+    raw.database().drop().await.ok();
 }
 
 #[tokio::main]

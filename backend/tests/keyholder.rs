@@ -77,7 +77,8 @@ async fn signed_blob_verifies_and_a_tampered_copy_does_not() {
 
 #[tokio::test]
 async fn key_rotation_keeps_old_signatures_valid_and_new_ones_name_the_new_key() {
-    let spec = json!({"id": "fw-2.1", "patch": {"installSteps": [{"executeOnce": {"shell": "bash", "command": "true"}}]}});
+    let step = json!({"executeOnce": {"shell": "bash", "command": "true"}});
+    let spec = json!({"id": "fw-2.1", "patch": {"installSteps": [step]}});
     let old_key = SigningKey::generate().expect("old key");
     let new_key = SigningKey::generate().expect("new key");
     let before = holder_with(&old_key)
@@ -217,7 +218,8 @@ async fn http_api_publishes_keys_and_guards_signing_with_the_token() {
 async fn keys_load_from_a_kubernetes_secret_on_the_api_server() {
     if std::env::var("KUBECONFIG").is_err() {
         panic!(
-            "KUBECONFIG is not set: start the dev control plane with `k3s-dev/up` and export its last output line (k3s-dev/test does both)"
+            "KUBECONFIG is not set: start the dev control plane with `k3s-dev/up` and export \
+             its last output line (k3s-dev/test does both)"
         );
     }
     cloudpillar_backend::install_tls_provider();

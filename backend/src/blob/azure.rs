@@ -49,7 +49,8 @@ impl std::fmt::Debug for AzureBlobConfig {
 }
 
 impl AzureBlobConfig {
-    /// Azurite's development account at `blob_url` (e.g. `http://127.0.0.1:10000/devstoreaccount1`).
+    /// Azurite's development account at `blob_url`
+    /// (e.g. `http://127.0.0.1:10000/devstoreaccount1`).
     pub fn azurite(blob_url: impl Into<String>) -> Self {
         Self {
             account: AZURITE_ACCOUNT.to_owned(),

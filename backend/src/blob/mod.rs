@@ -6,9 +6,11 @@
 //! Azure container of the same name and is tested against Azurite.
 
 mod azure;
+mod error;
 mod upload;
 
 pub use azure::{AZURITE_ACCOUNT, AZURITE_KEY, AzureBlobConfig};
+pub use error::BlobError;
 pub use upload::{UploadAssembler, UploadProgress};
 
 use std::ops::Range;
@@ -28,58 +30,6 @@ pub const PATCHES: &str = "patches";
 pub const UPLOADS: &str = "uploads";
 /// Default container for service state (streamer and writer checkpoints, upload staging).
 pub const STATE: &str = "state";
-
-/// Errors of blob operations, each naming the container and object involved.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    /// The object does not exist.
-    #[error("blob {container}/{path} not found")]
-    NotFound {
-        /// Container name.
-        container: String,
-        /// Object path inside the container.
-        path: String,
-    },
-    /// A read failed.
-    #[error("reading blob {container}/{path} failed")]
-    Read {
-        /// Container name.
-        container: String,
-        /// Object path inside the container.
-        path: String,
-        /// Underlying store error.
-        #[source]
-        source: object_store::Error,
-    },
-    /// A write, commit or delete failed.
-    #[error("writing blob {container}/{path} failed")]
-    Write {
-        /// Container name.
-        container: String,
-        /// Object path inside the container.
-        path: String,
-        /// Underlying store error.
-        #[source]
-        source: object_store::Error,
-    },
-    /// A container could not be opened or created.
-    #[error("opening container {container} failed: {reason}")]
-    Open {
-        /// Container name.
-        container: String,
-        /// What went wrong.
-        reason: String,
-        /// Underlying error, when there is one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// An object path is not acceptable (empty, `..`, control characters).
-    #[error("invalid blob path {path:?}")]
-    InvalidPath {
-        /// The rejected path.
-        path: String,
-    },
-}
 
 /// Where the blob containers live.
 #[derive(Debug, Clone)]

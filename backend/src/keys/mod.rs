@@ -154,7 +154,8 @@ impl KeyHolder {
             size += piece.len() as u64;
         }
         let signed = self.finish(hasher, size).await?;
-        tracing::info!(container = container.name(), path, size, key = %signed.key_id, "blob signed");
+        let key = &signed.key_id;
+        tracing::info!(container = container.name(), path, size, %key, "blob signed");
         Ok(signed)
     }
 

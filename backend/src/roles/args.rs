@@ -29,7 +29,8 @@ pub struct BlobArgs {
     /// Azure storage account key (else workload or managed identity from `AZURE_*` variables).
     #[arg(long, env = "CP_AZURE_STORAGE_KEY", hide_env_values = true)]
     pub azure_key: Option<String>,
-    /// Blob endpoint for path-style hosts such as Azurite (`http://127.0.0.1:10000/devstoreaccount1`).
+    /// Blob endpoint for path-style hosts such as Azurite
+    /// (`http://127.0.0.1:10000/devstoreaccount1`).
     #[arg(long, env = "CP_AZURE_BLOB_ENDPOINT")]
     pub azure_endpoint: Option<String>,
     /// Prefix of the container names (`{prefix}patches`, `{prefix}uploads`, `{prefix}state`).

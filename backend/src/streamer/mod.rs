@@ -3,8 +3,9 @@
 //! Message flow for one device (all messages carry the protocol's `messageType` property):
 //!
 //! 1. D2C `StreamRange {fileId, from, to?}`: `fileId` is the file's path in the patches
-//!    container, or `uploads/{device}/{path}` for one of the requesting device's own uploads. The streamer answers with `DownloadFileChunk {fileId, offset, data, totalSize}`
-//!    messages in offset order and a `VerifyRangeCRC {fileId, rangeStart, rangeEnd, crc}` after
+//!    container, or `uploads/{device}/{path}` for one of the requesting device's own uploads.
+//!    The streamer answers with `DownloadFileChunk {fileId, offset, data, totalSize}` messages
+//!    in offset order and a `VerifyRangeCRC {fileId, rangeStart, rangeEnd, crc}` after
 //!    every CRC range (see [`download`]). A newer request for the same device and file replaces
 //!    an unfinished one.
 //! 2. D2C `UploadFileChunk {fileId, offset, data, last?}`: staged at its offset; the file is

@@ -103,9 +103,7 @@ impl History {
             let existing = match handle.list_index_names().await {
                 Ok(names) => names,
                 // A collection that does not exist yet has no indexes.
-                Err(error) if matches!(error.kind.as_ref(), ErrorKind::Command(c) if c.code == 26) => {
-                    Vec::new()
-                }
+                Err(error) if is_namespace_not_found(&error) => Vec::new(),
                 Err(source) => return Err(HistoryError::Index { collection, source }),
             };
             let wanted = [
@@ -158,6 +156,11 @@ impl History {
             }),
         }
     }
+}
+
+/// MongoDB's answer for a collection that does not exist (code 26, `NamespaceNotFound`).
+fn is_namespace_not_found(error: &mongodb::error::Error) -> bool {
+    matches!(error.kind.as_ref(), ErrorKind::Command(c) if c.code == 26)
 }
 
 /// True when every failure of an insert is a duplicate `_id`.

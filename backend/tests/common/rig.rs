@@ -144,10 +144,17 @@ pub fn consume(
                 let mut got = state.lock().expect("lock");
                 got.max_queue = got.max_queue.max(pending.len());
             }
+            // Apply in queue order, then acknowledge the batch together, as a device
+            // acknowledging each QoS 1 delivery without waiting for the previous one would.
+            let mut taken = Vec::new();
             for (seq, message) in pending.into_iter().take(per_poll) {
                 let decoded = C2dMessage::decode(&message.body_bytes()).expect("protocol message");
                 apply(&mut state.lock().expect("lock"), decoded);
-                core.c2d_complete(&device, seq).await.expect("completed");
+                taken.push(seq);
+            }
+            let completes = taken.iter().map(|&seq| core.c2d_complete(&device, seq));
+            for done in futures::future::join_all(completes).await {
+                done.expect("completed");
             }
         }
     });
