@@ -18,6 +18,14 @@ struct Proc {
     http: u16,
 }
 
+impl Drop for Proc {
+    /// A failed assertion must not leave the hub process running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
