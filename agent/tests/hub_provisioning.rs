@@ -132,3 +132,60 @@ async fn get_device_state_provisions_lazily_on_first_read() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_device_connects_with_its_certificate_and_0600_key() {
+    use sha2::Digest;
+    let hub = TestHub::start().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["x509-1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let thumb: String = sha2::Sha256::digest(cert.der())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let record = json!({"deviceId": "x509-1", "authentication": {"type": "selfSigned",
+        "x509Thumbprint": {"primaryThumbprint": thumb}}});
+    let (status, body) = hub.call(Method::PUT, "/devices/x509-1", Some(record)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("device.pem");
+    let key_file = dir.path().join("device.key.pem");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        r#"device_id = "x509-1"
+state_dir = "{state}"
+trusted_keys = ["{signer}"]
+[hub]
+host = "{host}"
+address = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+[auth]
+kind = "x509"
+cert_file = "{cert}"
+key_file = "{key}"
+[api]
+bind = "127.0.0.1:0"
+"#,
+        state = dir.path().join("state").display(),
+        signer = hub.signer_pem(dir.path()).display(),
+        host = hub.hub.hostname(),
+        port = hub.hub.mqtt_addr().port(),
+        ca = hub.hub.ca_cert_path().unwrap().display(),
+        cert = cert_file.display(),
+        key = key_file.display(),
+    );
+    let _agent = cloudpillar_agent::daemon::start(parse_config(&text))
+        .await
+        .unwrap();
+    hub.wait_reported("x509-1", "connected with X.509", |r| {
+        r["health"] == "connected" && r["deviceState"] == "READY"
+    })
+    .await;
+}
