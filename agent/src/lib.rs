@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod durable;
 pub mod engine;
 pub mod link;
+pub mod mode;
 pub mod reported;
 pub mod state;
 pub mod transfer;

@@ -447,3 +447,28 @@ async fn f07_startup_resume_and_a_twin_delivery_start_an_unfinished_recipe_once(
     assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
     assert_eq!(std::fs::read_to_string(&counter).expect("count"), "run\n");
 }
+
+#[tokio::test]
+async fn upgraded_strict_and_comm_modes_restrict_recipes_beyond_local_config() {
+    use cloudpillar_protocol::messages::ProvisioningMode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let counter = dir.path().join("count");
+    let state_dir = dir.path().to_path_buf();
+    crate::mode::save(&state_dir, ProvisioningMode::Strict).expect("mode");
+    rig.engine
+        .submit(local(counting_recipe("m-strict", &counter)))
+        .await;
+    wait_final(&rig.engine).await;
+    let step = &rig.reported.wanted()["changeSpec"]["patch"]["preInstallConfig"][0];
+    assert_eq!(step["ResultCode"], "strict_mode");
+
+    crate::mode::save(&state_dir, ProvisioningMode::Comm).expect("mode");
+    rig.engine
+        .submit(local(counting_recipe("m-comm", &counter)))
+        .await;
+    wait_final(&rig.engine).await;
+    let step = &rig.reported.wanted()["changeSpec"]["patch"]["preInstallConfig"][0];
+    assert_eq!(step["ResultCode"], "communication_only");
+    assert!(!counter.exists());
+}

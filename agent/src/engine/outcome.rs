@@ -20,6 +20,8 @@ pub mod codes {
     pub const KILLED: &str = "killed";
     /// Strict mode forbids shell actions.
     pub const STRICT_MODE: &str = "strict_mode";
+    /// The device is in communication-only mode.
+    pub const COMMUNICATION_ONLY: &str = "communication_only";
     /// A zone refused the file.
     pub const ZONE_DENIED: &str = "zone_denied";
     /// A path escapes the work dir or its zone, or cannot be used here.

@@ -105,6 +105,10 @@ async fn execute(
     action: &Action,
     cancel: &CancellationToken,
 ) -> StepOutcome {
+    if crate::mode::communication_only(&shared.config) {
+        let text = "the device is in communication-only mode; no recipe step runs";
+        return StepOutcome::failed(codes::COMMUNICATION_ONLY, text);
+    }
     match action {
         Action::ExecuteOnce(step) => run_shell(shared, step, cancel).await,
         Action::SingularDownload(step) => download(shared, recipe_id, path, step, cancel).await,
@@ -114,7 +118,7 @@ async fn execute(
 }
 
 async fn run_shell(shared: &Shared, step: &ShellAction, cancel: &CancellationToken) -> StepOutcome {
-    if shared.config.strict_mode {
+    if crate::mode::strict(&shared.config) {
         return StepOutcome::failed(
             codes::STRICT_MODE,
             "shell actions are forbidden in strict mode",
@@ -191,7 +195,7 @@ async fn download(
         Ok(p) => p,
         Err(e) => return StepOutcome::failed(codes::BAD_PATH, e.to_string()),
     };
-    if shared.config.strict_mode
+    if crate::mode::strict(&shared.config)
         && let Err(denial) = shared.zones.check(ZoneAction::Download, &destination, 0)
     {
         return StepOutcome::failed(codes::ZONE_DENIED, denial.to_string());

@@ -73,6 +73,10 @@ pub async fn handle(link: &Link, upgrade: UpgradeProvisioning) {
         tracing::error!(%error, "failed to store the upgraded identity");
         return;
     }
+    if let Err(error) = crate::mode::save(&link.config.state_dir, upgrade.mode) {
+        tracing::error!(%error, "failed to store the upgraded mode");
+        return;
+    }
     link.set_identity(identity);
     let mut reported = offered;
     if let Some(map) = reported.as_object_mut() {

@@ -96,7 +96,7 @@ async fn upload_new_bytes(
     cancel: &CancellationToken,
 ) -> std::io::Result<()> {
     let size = std::fs::metadata(file)?.len();
-    if ctx.config.strict_mode
+    if crate::mode::strict(&ctx.config)
         && let Err(denial) = ctx.zones.check(ZoneAction::Upload, file, size)
     {
         tracing::warn!(file = %file.display(), reason = %denial, "upload denied");
