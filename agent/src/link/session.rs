@@ -186,7 +186,7 @@ async fn serve(
             }
             () = link.reported.changed(), if sync.can_report() => sync.send_reported().await,
             () = sleep_until_opt(sync.patch_deadline()) => sync.resend_reported().await,
-            () = queued(&link.outbox), if sync.is_synced() => {
+            () = queued(&link.outbox), if sync.is_synced() && !link.device.is_busy() => {
                 if let Some((seq, message)) = link.outbox.peek() {
                     sync.send_d2c(message).await;
                     link.outbox.remove(seq);
