@@ -146,6 +146,12 @@ async fn device_to_cloud_messages_queued_offline_survive_a_restart_and_are_deliv
         .device
         .apply(cloudpillar_agent::state::Command::SetBusy)
         .unwrap();
+    for _ in 0..100 {
+        if hub.twin("q-1").await["connectionState"] == "Disconnected" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let link = first.link.clone().unwrap();
     for n in 0..3u8 {
         let message = cloudpillar_agent::link::Outgoing {
