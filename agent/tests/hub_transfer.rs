@@ -112,7 +112,9 @@ async fn linux_recipe_downloads_a_signed_file_installs_and_uploads_a_log() {
 async fn f12_integrity_failure_on_every_attempt_fails_the_step_and_stops_the_recipe() {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = parse_config(&hub.agent_config("dl-2", dir.path(), "").await);
+    // No stall re-requests: every request counted below comes from a CRC mismatch.
+    let text = hub.agent_config("dl-2", dir.path(), "").await;
+    let config = common::parse_config_with(&text, &[("CP_AGENT_TRANSFER__STALL_SECS", "600")]);
     let work = config.work_dir();
     let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
     hub.wait_reported("dl-2", "connected", |r| r["health"] == "connected")

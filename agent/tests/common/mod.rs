@@ -204,3 +204,12 @@ pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
 pub mod streamer;
+
+/// Like [`parse_config`] with `CP_AGENT_*` overrides.
+pub fn parse_config_with(text: &str, vars: &[(&str, &str)]) -> cloudpillar_agent::config::Config {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &vars).unwrap()
+}
