@@ -13,6 +13,7 @@ CP_ETCD_PORT="${CP_ETCD_PORT:-2379}"
 CP_ETCD_PEER_PORT="${CP_ETCD_PEER_PORT:-2380}"
 
 KUBE_APISERVER_BIN="$CP_BIN/kube-apiserver-$KUBE_VERSION"
+KUBE_CONTROLLER_MANAGER_BIN="$CP_BIN/kube-controller-manager-$KUBE_VERSION"
 ETCD_BIN="$CP_BIN/etcd-$ETCD_VERSION"
 
 log() { printf '[k3s-dev] %s\n' "$*" >&2; }
