@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 
 pub use credentials::{DEVICE_ID, PRIMARY_KEY, SECONDARY_KEY, key_secret_name};
 pub use mirror::{Mirrored, mirror, recipe_status};
-pub use sync::{Owned, desired_value, plan};
+pub use sync::{Owned, desired_value, plan, within_limits};
 
 use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, finalizer, key_of};
@@ -123,6 +123,24 @@ async fn apply(
             hub.get_twin(&device_id).await.hub(&object)?
         }
     };
+
+    // A spec the hub would refuse (F06) is reported, not sent.
+    if let Err(problem) = sync::within_limits(&device.spec.tags, &device.spec.desired) {
+        let message = format!("not written to the twin: {problem}");
+        write_status(api, device, &previous, |status| {
+            status.observed_generation = generation;
+            let wanted = vec![condition(
+                DEVICE_SYNCED,
+                false,
+                "TwinLimitExceeded",
+                message,
+                generation,
+            )];
+            status.conditions = merge_conditions(&status.conditions, wanted);
+        })
+        .await?;
+        return Ok(ctx.resync());
+    }
 
     // Write what the spec wants, diffing against what was last written (F03).
     let empty = Default::default();

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use cloudpillar_protocol::keys::encode_key;
+use cloudpillar_protocol::limits::{LimitError, TwinLimits};
 use cloudpillar_protocol::twin::{diff, is_equivalent, merge_patch, without_meta};
 use serde_json::{Map, Value};
 
@@ -66,6 +67,17 @@ fn covers(current: &Value, wanted: &Value) -> bool {
     let mut merged = current.clone();
     merge_patch(&mut merged, wanted);
     is_equivalent(&merged, current)
+}
+
+/// Checks the tags and desired properties a spec wants against IoT Hub's twin limits (depth 10,
+/// 8 KiB tags, 32 KiB desired), so that a twin the hub would refuse is never sent (F06).
+pub fn within_limits(
+    tags: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, Value>,
+) -> Result<(), LimitError> {
+    let limits = TwinLimits::default();
+    limits.check_tags(&tags_value(tags))?;
+    limits.check_desired(&desired_value(desired))
 }
 
 fn tags_value(tags: &BTreeMap<String, String>) -> Value {
@@ -194,6 +206,18 @@ mod tests {
             applied_desired: &wanted,
         };
         assert!(plan(owned, &twin).is_empty());
+    }
+
+    #[test]
+    fn desired_properties_nested_too_deep_are_refused_before_sending() {
+        let mut deep = json!(1);
+        for _ in 0..11 {
+            deep = json!({ "level": deep });
+        }
+        let wanted = map(json!({ "deep": deep }));
+        assert!(within_limits(&BTreeMap::new(), &wanted).is_err());
+        let fine = map(json!({ "logLevel": "info" }));
+        assert!(within_limits(&BTreeMap::new(), &fine).is_ok());
     }
 
     #[test]
