@@ -286,7 +286,8 @@ async fn new_changespec_id_supersedes_the_running_recipe() {
         rig.engine.current().await.map(|c| c.0).as_deref(),
         Some("new")
     );
-    assert!(!dir.path().join("state/work/never").exists());
+    assert!(dir.path().join("work").is_dir());
+    assert!(!dir.path().join("work/never").exists());
     let journal = Journal::open(dir.path()).expect("journal");
     assert_eq!(journal.status_of("old"), Some(RecipeStatus::Cancelled));
 }
@@ -323,13 +324,13 @@ async fn f22_cancel_after_success_is_rejected() {
 #[tokio::test]
 async fn strict_mode_download_outside_every_zone_is_denied_with_the_exact_text() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let deny_root = dir.path().join("state/work/secret");
+    let deny_root = dir.path().join("work/secret");
     let extra = format!(
         "strict_mode = true\n[zones.SecretDeny]\naction = \"download\"\nkind = \"deny\"\n\
          root = {:?}\n\
          [zones.PackagesAllow]\naction = \"download\"\nroot = {:?}\npatterns = [\"*.zip\"]\n",
         deny_root.display().to_string(),
-        dir.path().join("state/work").display().to_string()
+        dir.path().join("work").display().to_string()
     );
     let rig = rig(dir.path(), &extra, TrustStore::new());
     let step =
@@ -345,6 +346,11 @@ async fn strict_mode_download_outside_every_zone_is_denied_with_the_exact_text()
         "Denied by the lack of local allowance"
     );
 
+    // Allowed by PackagesAllow: the zone check passes and the step goes on to the link.
+    rig.engine.submit(local(spec("z-ok", "./fw.zip"))).await;
+    wait_final(&rig.engine).await;
+    let result = &rig.reported.wanted()["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(result["ResultText"], "no hub link to download over");
     rig.engine
         .submit(local(spec("z2", "${SecretDeny}/x.zip")))
         .await;
