@@ -52,6 +52,9 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action>
     apply(&device, &namespace, &api, &ctx).await
 }
 
+/// How often a Device provisioning through DPS is checked until its identity appears.
+const AWAIT_PROVISIONING: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Registers, syncs the twin and mirrors it into status.
 async fn apply(
     device: &Device,
@@ -103,6 +106,26 @@ async fn apply(
     };
     let twin = match twin {
         Some(twin) => twin,
+        None if device.spec.authentication.provisioning.is_some() => {
+            // The device provisions itself through DPS, which owns its credentials: adopt
+            // the identity once DPS has created it, and never replace its keys.
+            if hub.get_device(&device_id).await.hub(&object)?.is_none() {
+                let message = format!("waiting for {device_id} to provision through DPS");
+                let conditions = vec![condition(
+                    DEVICE_REGISTERED,
+                    false,
+                    "AwaitingProvisioning",
+                    message,
+                    generation,
+                )];
+                write_status(api, device, &previous, |s| {
+                    s.conditions = merge_conditions(&s.conditions, conditions)
+                })
+                .await?;
+                return Ok(Action::requeue(AWAIT_PROVISIONING));
+            }
+            hub.get_twin(&device_id).await.hub(&object)?
+        }
         None => {
             let auth = credentials::identity_auth(&ctx.client, device).await?;
             let identity = DeviceIdentity {
