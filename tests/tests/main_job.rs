@@ -1,0 +1,123 @@
+//! The main job end to end, exactly as the README's first command runs it: a real API
+//! server, `cloudpillar run`, three agents provisioned through DPS, the examples applied,
+//! and a two-wave rollout that must succeed because real agents did the work.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+const DEVICES: [&str; 3] = ["mri-01", "ct-02", "us-03"];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/debug`, where `cargo test --workspace` has built both binaries.
+fn binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .ancestors()
+        .nth(2)
+        .expect("target profile directory")
+        .to_path_buf();
+    for name in ["cloudpillar", "cloudpillar-agent"] {
+        assert!(
+            dir.join(name).exists(),
+            "{name} is not built in {}: run the tests with `cargo test --workspace`",
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[test]
+fn rollout_patches_three_real_agents_and_status_tells_the_story() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG must name the test cluster"
+    );
+    let work = tempfile::tempdir().expect("work directory");
+    let namespace = format!("e2e-{}", std::process::id());
+
+    let output = Command::new(workspace_root().join("k3s-dev/demo"))
+        .env("CP_DEMO_DIR", work.path())
+        .env("CP_DEMO_NAMESPACE", &namespace)
+        .env("CP_DEMO_TIMEOUT", "300")
+        .env("CP_BIN_DIR", binaries())
+        .output()
+        .expect("running k3s-dev/demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+
+    // The summary reports every device as succeeded and the rollout as done.
+    assert!(
+        stdout.contains("rollout: phase=Succeeded wave=2 succeeded=3 failed=0"),
+        "{stdout}"
+    );
+    for device in DEVICES {
+        assert!(
+            stdout.contains(&format!(
+                "{device}: state=READY recipe=linux-security-2.4.0 status=Success"
+            )),
+            "{device} not reported as succeeded:\n{stdout}"
+        );
+    }
+    // The field fixtures: the Windows recipe was taken, the placeholder-signed one refused.
+    assert!(
+        stderr.contains("windows-update-recipe.json: {\"id\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("security-update-desired.json: {\"error\":\"bad_signature"),
+        "{stderr}"
+    );
+
+    // Every agent holds a byte-identical copy of the archive and ran its installer.
+    let source = sha256(&work.path().join("build/linux-patch-2.4.0.tar.gz"));
+    for device in DEVICES {
+        let workdir = work.path().join("agents").join(device).join("state/work");
+        assert_eq!(
+            sha256(&workdir.join("linux-patch-2.4.0.tar.gz")),
+            source,
+            "{device}"
+        );
+        let version = std::fs::read_to_string(workdir.join("installed/VERSION")).expect("VERSION");
+        assert_eq!(version.trim(), "2.4.0", "{device}");
+
+        // Its installation log reached the upload container, byte for byte.
+        let uploads = work.path().join("server/blobs/uploads").join(device);
+        let uploaded: Vec<PathBuf> = walk(&uploads)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with("install.log"))
+            .collect();
+        assert_eq!(uploaded.len(), 1, "{device}: uploads {uploaded:?}");
+        assert_eq!(
+            sha256(&uploaded[0]),
+            sha256(&workdir.join("install.log")),
+            "{device}"
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
