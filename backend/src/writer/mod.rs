@@ -88,8 +88,13 @@ impl Writer {
             .await
             .unwrap_or_default();
         tracing::info!(partition = %self.partition, from = checkpoint.next, "writer started");
+
+        // The next page is read while the current one is written; the checkpoint moves past a
+        // page only once its records are stored.
+        let mut page = self.read(checkpoint.next).await;
         loop {
-            let next = self.step(checkpoint.next).await;
+            let next = page.next_sequence_number.max(checkpoint.next);
+            let ((), following) = tokio::join!(self.store(&page), self.read(next));
             if next != checkpoint.next {
                 checkpoint.next = next;
                 (|| self.checkpoints.save(&checkpoint))
@@ -98,37 +103,41 @@ impl Writer {
                     .await
                     .ok();
             }
+            page = following;
         }
     }
 
-    /// Reads one page from `from`, stores its records, and returns where the next read starts.
-    pub async fn step(&self, from: u64) -> u64 {
+    /// One page of events from `from`, retried through hub outages.
+    async fn read(&self, from: u64) -> EventPage {
         let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
         let read = || {
             self.hub
                 .read_events(from, self.options.batch, self.options.wait)
         };
-        let Ok(page) = read
-            .retry(retry)
+        read.retry(retry)
             .notify(|error, delay| tracing::warn!(%error, ?delay, from, "event read failed"))
             .await
-        else {
-            return from;
-        };
-        let batches = self.records(&page);
+            .unwrap_or(EventPage {
+                events: Vec::new(),
+                next_sequence_number: from,
+            })
+    }
+
+    /// Stores the records of one page, retrying through database outages until they are in
+    /// (the retry policy has no attempt limit, so this returns only once they are stored).
+    async fn store(&self, page: &EventPage) {
+        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        let batches = self.records(page);
         let write = || self.write(&batches);
-        if write
+        write
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, from, "history write failed"))
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "history write failed"))
             .await
-            .is_err()
-        {
-            return from;
+            .ok();
+        if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
+            let (from, to) = (first.sequence_number, last.sequence_number);
+            tracing::debug!(from, to, "history written");
         }
-        if !page.events.is_empty() {
-            tracing::debug!(from, next = page.next_sequence_number, "history written");
-        }
-        page.next_sequence_number.max(from)
     }
 
     /// Records of this partition's events, per collection, in stream order.
