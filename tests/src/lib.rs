@@ -594,3 +594,20 @@ pub mod recording {
         }
     }
 }
+
+/// Deletes a test namespace while the operator still runs, so that it can remove its
+/// finalizers, and waits (at most `timeout`) until the namespace is gone.
+pub async fn delete_namespace_and_wait(
+    client: &kube::Client,
+    name: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    delete_namespace(client, name).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while api.get_opt(name).await?.is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(())
+}

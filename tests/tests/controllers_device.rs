@@ -184,8 +184,8 @@ async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result
         "key Secret left behind"
     );
 
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
     operator.stop().await?;
-    cloudpillar_tests::delete_namespace(&client, &ns).await?;
     Ok(())
 }
 
@@ -206,9 +206,16 @@ async fn deleting_a_device_whose_hub_identity_is_already_gone_completes() -> any
     })
     .await?;
 
-    // F21: someone removed the identity in the hub by hand.
+    // F21: while the operator is down, someone removes the identity in the hub by hand and
+    // the Device is deleted; the operator's first reconcile meets a 404 and finishes.
+    operator.stop().await?;
     hub.handle.core().delete_device("dev-2", None).await?;
     devices.delete("dev-2", &DeleteParams::default()).await?;
+    assert!(
+        status_of(&devices, "dev-2").await?.is_some(),
+        "the finalizer holds the Device"
+    );
+    let operator = Operator::start(&client, test_config(&ns));
     eventually("dev-2 gone", WAIT, || async {
         Ok(status_of(&devices, "dev-2").await?.is_none().then_some(()))
     })
@@ -221,8 +228,8 @@ async fn deleting_a_device_whose_hub_identity_is_already_gone_completes() -> any
         .unwrap_or_default();
     assert!(note.contains("already gone"), "{note}");
 
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
     operator.stop().await?;
-    cloudpillar_tests::delete_namespace(&client, &ns).await?;
     Ok(())
 }
 

@@ -112,7 +112,21 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() -> anyh
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
 
+    // The new leader handles the Device's deletion; then it stops and the namespace goes.
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    devices
+        .delete("dev-lead-7f3a", &kube::api::DeleteParams::default())
+        .await?;
+    eventually("device removed by the new leader", WAIT, || async {
+        Ok(devices
+            .get_opt("dev-lead-7f3a")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    assert!(hub.twin("dev-lead-7f3a").is_none());
     replica_b.stop().await?;
-    cloudpillar_tests::delete_namespace(&client, &ns).await?;
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
     Ok(())
 }

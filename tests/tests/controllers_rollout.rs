@@ -87,10 +87,12 @@ impl Site {
     }
 
     async fn finish(mut self) -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(20);
+        cloudpillar_tests::delete_namespace_and_wait(&self.client, &self.ns, timeout).await?;
         if let Some(operator) = self.operator.take() {
             operator.stop().await?;
         }
-        cloudpillar_tests::delete_namespace(&self.client, &self.ns).await
+        Ok(())
     }
 
     async fn recipe(&self, name: &str, change_spec: Value) -> anyhow::Result<()> {

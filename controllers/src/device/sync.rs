@@ -45,7 +45,8 @@ pub fn plan(owned: Owned<'_>, twin: &Twin) -> TwinPatch {
     }
 }
 
-/// Difference against the last write, plus owned keys that drifted in the twin.
+/// Difference against the last write, plus owned keys that drifted in the twin, minus what
+/// the twin already shows (a write from a reconcile whose cache lagged, for example).
 fn section_patch(last: &Value, wanted: &Value, current: &Value) -> Option<Value> {
     let mut patch = match diff(last, wanted) {
         Some(Value::Object(members)) => members,
@@ -59,6 +60,12 @@ fn section_patch(last: &Value, wanted: &Value, current: &Value) -> Option<Value>
             }
         }
     }
+    patch.retain(|key, change| match (current.get(key), change.is_null()) {
+        (Some(_), true) => true,
+        (None, true) => false,
+        (Some(now), false) => !covers(now, change),
+        (None, false) => true,
+    });
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
@@ -218,6 +225,24 @@ mod tests {
         assert!(within_limits(&BTreeMap::new(), &wanted).is_err());
         let fine = map(json!({ "logLevel": "info" }));
         assert!(within_limits(&BTreeMap::new(), &fine).is_ok());
+    }
+
+    #[test]
+    fn what_the_twin_already_shows_is_not_sent_again() {
+        let wanted = map(json!({"logLevel": "info", "gone": null}));
+        let twin = twin_with_desired(json!({"logLevel": "info"}));
+        let none = BTreeMap::new();
+        let stale = map(json!({"gone": 1}));
+        let owned = Owned {
+            tags: &none,
+            desired: &wanted,
+            applied_tags: &none,
+            applied_desired: &stale,
+        };
+        assert!(
+            plan(owned, &twin).is_empty(),
+            "a lagging cache must not cause a rewrite"
+        );
     }
 
     #[test]
