@@ -91,6 +91,12 @@ async fn dps_group_enrollment_registers_and_device_connects_with_derived_key() {
         hub.hub.hostname()
     );
 
+    // Until it connects, the registry shows the new device as disconnected.
+    let (_, _, device) = hub
+        .call(Method::GET, &format!("/devices/{reg}"), None, &[])
+        .await;
+    assert_eq!(device["connectionState"], "Disconnected");
+
     // The assigned device connects to the hub with the derived key and has its initial twin.
     hub.connect(reg, &device_key, true).await;
     let (_, _, twin) = hub

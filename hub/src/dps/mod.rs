@@ -120,7 +120,7 @@ impl Core {
                 },
                 x509_thumbprint: X509Thumbprint::default(),
             },
-            connection_state: String::new(),
+            connection_state: "Disconnected".into(),
             status_updated_time: String::new(),
             last_activity_time: String::new(),
             cloud_to_device_message_count: 0,
