@@ -194,10 +194,11 @@ pub fn error_policy<K: Resource>(
     let key = key_of(object);
     let category = error.category();
     ctx.metrics.failed(controller, category);
+    let chain = ErrorChain(error);
     if error.needs_attention() {
-        tracing::warn!(controller, object = %key, category, error = %ErrorChain(error), "reconcile failed");
+        tracing::warn!(controller, object = %key, category, error = %chain, "reconcile failed");
     } else {
-        tracing::info!(controller, object = %key, category, error = %ErrorChain(error), "reconcile failed; retrying");
+        tracing::info!(controller, object = %key, category, error = %chain, "reconcile retried");
     }
     Action::requeue(ctx.backoff(&format!("{controller}/{key}")))
 }

@@ -101,8 +101,9 @@ pub async fn run_until(
     health.set(Phase::Standby);
     let leadership = match &config.leader_election {
         Some(election) => {
+            let acquire = leader::acquire(client.clone(), election.clone());
             let acquired = tokio::select! {
-                acquired = leader::acquire(client.clone(), election.clone()) => acquired.map_err(RunError::Election)?,
+                acquired = acquire => acquired.map_err(RunError::Election)?,
                 () = shutdown.cancelled() => return Ok(()),
             };
             metrics.leader.set(1);
@@ -117,8 +118,15 @@ pub async fn run_until(
         .map(|l| l.lost.clone())
         .unwrap_or_default();
     let stop = CancellationToken::new();
+    let running = controllers(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        health,
+        stop.clone(),
+    );
     let result = tokio::select! {
-        () = controllers(client.clone(), config.clone(), metrics.clone(), health, stop.clone()) => Ok(()),
+        () = running => Ok(()),
         () = shutdown.cancelled() => Ok(()),
         () = lost.cancelled() => Err(RunError::LeadershipLost),
     };
