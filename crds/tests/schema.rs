@@ -1,5 +1,7 @@
 //! The generated CRDs: names, subresources, printer columns, rules and field documentation.
 
+use std::collections::BTreeSet;
+
 use cloudpillar_crds::all;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
@@ -239,11 +241,12 @@ fn recipe_steps_describe_every_field_of_the_protocol_action() {
     let recipe = schema("Recipe");
     let change_spec = &recipe["properties"]["spec"]["properties"]["changeSpec"];
     let step = &change_spec["properties"]["patch"]["additionalProperties"]["items"]["properties"];
-    let crd_fields: Vec<&String> = step.as_object().expect("step properties").keys().collect();
+    // Compared as sets: the CRD keeps properties sorted, the protocol schema in field order.
+    let crd_fields: BTreeSet<&String> = step.as_object().expect("step properties").keys().collect();
 
     let protocol = schemars::schema_for!(cloudpillar_protocol::recipe::Action);
     let protocol = serde_json::to_value(protocol).expect("schema serializes");
-    let protocol_fields: Vec<&String> = protocol["properties"]
+    let protocol_fields: BTreeSet<&String> = protocol["properties"]
         .as_object()
         .expect("action properties")
         .keys()

@@ -13,7 +13,7 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `target/debug`, where `cargo test --workspace` has built both binaries.
+/// `target/debug`, where `k3s-dev/test` has built both binaries before the tests.
 fn binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -24,7 +24,7 @@ fn binaries() -> PathBuf {
     for name in ["cloudpillar", "cloudpillar-agent"] {
         assert!(
             dir.join(name).exists(),
-            "{name} is not built in {}: run the tests with `cargo test --workspace`",
+            "{name} is not built in {}: run the tests with `k3s-dev/test` (or `cargo build --workspace --bins` first)",
             dir.display()
         );
     }
