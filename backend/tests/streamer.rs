@@ -356,3 +356,41 @@ async fn device_reads_back_its_own_upload_but_not_another_devices() {
     own_task.abort();
     other_task.abort();
 }
+
+#[tokio::test]
+async fn a_download_rate_limit_spreads_the_file_over_the_expected_time() {
+    let rig = HubRig::start().await;
+    rig.add_device("dev-slow").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = fs_stores(&dir).await;
+    // Two CRC ranges at 1 MiB/s: the second range may not start before one range's time.
+    let data: Vec<u8> = (0..2 * 16 * CHUNK).map(|i| (i % 241) as u8).collect();
+    stores
+        .patches
+        .put("slow.bin", Bytes::copy_from_slice(&data))
+        .await
+        .expect("patch stored");
+    let rate = 1024 * 1024;
+    let opts = StreamerOptions {
+        rate_limit: Some(rate),
+        ..options()
+    };
+    let streamer = Streamer::new(rig.link(), stores, None, Partition::all(), opts);
+    let running = tokio::spawn(streamer.run());
+    let (received, _device) = consume(rig.core(), "dev-slow", 3);
+
+    let started = std::time::Instant::now();
+    rig.send_d2c("dev-slow", &range_request("slow.bin", 0))
+        .await;
+    wait_until(Duration::from_secs(60), "download", || {
+        received.lock().expect("lock").complete()
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(received.lock().expect("lock").file, data, "byte-exact");
+    // The limiter waits after each range until its bytes are due: the whole file is due at
+    // size / rate, so the download cannot finish sooner.
+    let due = Duration::from_secs_f64(data.len() as f64 / rate as f64);
+    assert!(elapsed >= due, "finished in {elapsed:?}, before {due:?}");
+    running.abort();
+}

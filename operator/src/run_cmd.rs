@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// `<data-dir>/enrollments/<name>.key`.
     #[arg(long = "enrollment-group")]
     pub enrollment_groups: Vec<String>,
+    /// Most bytes per second the streamer sends to one device (0: no limit).
+    #[arg(long, env = "CP_DOWNLOAD_BYTES_PER_SEC", default_value_t = 0)]
+    pub download_bytes_per_sec: u64,
     #[command(flatten)]
     pub mongo: MongoArgs,
 }
@@ -95,6 +98,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let consumer = ConsumerArgs {
         retry_ceiling_secs: 30,
+        download_bytes_per_sec: args.download_bytes_per_sec,
     };
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -181,6 +181,10 @@ pub struct ConsumerArgs {
     /// Longest retry delay after a failure, in seconds.
     #[arg(long, env = "CP_RETRY_CEILING_SECS", default_value_t = 30)]
     pub retry_ceiling_secs: u64,
+    /// Streamer only: most bytes per second sent to one device (0: no limit). Keeps patch
+    /// downloads from filling a site's uplink.
+    #[arg(long, env = "CP_DOWNLOAD_BYTES_PER_SEC", default_value_t = 0)]
+    pub download_bytes_per_sec: u64,
 }
 
 impl ConsumerArgs {

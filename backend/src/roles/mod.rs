@@ -127,6 +127,8 @@ pub async fn run_streamer(
 ) -> Result<(), RoleError> {
     let options = StreamerOptions {
         retry_ceiling: consumer.retry_ceiling(),
+        rate_limit: (consumer.download_bytes_per_sec > 0)
+            .then_some(consumer.download_bytes_per_sec),
         ..StreamerOptions::default()
     };
     let streamer = Streamer::new(

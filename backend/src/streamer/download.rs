@@ -84,6 +84,7 @@ impl Download {
         let end = self.to.map_or(size, |to| to.min(size));
         let chunk = self.options.chunk_size.clamp(1, MAX_RAW_CHUNK);
         let mut window = Window::new(self);
+        let pace = Pace::new(self.options.rate_limit);
         let mut position = self.from;
         while position < end {
             // Read one CRC range, send its chunks, then its CRC.
@@ -104,6 +105,7 @@ impl Download {
                 chunks.push(outgoing(&message, format!("cp-{}-{offset}", self.seq))?);
             }
             window.send_all(&chunks).await?;
+            pace.wait(range_end - self.from).await;
             let verify = C2dMessage::VerifyRangeCrc(VerifyRangeCrc {
                 file_id: self.file_id.clone(),
                 range_start: position,
@@ -154,6 +156,29 @@ impl Download {
                     delay = (delay * 2).min(self.options.retry_ceiling);
                 }
             }
+        }
+    }
+}
+
+/// Holds a download to its byte rate: after each CRC range, waits until the bytes sent so far
+/// are within the limit since the download started.
+struct Pace {
+    started: Instant,
+    bytes_per_sec: Option<u64>,
+}
+
+impl Pace {
+    fn new(bytes_per_sec: Option<u64>) -> Self {
+        Self {
+            started: Instant::now(),
+            bytes_per_sec: bytes_per_sec.filter(|rate| *rate > 0),
+        }
+    }
+
+    async fn wait(&self, sent: u64) {
+        if let Some(rate) = self.bytes_per_sec {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            tokio::time::sleep_until(self.started + due).await;
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct StreamerOptions {
     pub retry_first: Duration,
     /// Longest retry delay.
     pub retry_ceiling: Duration,
+    /// Most bytes per second one download sends, when limited.
+    pub rate_limit: Option<u64>,
 }
 
 impl Default for StreamerOptions {
@@ -82,6 +84,7 @@ impl Default for StreamerOptions {
             checkpoint_every: Duration::from_millis(500),
             retry_first: Duration::from_millis(100),
             retry_ceiling: Duration::from_secs(30),
+            rate_limit: None,
         }
     }
 }
