@@ -54,6 +54,7 @@ pub async fn cancel(
             reachable: status
                 .and_then(|s| s.connection.as_ref())
                 .is_some_and(|c| c.state == cloudpillar_crds::ConnectionState::Connected),
+            busy: status.and_then(|s| s.device_state.as_deref()) == Some("BUSY"),
         };
         let (phase, reason) = waves::observe(&record, &observed, None, now);
         let received = record.assigned_time.is_some();

@@ -204,6 +204,7 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
     let reachable = status
         .and_then(|s| s.connection.as_ref())
         .is_some_and(|c| c.state == cloudpillar_crds::ConnectionState::Connected);
+    let busy = status.and_then(|s| s.device_state.as_deref()) == Some("BUSY");
     Candidate {
         name: device.meta().name.as_deref().unwrap_or_default(),
         selected: device.meta().deletion_timestamp.is_none()
@@ -211,10 +212,11 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
                 .is_ok_and(|s| s.matches(device.labels())),
         mine,
         held_elsewhere,
-        busy: status.and_then(|s| s.device_state.as_deref()) == Some("BUSY"),
+        busy,
         observed: Observed {
             report: status.and_then(|s| s.recipe.as_ref()),
             reachable,
+            busy,
         },
     }
 }

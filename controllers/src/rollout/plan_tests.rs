@@ -56,6 +56,7 @@ impl Fleet {
                 observed: Observed {
                     report: self.reports.get(name),
                     reachable: true,
+                    busy: self.busy.contains(name),
                 },
             })
             .collect();
@@ -178,6 +179,29 @@ fn busy_devices_are_deferred_not_failed_and_start_when_ready() {
     let plan = fleet.step();
     assert_eq!(plan.starts, vec!["dev-01".to_owned()]);
     assert_eq!(fleet.status.counts.deferred, 0);
+}
+
+#[test]
+fn a_device_busy_mid_run_is_deferred_then_finishes_without_a_second_start() {
+    let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
+    fleet.step();
+    fleet.report("dev-01", "InProgress");
+    fleet.report("dev-00", "InProgress");
+    fleet.step();
+    fleet.busy = vec!["dev-01".into()];
+    fleet.step();
+    assert_eq!(fleet.in_phase(Phase::Deferred), vec!["dev-01"]);
+    assert_eq!(fleet.status.counts.deferred, 1);
+    assert_eq!(fleet.status.counts.failed, 0);
+
+    fleet.busy.clear();
+    let plan = fleet.step();
+    assert!(plan.starts.is_empty(), "the recipe is not sent again");
+    assert_eq!(fleet.in_phase(Phase::InProgress), vec!["dev-00", "dev-01"]);
+    fleet.report("dev-01", "Success");
+    fleet.report("dev-00", "Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
 }
 
 #[test]

@@ -55,15 +55,18 @@ pub struct Observed<'a> {
     pub report: Option<&'a DeviceRecipeStatus>,
     /// Whether the device is connected and not stale.
     pub reachable: bool,
+    /// Whether the device reports BUSY (clinical work; it paused its transfers).
+    pub busy: bool,
 }
 
 /// The phase a claimed device is in now, with a reason when there is one.
 ///
-/// Finished and deferred devices keep their phase (deferral is lifted by the start logic).
-/// A device is Assigned until it reports the recipe, InProgress while it runs it, then
-/// Succeeded, Failed or Cancelled as it reports; one that is disconnected or stale meanwhile
-/// is Unreachable, which is not failure; one that takes longer than `timeout` from receiving
-/// the recipe has Failed with reason Timeout.
+/// Finished devices keep their phase, and so do devices deferred before they received the
+/// recipe (that deferral is lifted by the start logic). A device is Assigned until it reports
+/// the recipe, InProgress while it runs it, then Succeeded, Failed or Cancelled as it reports.
+/// One that turns BUSY meanwhile is Deferred (reason Busy) until it is back, and is not timed
+/// out while busy; one that is disconnected or stale is Unreachable, which is not failure; one
+/// that takes longer than `timeout` from receiving the recipe has Failed with reason Timeout.
 pub fn observe(
     assignment: &DeviceAssignment,
     device: &Observed<'_>,
@@ -72,7 +75,8 @@ pub fn observe(
 ) -> (DeviceRolloutPhase, Option<String>) {
     use DeviceRolloutPhase as Phase;
     let current = assignment.phase;
-    if current.is_finished() || current == Phase::Deferred || current == Phase::Pending {
+    let deferred_before_start = current == Phase::Deferred && assignment.assigned_time.is_none();
+    if current.is_finished() || deferred_before_start || current == Phase::Pending {
         return (current, assignment.reason.clone());
     }
     let Some(assigned) = assignment.assigned_time.as_ref() else {
@@ -101,6 +105,9 @@ pub fn observe(
         Some("Refused") => return (Phase::Failed, Some("Refused".into())),
         Some("Cancelled") => return (Phase::Cancelled, None),
         _ => {}
+    }
+    if device.busy {
+        return (Phase::Deferred, Some("Busy".into()));
     }
     if let Some(limit) = timeout
         && now.duration_since(assigned.0).unsigned_abs() > limit
@@ -225,6 +232,7 @@ mod tests {
                 &Observed {
                     report: r,
                     reachable,
+                    busy: false,
                 },
                 None,
                 at(200),
@@ -257,6 +265,7 @@ mod tests {
             &Observed {
                 report: Some(&report("r1", "Failure")),
                 reachable: true,
+                busy: false,
             },
             None,
             at(200),
@@ -275,6 +284,7 @@ mod tests {
         let device = Observed {
             report: Some(&running),
             reachable: false,
+            busy: false,
         };
         let limit = Some(Duration::from_secs(60));
         assert_eq!(
@@ -301,10 +311,54 @@ mod tests {
         let device = Observed {
             report: Some(&running),
             reachable: true,
+            busy: false,
         };
         assert_eq!(
             observe(&claimed, &device, None, at(1)).0,
             DeviceRolloutPhase::Assigned
+        );
+    }
+
+    #[test]
+    fn a_running_device_that_turns_busy_is_deferred_until_it_is_back() {
+        let running = report("r1", "InProgress");
+        let busy = Observed {
+            report: Some(&running),
+            reachable: false,
+            busy: true,
+        };
+        let limit = Some(Duration::from_secs(60));
+        let claimed = assignment(DeviceRolloutPhase::InProgress, Some(100));
+        let (phase, reason) = observe(&claimed, &busy, limit, at(500));
+        assert_eq!(
+            (phase, reason.as_deref()),
+            (DeviceRolloutPhase::Deferred, Some("Busy")),
+            "busy is neither failed, timed out nor unreachable"
+        );
+
+        let mut deferred = assignment(DeviceRolloutPhase::Deferred, Some(100));
+        deferred.reason = Some("Busy".into());
+        assert_eq!(
+            observe(&deferred, &busy, None, at(500)).0,
+            DeviceRolloutPhase::Deferred
+        );
+        let back = Observed {
+            busy: false,
+            reachable: true,
+            ..busy
+        };
+        assert_eq!(
+            observe(&deferred, &back, None, at(500)).0,
+            DeviceRolloutPhase::InProgress
+        );
+        let finished = report("r1", "Success");
+        let done = Observed {
+            report: Some(&finished),
+            ..back
+        };
+        assert_eq!(
+            observe(&deferred, &done, None, at(500)).0,
+            DeviceRolloutPhase::Succeeded
         );
     }
 }
