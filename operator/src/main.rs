@@ -1,7 +1,9 @@
 //! `cloudpillar`: the operator, edge hub and backend services in one binary.
 
 mod artifact_cmd;
+mod health;
 mod hub_cmd;
+mod keyholder_signer;
 mod roles_cmd;
 mod run_cmd;
 
@@ -37,7 +39,7 @@ enum Command {
     #[command(subcommand)]
     Artifact(ArtifactCommand),
     /// Run the IoT-Hub-compatible edge hub (MQTT device endpoint and service REST API).
-    Hub(cloudpillar_hub::standalone::HubArgs),
+    Hub(Box<hub_cmd::HubCmdArgs>),
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
     Crds {
         /// Directory to write `<name>.yaml` files into (for example `charts/cloudpillar/crds`).

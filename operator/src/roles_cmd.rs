@@ -1,15 +1,34 @@
 //! One role per process, as the Helm chart runs them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cloudpillar_backend::blob::BlobStores;
+use cloudpillar_backend::hub_link::HubLink;
 use cloudpillar_backend::roles::{
     BlobArgs, ConsumerArgs, HubArgs, KeyholderArgs as KeyArgs, MongoArgs, PartitionArgs,
 };
+use cloudpillar_backend::writer::history::History;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::keyholder::KeyholderMetrics;
+use crate::health::link::{CountedLink, LinkMetrics};
+use crate::health::{RoleHealth, serve_if_configured};
+use crate::keyholder_signer::KeyholderSigner;
+
+/// Blob the readiness checks look for: its absence is the normal answer, an error is not.
+const PROBE_BLOB: &str = ".cloudpillar-readiness-probe";
 
 /// Options of `cloudpillar operator`.
 #[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("signer")
+        .required(true)
+        .args(["signing_secret", "keyholder_url"])
+))]
 pub struct OperatorArgs {
     /// Namespace to watch; every namespace when unset.
     #[arg(long, env = "CP_NAMESPACE")]
@@ -17,9 +36,22 @@ pub struct OperatorArgs {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "CP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics: SocketAddr,
-    /// Secret `namespace/name` with the recipe signing key in `signing.pem`.
+    /// Secret `namespace/name` with the recipe signing key in `signing.pem`, read by the
+    /// operator itself. Give exactly one of this and `--keyholder-url`.
     #[arg(long, env = "CP_SIGNING_SECRET")]
     pub signing_secret: Option<String>,
+    /// Base URL of the key holder's API (`http://keyholder:8090`): recipes are signed there
+    /// and the key never enters the operator. Give exactly one of this and `--signing-secret`.
+    #[arg(long, env = "CP_KEYHOLDER_URL")]
+    pub keyholder_url: Option<String>,
+    /// File holding the bearer token the key holder's signing routes require; re-read for
+    /// every request.
+    #[arg(
+        long,
+        env = "CP_KEYHOLDER_TOKEN_FILE",
+        conflicts_with = "signing_secret"
+    )]
+    pub keyholder_token_file: Option<PathBuf>,
     /// Namespace of the leader-election Lease; leader election is off when unset
     /// (run a single replica then).
     #[arg(long, env = "CP_LEADER_ELECTION_NAMESPACE")]
@@ -43,37 +75,47 @@ pub async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("cloudpillar-{}", std::process::id()));
-    let signing_key = match &args.signing_secret {
-        Some(text) => {
+    let mut config = cloudpillar_controllers::Config {
+        namespace: args.namespace.clone(),
+        metrics_addr: args.metrics,
+        instance: Some(identity.clone()),
+        ..Default::default()
+    };
+    match (&args.signing_secret, &args.keyholder_url) {
+        (Some(text), None) => {
             let (namespace, name) = text
                 .split_once('/')
                 .context("--signing-secret must be namespace/name")?;
-            Some(cloudpillar_controllers::SecretLocation {
+            config.signing_key = Some(cloudpillar_controllers::SecretLocation {
                 namespace: namespace.into(),
                 name: name.into(),
                 key: cloudpillar_backend::keys::SECRET_ACTIVE_KEY.into(),
-            })
+            });
         }
-        None => None,
-    };
-    let leader_election = args.leader_election_namespace.clone().map(|namespace| {
+        (None, Some(url)) => {
+            let parsed = reqwest::Url::parse(url)
+                .with_context(|| format!("--keyholder-url {url:?} is not a URL"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https"),
+                "--keyholder-url {url:?} must be an http or https URL"
+            );
+            let signer = KeyholderSigner::new(url, args.keyholder_token_file.clone())
+                .context("building the key holder client")?;
+            tracing::info!(url = %url, "recipes are signed by the key holder");
+            config.signer = Some(Arc::new(signer));
+        }
+        _ => anyhow::bail!("give exactly one of --signing-secret and --keyholder-url"),
+    }
+    config.leader_election = args.leader_election_namespace.clone().map(|namespace| {
         cloudpillar_controllers::LeaderElection {
             namespace,
             lease_name: args.leader_election_lease.clone(),
-            identity: identity.clone(),
+            identity,
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
         }
     });
-    let config = cloudpillar_controllers::Config {
-        namespace: args.namespace,
-        metrics_addr: args.metrics,
-        leader_election,
-        signing_key,
-        instance: Some(identity),
-        ..Default::default()
-    };
     cloudpillar_controllers::run(config)
         .await
         .context("controllers")
@@ -92,12 +134,16 @@ pub struct StreamerArgs {
     pub partition: PartitionArgs,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    /// Address of `/metrics`, `/healthz` and `/readyz`; nothing is served when unset.
+    #[arg(long, env = "CP_METRICS_ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs the streamer role against the hub's REST API.
 pub async fn streamer(args: StreamerArgs) -> anyhow::Result<()> {
-    let link = args.hub.connect().context("connecting to the hub")?;
-    cloudpillar_backend::roles::run_streamer(
+    let shutdown = CancellationToken::new();
+    let link = observed_consumer(&args, shutdown.clone()).await?;
+    let ran = cloudpillar_backend::roles::run_streamer(
         link,
         &args.blob,
         &args.mongo,
@@ -105,13 +151,16 @@ pub async fn streamer(args: StreamerArgs) -> anyhow::Result<()> {
         &args.consumer,
     )
     .await
-    .context("streamer")
+    .context("streamer");
+    shutdown.cancel();
+    ran
 }
 
 /// Runs the writer role against the hub's REST API.
 pub async fn writer(args: StreamerArgs) -> anyhow::Result<()> {
-    let link = args.hub.connect().context("connecting to the hub")?;
-    cloudpillar_backend::roles::run_writer(
+    let shutdown = CancellationToken::new();
+    let link = observed_consumer(&args, shutdown.clone()).await?;
+    let ran = cloudpillar_backend::roles::run_writer(
         link,
         &args.blob,
         &args.mongo,
@@ -119,7 +168,62 @@ pub async fn writer(args: StreamerArgs) -> anyhow::Result<()> {
         &args.consumer,
     )
     .await
-    .context("writer")
+    .context("writer");
+    shutdown.cancel();
+    ran
+}
+
+/// The hub link of a streamer or writer with its calls counted, and the health endpoints
+/// (when `--metrics` is set): ready while the hub, the blob store and, when configured,
+/// MongoDB answer.
+async fn observed_consumer(
+    args: &StreamerArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<dyn HubLink>> {
+    let inner = args.hub.connect().context("connecting to the hub")?;
+    let mut health = RoleHealth::new();
+    let link = CountedLink::new(inner, LinkMetrics::register(health.registry()));
+    {
+        let link = link.clone();
+        health.check("hub", move || {
+            let link = link.clone();
+            async move { link.probe().await.context("reading the event stream") }
+        });
+    }
+    check_blob_store(&mut health, &args.blob).await?;
+    if let Some(url) = &args.mongo.mongodb_url {
+        let history = History::connect(url, &args.mongo.mongodb_database)
+            .await
+            .context("connecting to the history database")?;
+        health.check("mongodb", move || {
+            let database = history.database().clone();
+            async move {
+                let ping = mongodb::bson::doc! { "ping": 1 };
+                database.run_command(ping).await.context("ping")?;
+                Ok(())
+            }
+        });
+    }
+    serve_if_configured(health, args.metrics, shutdown).await?;
+    Ok(Arc::new(link))
+}
+
+/// Ready while the blob store answers a metadata read.
+async fn check_blob_store(health: &mut RoleHealth, blob: &BlobArgs) -> anyhow::Result<()> {
+    let stores = BlobStores::open_prefixed(&blob.config(), &blob.blob_container_prefix)
+        .await
+        .context("opening the blob store")?;
+    health.check("blob_store", move || {
+        let state = stores.state.clone();
+        async move {
+            state
+                .exists(PROBE_BLOB)
+                .await
+                .with_context(|| format!("reading container {}", state.name()))?;
+            Ok(())
+        }
+    });
+    Ok(())
 }
 
 /// Options of `cloudpillar keyholder`.
@@ -129,11 +233,104 @@ pub struct KeyholderRoleArgs {
     pub keys: KeyArgs,
     #[command(flatten)]
     pub blob: BlobArgs,
+    /// Address of `/metrics`, `/healthz` and `/readyz`; nothing is served when unset.
+    #[arg(long, env = "CP_METRICS_ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
-/// Runs the key holder's HTTP API.
+/// Runs the key holder's HTTP API with its requests counted; ready once the keys are loaded
+/// and while the blob store answers (blob signatures read from it).
 pub async fn keyholder(args: KeyholderRoleArgs) -> anyhow::Result<()> {
-    cloudpillar_backend::roles::run_keyholder(&args.keys, &args.blob)
+    let holder = cloudpillar_backend::roles::key_holder(&args.keys)
         .await
-        .context("key holder")
+        .context("loading the signing keys")?;
+    let token = match &args.keys.sign_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the sign token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let stores = BlobStores::open_prefixed(&args.blob.config(), &args.blob.blob_container_prefix)
+        .await
+        .context("opening the blob store")?;
+
+    let mut health = RoleHealth::new();
+    let metrics = KeyholderMetrics::register(health.registry());
+    check_blob_store(&mut health, &args.blob).await?;
+    let shutdown = CancellationToken::new();
+    serve_if_configured(health, args.metrics, shutdown.clone()).await?;
+
+    let app = metrics.layer(cloudpillar_backend::keys::router(
+        holder.clone(),
+        stores,
+        token,
+    ));
+    let listen = args.keys.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(addr = %listen, key_id = holder.active_key_id(), "key holder listening");
+    let served = axum::serve(listener, app)
+        .await
+        .with_context(|| format!("serving the key API on {listen}"));
+    shutdown.cancel();
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    use crate::Cli;
+
+    fn operator(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["cloudpillar", "operator"].iter().chain(args))
+    }
+
+    #[test]
+    fn operator_needs_a_signing_secret_or_a_key_holder() {
+        let error = operator(&[]).expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+        let text = error.to_string();
+        assert!(text.contains("--signing-secret"), "{text}");
+        assert!(text.contains("--keyholder-url"), "{text}");
+    }
+
+    #[test]
+    fn operator_refuses_both_signers_at_once() {
+        let both = ["--signing-secret=ns/key", "--keyholder-url=http://kh:8090"];
+        let error = operator(&both).expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn a_key_holder_token_needs_the_key_holder() {
+        let args = ["--signing-secret=ns/key", "--keyholder-token-file=/t"];
+        assert!(operator(&args).is_err());
+        let args = [
+            "--keyholder-url=http://kh:8090",
+            "--keyholder-token-file=/t",
+        ];
+        assert!(operator(&args).is_ok());
+        assert!(operator(&["--signing-secret=ns/key"]).is_ok());
+    }
+
+    #[test]
+    fn every_role_takes_a_metrics_address() {
+        for role in ["streamer", "writer", "keyholder"] {
+            let parsed = Cli::try_parse_from(["cloudpillar", role, "--metrics=127.0.0.1:9"]);
+            assert!(parsed.is_ok(), "{role}: {parsed:?}");
+        }
+        let hub = [
+            "cloudpillar",
+            "hub",
+            "--data-dir=/d",
+            "--metrics=127.0.0.1:9",
+        ];
+        assert!(Cli::try_parse_from(hub).is_ok());
+    }
 }
