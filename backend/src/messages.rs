@@ -1,8 +1,8 @@
 //! Which service handles which device-to-cloud message.
 //!
 //! D2C messages name their type in the protocol's `messageType` application property. File
-//! chunks and range requests belong to the streamer; messages typed `Log` are log records;
-//! anything else is telemetry.
+//! chunks, range requests and requests to sign an upload belong to the streamer; messages typed
+//! `Log` are log records; anything else is telemetry.
 
 use cloudpillar_protocol::messages::MESSAGE_TYPE_PROPERTY;
 
@@ -10,8 +10,8 @@ use crate::hub_link::Event;
 
 /// `messageType` of D2C log records.
 pub const LOG_MESSAGE_TYPE: &str = "Log";
-/// `messageType` values the streamer handles (the protocol's D2C transfer messages).
-const STREAMER_TYPES: [&str; 2] = ["UploadFileChunk", "StreamRange"];
+/// `messageType` values the streamer handles (the protocol's D2C transfer and signing messages).
+const STREAMER_TYPES: [&str; 3] = ["UploadFileChunk", "StreamRange", "SignFile"];
 
 /// Who takes care of a D2C message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

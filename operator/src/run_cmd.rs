@@ -105,10 +105,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let (link, blob, mongo) = (link.clone(), blob.clone(), args.mongo.clone());
         let (partition, consumer) = (partition.clone(), consumer.clone());
+        // The streamer signs devices' own uploads (RunDiagnostics) with the same key holder.
+        let keys = Some(holder.clone());
         tasks.spawn(async move {
-            cloudpillar_backend::roles::run_streamer(link, &blob, &mongo, &partition, &consumer)
-                .await
-                .context("streamer")
+            cloudpillar_backend::roles::run_streamer_with_keys(
+                link, &blob, &mongo, &partition, &consumer, keys,
+            )
+            .await
+            .context("streamer")
         });
     }
     if args.mongo.mongodb_url.is_some() {

@@ -5,8 +5,20 @@
 //! [`MESSAGE_TYPE_PROPERTY`] application property so routers need not parse bodies. Chunk bytes
 //! travel as strict base64. [`C2dMessage::encode`] and friends refuse bodies over IoT Hub's
 //! limits before sending, and the decoders refuse them before parsing.
+//!
+//! Besides file transfers, a device may ask the back end to sign one of its own uploads
+//! (D2C `SignFile`, answered by C2D `FileSigned` or `SignFileFailed`; see [`sign`]), which is
+//! how RunDiagnostics proves the whole signing chain.
+
+mod codec;
+mod sign;
 
 use serde::{Deserialize, Serialize};
+
+use codec::{check_file_id, check_transfer, decode_body, encode_body};
+pub use sign::{
+    FileSigned, MAX_REASON_BYTES, MAX_SIGN_TEXT_BYTES, SignFileFailed, SignFileRequest,
+};
 
 use crate::crc;
 use crate::encoding::base64_bytes;
@@ -40,6 +52,10 @@ pub enum C2dMessage {
     VerifyRangeCrc(VerifyRangeCrc),
     /// Move the device to new provisioning details.
     UpgradeProvisioning(UpgradeProvisioning),
+    /// The answer to a [`D2cMessage::SignFile`] that succeeded.
+    FileSigned(FileSigned),
+    /// The answer to a [`D2cMessage::SignFile`] that failed.
+    SignFileFailed(SignFileFailed),
 }
 
 /// A message from one device to the back end.
@@ -51,6 +67,8 @@ pub enum D2cMessage {
     /// Ask the streamer to (re)send a byte range of a file, e.g. to resume.
     #[serde(rename = "StreamRange")]
     StreamRangeRequest(StreamRangeRequest),
+    /// Ask the back end to sign one of this device's own uploads.
+    SignFile(SignFileRequest),
 }
 
 /// One chunk of a download. `offset` is the position of `data[0]` in the file.
@@ -210,6 +228,8 @@ impl C2dMessage {
             Self::DownloadFileChunk(_) => "DownloadFileChunk",
             Self::VerifyRangeCrc(_) => "VerifyRangeCRC",
             Self::UpgradeProvisioning(_) => "UpgradeProvisioning",
+            Self::FileSigned(_) => "FileSigned",
+            Self::SignFileFailed(_) => "SignFileFailed",
         }
     }
 
@@ -247,6 +267,16 @@ impl C2dMessage {
             Self::VerifyRangeCrc(range) => check_file_id(self.message_type(), &range.file_id),
             Self::UpgradeProvisioning(upgrade) if upgrade.hub.is_empty() => invalid("hub is empty"),
             Self::UpgradeProvisioning(_) => Ok(()),
+            Self::FileSigned(signed)
+                if signed.sign.is_empty() || signed.sign.len() > MAX_SIGN_TEXT_BYTES =>
+            {
+                invalid("sign must be 1 to 256 bytes")
+            }
+            Self::FileSigned(signed) => check_file_id(self.message_type(), &signed.file_id),
+            Self::SignFileFailed(failed) if failed.reason.len() > MAX_REASON_BYTES => {
+                invalid("reason is over 1024 bytes")
+            }
+            Self::SignFileFailed(failed) => check_file_id(self.message_type(), &failed.file_id),
         }
     }
 }
@@ -257,6 +287,7 @@ impl D2cMessage {
         match self {
             Self::UploadFileChunk(_) => "UploadFileChunk",
             Self::StreamRangeRequest(_) => "StreamRange",
+            Self::SignFile(_) => "SignFile",
         }
     }
 
@@ -289,71 +320,7 @@ impl D2cMessage {
                 })
             }
             Self::StreamRangeRequest(range) => check_file_id(self.message_type(), &range.file_id),
+            Self::SignFile(request) => check_file_id(self.message_type(), &request.file_id),
         }
     }
-}
-
-fn check_transfer(
-    kind: &'static str,
-    file_id: &str,
-    offset: u64,
-    data: &[u8],
-    max_chunk: usize,
-) -> Result<(), MessageError> {
-    check_file_id(kind, file_id)?;
-    if data.len() > max_chunk {
-        return Err(MessageError::Invalid {
-            message_type: kind,
-            reason: "chunk over its limit",
-        });
-    }
-    if offset.checked_add(data.len() as u64).is_none() {
-        return Err(MessageError::Invalid {
-            message_type: kind,
-            reason: "chunk ends past 2^64",
-        });
-    }
-    Ok(())
-}
-
-fn check_file_id(kind: &'static str, file_id: &str) -> Result<(), MessageError> {
-    if file_id.is_empty() || file_id.len() > MAX_FILE_ID_BYTES {
-        return Err(MessageError::Invalid {
-            message_type: kind,
-            reason: "fileId must be 1 to 256 bytes",
-        });
-    }
-    Ok(())
-}
-
-fn encode_body<T: Serialize>(
-    message: &T,
-    direction: &'static str,
-    max: usize,
-) -> Result<Vec<u8>, MessageError> {
-    let body =
-        serde_json::to_vec(message).map_err(|source| MessageError::Encode { direction, source })?;
-    if body.len() > max {
-        return Err(MessageError::TooLarge {
-            direction,
-            size: body.len(),
-            max,
-        });
-    }
-    Ok(body)
-}
-
-fn decode_body<T: for<'de> Deserialize<'de>>(
-    body: &[u8],
-    direction: &'static str,
-    max: usize,
-) -> Result<T, MessageError> {
-    if body.len() > max {
-        return Err(MessageError::TooLarge {
-            direction,
-            size: body.len(),
-            max,
-        });
-    }
-    serde_json::from_slice(body).map_err(|source| MessageError::Decode { direction, source })
 }

@@ -39,8 +39,8 @@ pub trait LinkControl: Send + Sync + std::fmt::Debug {
     fn device_id(&self) -> Option<String>;
     /// The last desired section applied.
     fn desired(&self) -> Value;
-    /// Runs the diagnostics round trip.
-    async fn run_diagnostics(&self) -> Result<Value, String>;
+    /// Runs the diagnostics round trip; the report, or the step that failed with the report.
+    async fn run_diagnostics(&self) -> Result<Value, run_diagnostics::DiagnosticsFailed>;
 }
 
 /// Everything the handlers share.

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod desired;
+pub mod diagnostics;
 pub mod dps;
 pub mod identity;
 pub mod outbox;
@@ -98,6 +99,8 @@ pub struct Link {
     pub(crate) outbox: outbox::Outbox,
     identity_changed: Notify,
     health: Mutex<Health>,
+    /// RunDiagnostics: the transfer service and runs waiting for a signature.
+    pub(crate) diagnostics: diagnostics::Diagnostics,
 }
 
 impl Link {
@@ -126,6 +129,7 @@ impl Link {
             outbox,
             identity_changed: Notify::new(),
             health: Mutex::new(Health::Unprovisioned),
+            diagnostics: diagnostics::Diagnostics::default(),
         }))
     }
 
@@ -222,9 +226,9 @@ impl crate::api::LinkControl for Link {
             .unwrap_or(Value::Null)
     }
 
-    async fn run_diagnostics(&self) -> Result<Value, String> {
-        // Known gap: the round trip needs the backend streamer answering range requests
-        // and signing uploads; until it exists the call reports that it cannot run.
-        Err("diagnostics need the backend streamer, which this hub does not offer yet".into())
+    async fn run_diagnostics(
+        &self,
+    ) -> Result<Value, crate::api::run_diagnostics::DiagnosticsFailed> {
+        diagnostics::run(self).await
     }
 }

@@ -181,6 +181,30 @@ impl Outbox {
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// The sequence number the next pushed message gets: every message queued so far is
+    /// below it.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.lock().map(|i| i.next).unwrap_or(0)
+    }
+
+    /// Waits until no message below `mark` (a [`Self::next_seq`] taken earlier) is left, i.e.
+    /// all of them were handed to the MQTT client (or dropped as old log chunks).
+    pub async fn handed_over(&self, mark: u64) {
+        loop {
+            // Registered before the check, so a removal in between still wakes us.
+            let notified = self.changed.notified();
+            let oldest = self
+                .inner
+                .lock()
+                .ok()
+                .and_then(|i| i.entries.keys().next().copied());
+            if oldest.is_none_or(|seq| seq >= mark) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +254,28 @@ mod tests {
             outbox.remove(seq);
         }
         assert_eq!(payloads, [0, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn handed_over_waits_for_earlier_messages_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = std::sync::Arc::new(Outbox::open(dir.path(), 10).expect("open"));
+        outbox.push(msg(0), false).await.expect("first");
+        let mark = outbox.next_seq();
+        outbox.push(msg(1), false).await.expect("second");
+        let waiting = {
+            let outbox = std::sync::Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.handed_over(mark).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the first message is still queued");
+        let (seq, _) = outbox.peek().expect("first");
+        outbox.remove(seq);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("returns once the first message is handed over")
+            .expect("join");
+        assert_eq!(outbox.len(), 1, "the later message does not count");
     }
 
     #[tokio::test]

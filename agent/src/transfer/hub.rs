@@ -49,27 +49,24 @@ impl RangeRequester for LinkRequester {
 
 /// Queues a D2C message on the link.
 pub(super) async fn send(link: &Link, message: &D2cMessage, droppable: bool) {
-    let payload = match message.encode() {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::error!(%error, "refusing to send an invalid message");
-            return;
-        }
-    };
+    if let Err(error) = try_send(link, message, droppable).await {
+        tracing::warn!(%error, "device-to-cloud message dropped");
+    }
+}
+
+/// Queues a D2C message on the link; says why when it could not be queued.
+pub async fn try_send(link: &Link, message: &D2cMessage, droppable: bool) -> Result<(), String> {
+    let payload = message.encode().map_err(|error| error.to_string())?;
     let properties = vec![(
         MESSAGE_TYPE_PROPERTY.to_owned(),
         message.message_type().to_owned(),
     )];
-    if let Err(error) = link
-        .send(Outgoing {
-            properties,
-            payload,
-            droppable,
-        })
-        .await
-    {
-        tracing::warn!(%error, "device-to-cloud message dropped");
-    }
+    link.send(Outgoing {
+        properties,
+        payload,
+        droppable,
+    })
+    .await
 }
 
 impl HubTransfers {
@@ -89,6 +86,8 @@ impl HubTransfers {
             uploads: Mutex::new(HashMap::new()),
         });
         link.set_c2d_handler(Arc::clone(&service) as Arc<dyn C2dHandler>);
+        link.diagnostics
+            .set_transfers(Arc::clone(&service) as Arc<dyn Transfers>);
         Ok(service)
     }
 
@@ -134,6 +133,15 @@ impl C2dHandler for HubTransfers {
             }
             Ok(C2dMessage::UpgradeProvisioning(upgrade)) => {
                 crate::link::upgrade::handle(&self.link, upgrade).await;
+            }
+            Ok(C2dMessage::FileSigned(signed)) => {
+                let id = signed.file_id.clone();
+                self.link.diagnostics.deliver(&id, Ok(signed));
+            }
+            Ok(C2dMessage::SignFileFailed(failed)) => {
+                self.link
+                    .diagnostics
+                    .deliver(&failed.file_id, Err(failed.reason.clone()));
             }
             Err(error) => tracing::warn!(%error, "C2D message refused"),
         }

@@ -140,6 +140,72 @@ async fn upload_new_bytes(
     Ok(())
 }
 
+/// A one-off upload could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The file could not be read.
+    #[error("failed to read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A chunk could not be queued on the link.
+    #[error("failed to queue the chunk at {offset} of {file_id}: {reason}")]
+    Queue {
+        /// Transfer id.
+        file_id: String,
+        /// Offset of the chunk.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Queues the whole of `path` as `UploadFileChunk` messages of at most `chunk` bytes under
+/// `file_id`, none of them droppable; returns the number of chunks queued.
+pub async fn upload_file(
+    link: &Link,
+    file_id: &str,
+    path: &Path,
+    chunk: usize,
+) -> Result<u64, UploadError> {
+    let read = |source| UploadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = std::fs::File::open(path).map_err(read)?;
+    let size = reader.metadata().map_err(read)?.len();
+    let chunk = chunk.clamp(1, cloudpillar_protocol::messages::MAX_UPLOAD_CHUNK);
+    let mut buf = vec![0u8; chunk];
+    let (mut offset, mut chunks) = (0u64, 0u64);
+    loop {
+        let want = usize::try_from((size - offset).min(chunk as u64)).unwrap_or(chunk);
+        reader.read_exact(&mut buf[..want]).map_err(read)?;
+        let last = offset + want as u64 >= size;
+        let message = D2cMessage::UploadFileChunk(UploadFileChunk {
+            file_id: file_id.to_owned(),
+            offset,
+            data: buf[..want].to_vec(),
+            last,
+        });
+        super::hub::try_send(link, &message, false)
+            .await
+            .map_err(|reason| UploadError::Queue {
+                file_id: file_id.to_owned(),
+                offset,
+                reason,
+            })?;
+        chunks += 1;
+        offset += want as u64;
+        if last {
+            return Ok(chunks);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,13 +117,26 @@ async fn history(mongo: &MongoArgs) -> Result<Option<History>, RoleError> {
 }
 
 /// Runs the streamer role. `mongo` is optional: without it, committed uploads are not linked
-/// from the `logs` collection.
+/// from the `logs` collection. Requests to sign an upload are refused (no key holder here).
 pub async fn run_streamer(
     hub: Arc<dyn HubLink>,
     blob: &BlobArgs,
     mongo: &MongoArgs,
     partition: &PartitionArgs,
     consumer: &ConsumerArgs,
+) -> Result<(), RoleError> {
+    run_streamer_with_keys(hub, blob, mongo, partition, consumer, None).await
+}
+
+/// Runs the streamer role; `keys`, when given, signs the uploads devices ask to have signed
+/// (`SignFile`, RunDiagnostics) in this process.
+pub async fn run_streamer_with_keys(
+    hub: Arc<dyn HubLink>,
+    blob: &BlobArgs,
+    mongo: &MongoArgs,
+    partition: &PartitionArgs,
+    consumer: &ConsumerArgs,
+    keys: Option<KeyHolder>,
 ) -> Result<(), RoleError> {
     let options = StreamerOptions {
         retry_ceiling: consumer.retry_ceiling(),
@@ -138,6 +151,10 @@ pub async fn run_streamer(
         partition.partition()?,
         options,
     );
+    let streamer = match keys {
+        Some(holder) => streamer.with_key_holder(holder),
+        None => streamer,
+    };
     streamer.run().await;
     Ok(())
 }

@@ -11,6 +11,8 @@
 //! 2. D2C `UploadFileChunk {fileId, offset, data, last?}`: staged at its offset; the file is
 //!    committed to `uploads/{device}/{fileId}` once every byte up to the `last` chunk's end has
 //!    arrived, and a `logs` record linking the blob is written when a history database is set.
+//! 3. D2C `SignFile {fileId: "uploads/{device}/{path}"}`: one of the device's own uploads is
+//!    signed by the key holder and answered with `FileSigned` or `SignFileFailed` (see [`sign`]).
 //!
 //! Replicas split devices by [`Partition`]. Each keeps a checkpoint: the first event not yet
 //! completely handled, plus the progress of downloads still running and the downloads already
@@ -19,6 +21,7 @@
 
 mod download;
 mod jobs;
+mod sign;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,7 @@ use crate::backoff;
 use crate::blob::{BlobError, BlobStores, UploadAssembler, UploadProgress};
 use crate::checkpoint::CheckpointStore;
 use crate::hub_link::{Event, HubLink, SOURCE_TELEMETRY};
+use crate::keys::KeyHolder;
 use crate::messages::{D2cKind, classify};
 use crate::partition::Partition;
 use crate::writer::history::{History, LOGS};
@@ -39,6 +43,7 @@ use download::Download;
 pub use download::UPLOADS_PREFIX;
 pub use jobs::JobProgress;
 use jobs::{Jobs, Start};
+pub use sign::{InProcessSigner, SIGN_TIMEOUT, UploadSigner};
 
 /// Tuning of the streamer.
 #[derive(Debug, Clone)]
@@ -98,6 +103,7 @@ pub struct Streamer {
     partition: Partition,
     options: StreamerOptions,
     assembler: Arc<UploadAssembler>,
+    signer: Option<Arc<dyn UploadSigner>>,
 }
 
 impl Streamer {
@@ -121,7 +127,21 @@ impl Streamer {
             partition,
             options,
             assembler,
+            signer: None,
         }
+    }
+
+    /// Signs devices' own uploads on request (`SignFile`) with `holder`; without a signer such
+    /// requests are answered with `SignFileFailed`.
+    pub fn with_key_holder(self, holder: KeyHolder) -> Self {
+        let signer = InProcessSigner::new(holder, self.blobs.uploads.clone());
+        self.with_signer(Arc::new(signer))
+    }
+
+    /// Signs devices' own uploads on request with `signer`.
+    pub fn with_signer(mut self, signer: Arc<dyn UploadSigner>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// The checkpoint this replica keeps in the state container.
@@ -179,6 +199,7 @@ impl Streamer {
                 self.start_download(seq, device, request, jobs, tasks);
             }
             Ok(D2cMessage::UploadFileChunk(chunk)) => self.accept_chunk(event, chunk).await,
+            Ok(D2cMessage::SignFile(request)) => self.sign_upload(event, request).await,
             Err(error) => tracing::warn!(%error, device, seq, "transfer message refused"),
         }
     }

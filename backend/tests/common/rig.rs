@@ -177,7 +177,9 @@ fn apply(got: &mut Received, message: C2dMessage) {
             let ok = crc32(bytes) == range.crc;
             got.verified.push((range.range_start, range.range_end, ok));
         }
-        C2dMessage::UpgradeProvisioning(_) => {}
+        C2dMessage::UpgradeProvisioning(_)
+        | C2dMessage::FileSigned(_)
+        | C2dMessage::SignFileFailed(_) => {}
     }
 }
 

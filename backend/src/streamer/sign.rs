@@ -1,0 +1,219 @@
+//! Signing a device's own upload on its request (D2C `SignFile`), as RunDiagnostics asks.
+//!
+//! 1. `d` → D2C `SignFile {fileId: "uploads/d/{path}"}`: only a name inside the requesting
+//!    device's own upload area is accepted; anything else (another device's uploads, patch files)
+//!    is refused.
+//! 2. The key holder streams the stored blob `d/{path}` of the uploads container through
+//!    SHA-512 and signs it (`SignBlob`), within [`SIGN_TIMEOUT`].
+//! 3. Exactly one C2D answer with the same `fileId`: `FileSigned {sign, size}` or
+//!    `SignFileFailed {reason}`.
+//!
+//! Ordering: the request is handled in stream order, after the device's earlier messages, so an
+//! upload whose chunks were sent before the request is committed by the time it is signed.
+//! The answer is sent at least once: a replica restarted before its checkpoint passed the request
+//! signs again, and the device, waiting for one answer per file id, ignores the second.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cloudpillar_protocol::messages::{
+    C2dMessage, FileSigned, MESSAGE_TYPE_PROPERTY, SignFileFailed, SignFileRequest,
+};
+use tokio::time::Instant;
+
+use super::{Streamer, UPLOADS_PREFIX};
+use crate::blob::Container;
+use crate::hub_link::{C2dSend, Event, HubLinkError};
+use crate::keys::{KeyError, KeyHolder, Signed};
+
+/// Longest wait for the key holder to sign one upload.
+pub const SIGN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time spent queueing one answer (a full device queue is waited out until then).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Signs blobs of the uploads container for the streamer.
+#[async_trait]
+pub trait UploadSigner: Send + Sync + std::fmt::Debug {
+    /// Signs the blob at `path` (`{device}/...`) in the uploads container.
+    async fn sign_upload(&self, path: &str) -> Result<Signed, KeyError>;
+}
+
+/// A key holder in this process signing the streamer's uploads container.
+#[derive(Debug, Clone)]
+pub struct InProcessSigner {
+    holder: KeyHolder,
+    uploads: Container,
+}
+
+impl InProcessSigner {
+    /// Signs blobs of `uploads` with `holder`.
+    pub fn new(holder: KeyHolder, uploads: Container) -> Self {
+        Self { holder, uploads }
+    }
+}
+
+#[async_trait]
+impl UploadSigner for InProcessSigner {
+    async fn sign_upload(&self, path: &str) -> Result<Signed, KeyError> {
+        self.holder.sign_blob(&self.uploads, path).await
+    }
+}
+
+/// Why an upload was not signed; the text (with its causes) becomes the answer's `reason`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SignRefusal {
+    /// The file id is not inside the requesting device's upload area.
+    #[error("{file_id} is not one of device {device}'s uploads")]
+    NotOwnUpload {
+        /// Requesting device.
+        device: String,
+        /// File id asked for.
+        file_id: String,
+    },
+    /// This replica was started without a key holder.
+    #[error("this streamer has no key holder configured")]
+    NoSigner,
+    /// The key holder did not finish in time.
+    #[error("signing {path} took longer than {after:?}")]
+    TimedOut {
+        /// Path in the uploads container.
+        path: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The key holder refused or failed (e.g. the upload is not committed).
+    #[error("signing {path} failed")]
+    Sign {
+        /// Path in the uploads container.
+        path: String,
+        /// Key holder error.
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// The uploads-container path `file_id` names when it is inside `device`'s own upload area
+/// (`uploads/{device}/{something}`).
+pub(super) fn own_upload<'a>(device: &str, file_id: &'a str) -> Option<&'a str> {
+    let path = file_id.strip_prefix(UPLOADS_PREFIX)?;
+    let rest = path.strip_prefix(device)?.strip_prefix('/')?;
+    (!device.is_empty() && !rest.is_empty()).then_some(path)
+}
+
+/// An error and its causes on one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Streamer {
+    /// Signs the upload a `SignFile` request names and answers the device.
+    pub(super) async fn sign_upload(&self, event: &Event, request: SignFileRequest) {
+        let device = event.device_id.as_str();
+        let answer = match self.sign_own_upload(device, &request.file_id).await {
+            Ok(signed) => {
+                tracing::info!(
+                    device, file = %request.file_id, key = %signed.key_id, size = signed.size,
+                    "upload signed for its device"
+                );
+                C2dMessage::FileSigned(FileSigned {
+                    file_id: request.file_id,
+                    sign: signed.text,
+                    size: signed.size,
+                })
+            }
+            Err(refusal) => {
+                let reason = with_causes(&refusal);
+                tracing::warn!(device, file = %request.file_id, %reason, "upload not signed");
+                C2dMessage::SignFileFailed(SignFileFailed::new(request.file_id, &reason))
+            }
+        };
+        self.answer(device, event.sequence_number, &answer).await;
+    }
+
+    async fn sign_own_upload(&self, device: &str, file_id: &str) -> Result<Signed, SignRefusal> {
+        let path = own_upload(device, file_id).ok_or_else(|| SignRefusal::NotOwnUpload {
+            device: device.to_owned(),
+            file_id: file_id.to_owned(),
+        })?;
+        let signer: &Arc<dyn UploadSigner> = self.signer.as_ref().ok_or(SignRefusal::NoSigner)?;
+        match tokio::time::timeout(SIGN_TIMEOUT, signer.sign_upload(path)).await {
+            Ok(Ok(signed)) => Ok(signed),
+            Ok(Err(source)) => Err(SignRefusal::Sign {
+                path: path.to_owned(),
+                source,
+            }),
+            Err(_) => Err(SignRefusal::TimedOut {
+                path: path.to_owned(),
+                after: SIGN_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Queues the answer, waiting out a full device queue and transient failures until
+    /// [`ANSWER_DEADLINE`]; the device times out on its own when the answer never comes.
+    async fn answer(&self, device: &str, seq: u64, message: &C2dMessage) {
+        let body = match message.encode() {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::error!(%error, device, seq, "sign answer refused by the protocol");
+                return;
+            }
+        };
+        let send = C2dSend {
+            body,
+            properties: [(
+                MESSAGE_TYPE_PROPERTY.to_owned(),
+                message.message_type().to_owned(),
+            )]
+            .into(),
+            message_id: format!("cp-{seq}-sign"),
+        };
+        let deadline = Instant::now() + ANSWER_DEADLINE;
+        let mut delay = self.options.retry_first;
+        loop {
+            match self.hub.send_c2d(device, send.clone()).await {
+                Ok(()) => return,
+                Err(HubLinkError::DeviceNotFound { .. }) => {
+                    tracing::warn!(device, seq, "sign answer dropped: device no longer exists");
+                    return;
+                }
+                Err(error) if Instant::now() >= deadline => {
+                    tracing::warn!(%error, device, seq, "sign answer dropped after retries");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, ?delay, device, seq, "sign answer not queued yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.options.retry_ceiling);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_inside_the_devices_own_upload_area_are_signed() {
+        assert_eq!(
+            own_upload("dev-1", "uploads/dev-1/diagnostics/a.bin"),
+            Some("dev-1/diagnostics/a.bin")
+        );
+        assert_eq!(own_upload("dev-1", "uploads/dev-2/diagnostics/a.bin"), None);
+        assert_eq!(own_upload("dev-1", "uploads/dev-10/a.bin"), None);
+        assert_eq!(own_upload("dev-1", "uploads/dev-1/"), None);
+        assert_eq!(own_upload("dev-1", "uploads/dev-1"), None);
+        assert_eq!(own_upload("dev-1", "fw/app.bin"), None);
+        assert_eq!(own_upload("", "uploads//x"), None);
+    }
+}
