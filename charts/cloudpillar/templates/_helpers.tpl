@@ -127,6 +127,20 @@ readinessProbe:
   failureThreshold: 3
 {{- end -}}
 
+{{/*
+A startup probe for a role that opens a large store before it serves anything (the edge hub):
+liveness waits until /healthz first answers, up to 5 minutes.
+*/}}
+{{- define "cloudpillar.startupProbe" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 60
+{{- end -}}
+
 {{/* Edge hub endpoints inside the cluster. */}}
 {{- define "cloudpillar.hubServiceName" -}}
 {{- include "cloudpillar.componentName" (dict "root" . "component" "hub") -}}
