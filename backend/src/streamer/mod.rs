@@ -73,6 +73,8 @@ pub struct StreamerOptions {
     pub retry_ceiling: Duration,
     /// Most bytes per second one download sends, when limited.
     pub rate_limit: Option<u64>,
+    /// Longest time a `SignFile` request waits for the upload it names to be committed.
+    pub sign_upload_wait: Duration,
 }
 
 impl Default for StreamerOptions {
@@ -90,6 +92,7 @@ impl Default for StreamerOptions {
             retry_first: Duration::from_millis(100),
             retry_ceiling: Duration::from_secs(30),
             rate_limit: None,
+            sign_upload_wait: Duration::from_secs(30),
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct Streamer {
     options: StreamerOptions,
     assembler: Arc<UploadAssembler>,
     signer: Option<Arc<dyn UploadSigner>>,
+    awaiting: sign::AwaitingUpload,
 }
 
 impl Streamer {
@@ -128,6 +132,7 @@ impl Streamer {
             options,
             assembler,
             signer: None,
+            awaiting: sign::AwaitingUpload::default(),
         }
     }
 
@@ -199,7 +204,7 @@ impl Streamer {
                 self.start_download(seq, device, request, jobs, tasks);
             }
             Ok(D2cMessage::UploadFileChunk(chunk)) => self.accept_chunk(event, chunk).await,
-            Ok(D2cMessage::SignFile(request)) => self.sign_upload(event, request).await,
+            Ok(D2cMessage::SignFile(request)) => self.sign_upload(event, request, tasks).await,
             Err(error) => tracing::warn!(%error, device, seq, "transfer message refused"),
         }
     }
@@ -252,6 +257,7 @@ impl Streamer {
         match progress {
             Ok(UploadProgress::Committed { path, size }) => {
                 self.link_upload(event, &chunk.file_id, &path, size).await;
+                self.upload_committed(device, &path).await;
             }
             Ok(UploadProgress::Staged { .. }) => {}
             Err(error) => tracing::warn!(%error, device, file = %chunk.file_id, "upload refused"),

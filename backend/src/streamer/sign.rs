@@ -3,23 +3,28 @@
 //! 1. `d` → D2C `SignFile {fileId: "uploads/d/{path}"}`: only a name inside the requesting
 //!    device's own upload area is accepted; anything else (another device's uploads, patch files)
 //!    is refused.
-//! 2. The key holder streams the stored blob `d/{path}` of the uploads container through
-//!    SHA-512 and signs it (`SignBlob`), within [`SIGN_TIMEOUT`].
-//! 3. Exactly one C2D answer with the same `fileId`: `FileSigned {sign, size}` or
+//! 2. When the upload `d/{path}` is not committed yet, the request waits for its commit, up to
+//!    [`super::StreamerOptions::sign_upload_wait`]: a hub may store a device's messages out of publish order (the edge hub
+//!    handles QoS 1 publishes concurrently), so the request can overtake the upload's last chunk.
+//! 3. The key holder streams the stored blob through SHA-512 and signs it (`SignBlob`), within
+//!    [`SIGN_TIMEOUT`].
+//! 4. Exactly one C2D answer with the same `fileId`: `FileSigned {sign, size}` or
 //!    `SignFileFailed {reason}`.
 //!
-//! Ordering: the request is handled in stream order, after the device's earlier messages, so an
-//! upload whose chunks were sent before the request is committed by the time it is signed.
 //! The answer is sent at least once: a replica restarted before its checkpoint passed the request
-//! signs again, and the device, waiting for one answer per file id, ignores the second.
+//! signs again, and the device, waiting for one answer per file id, ignores the second. A request
+//! still waiting for its upload is not in the checkpoint: a restart in that window loses it and
+//! the device reports that no answer came (it asks again with its next run).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudpillar_protocol::messages::{
     C2dMessage, FileSigned, MESSAGE_TYPE_PROPERTY, SignFileFailed, SignFileRequest,
 };
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Streamer, UPLOADS_PREFIX};
@@ -74,6 +79,14 @@ pub(super) enum SignRefusal {
     /// This replica was started without a key holder.
     #[error("this streamer has no key holder configured")]
     NoSigner,
+    /// The upload was not committed in time.
+    #[error("upload {path} was not complete within {after:?}")]
+    NotUploaded {
+        /// Path in the uploads container.
+        path: String,
+        /// The limit.
+        after: Duration,
+    },
     /// The key holder did not finish in time.
     #[error("signing {path} took longer than {after:?}")]
     TimedOut {
@@ -91,6 +104,52 @@ pub(super) enum SignRefusal {
         #[source]
         source: KeyError,
     },
+}
+
+/// A request waiting for its upload's commit.
+#[derive(Debug)]
+struct Waiting {
+    file_id: String,
+    seq: u64,
+}
+
+/// Waiting requests by device and uploads-container path.
+type ByUpload = HashMap<(String, String), Vec<Waiting>>;
+
+/// Requests waiting for their upload's commit.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AwaitingUpload(Arc<Mutex<ByUpload>>);
+
+impl AwaitingUpload {
+    fn add(&self, device: &str, path: &str, waiting: Waiting) {
+        let key = (device.to_owned(), path.to_owned());
+        self.lock().entry(key).or_default().push(waiting);
+    }
+
+    /// Takes every request waiting for `path` of `device`.
+    fn take(&self, device: &str, path: &str) -> Vec<Waiting> {
+        let key = (device.to_owned(), path.to_owned());
+        self.lock().remove(&key).unwrap_or_default()
+    }
+
+    /// Takes the request of event `seq`, if it still waits.
+    fn take_one(&self, device: &str, path: &str, seq: u64) -> Option<Waiting> {
+        let key = (device.to_owned(), path.to_owned());
+        let mut all = self.lock();
+        let list = all.get_mut(&key)?;
+        let index = list.iter().position(|w| w.seq == seq)?;
+        let waiting = list.remove(index);
+        if list.is_empty() {
+            all.remove(&key);
+        }
+        Some(waiting)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByUpload> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The uploads-container path `file_id` names when it is inside `device`'s own upload area
@@ -114,35 +173,63 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 impl Streamer {
-    /// Signs the upload a `SignFile` request names and answers the device.
-    pub(super) async fn sign_upload(&self, event: &Event, request: SignFileRequest) {
+    /// Handles a `SignFile` request: refuses it, signs the committed upload, or waits for the
+    /// upload's commit (a task in `tasks` gives up after `sign_upload_wait`).
+    pub(super) async fn sign_upload(
+        &self,
+        event: &Event,
+        request: SignFileRequest,
+        tasks: &mut JoinSet<()>,
+    ) {
         let device = event.device_id.as_str();
-        let answer = match self.sign_own_upload(device, &request.file_id).await {
-            Ok(signed) => {
-                tracing::info!(
-                    device, file = %request.file_id, key = %signed.key_id, size = signed.size,
-                    "upload signed for its device"
-                );
-                C2dMessage::FileSigned(FileSigned {
-                    file_id: request.file_id,
-                    sign: signed.text,
-                    size: signed.size,
-                })
-            }
-            Err(refusal) => {
-                let reason = with_causes(&refusal);
-                tracing::warn!(device, file = %request.file_id, %reason, "upload not signed");
-                C2dMessage::SignFileFailed(SignFileFailed::new(request.file_id, &reason))
-            }
+        let seq = event.sequence_number;
+        let Some(path) = own_upload(device, &request.file_id).map(str::to_owned) else {
+            let refusal = SignRefusal::NotOwnUpload {
+                device: device.to_owned(),
+                file_id: request.file_id.clone(),
+            };
+            return self
+                .answer(device, seq, request.file_id, Err(refusal))
+                .await;
         };
-        self.answer(device, event.sequence_number, &answer).await;
+        if self.signer.is_some() && self.blobs.uploads.exists(&path).await.ok() == Some(false) {
+            tracing::debug!(device, path, seq, "sign request waits for its upload");
+            let waiting = Waiting {
+                file_id: request.file_id,
+                seq,
+            };
+            self.awaiting.add(device, &path, waiting);
+            let (streamer, device) = (self.clone(), device.to_owned());
+            tasks.spawn(async move { streamer.give_up_waiting(&device, &path, seq).await });
+            return;
+        }
+        let signed = self.sign(&path).await;
+        self.answer(device, seq, request.file_id, signed).await;
     }
 
-    async fn sign_own_upload(&self, device: &str, file_id: &str) -> Result<Signed, SignRefusal> {
-        let path = own_upload(device, file_id).ok_or_else(|| SignRefusal::NotOwnUpload {
-            device: device.to_owned(),
-            file_id: file_id.to_owned(),
-        })?;
+    /// Signs and answers the requests that waited for the upload committed at `path`.
+    pub(super) async fn upload_committed(&self, device: &str, path: &str) {
+        for waiting in self.awaiting.take(device, path) {
+            let signed = self.sign(path).await;
+            self.answer(device, waiting.seq, waiting.file_id, signed)
+                .await;
+        }
+    }
+
+    async fn give_up_waiting(&self, device: &str, path: &str, seq: u64) {
+        let wait = self.options.sign_upload_wait;
+        tokio::time::sleep(wait).await;
+        if let Some(waiting) = self.awaiting.take_one(device, path, seq) {
+            let refusal = SignRefusal::NotUploaded {
+                path: path.to_owned(),
+                after: wait,
+            };
+            self.answer(device, seq, waiting.file_id, Err(refusal))
+                .await;
+        }
+    }
+
+    async fn sign(&self, path: &str) -> Result<Signed, SignRefusal> {
         let signer: &Arc<dyn UploadSigner> = self.signer.as_ref().ok_or(SignRefusal::NoSigner)?;
         match tokio::time::timeout(SIGN_TIMEOUT, signer.sign_upload(path)).await {
             Ok(Ok(signed)) => Ok(signed),
@@ -157,9 +244,38 @@ impl Streamer {
         }
     }
 
+    /// Answers `FileSigned` or `SignFileFailed`.
+    async fn answer(
+        &self,
+        device: &str,
+        seq: u64,
+        file_id: String,
+        signed: Result<Signed, SignRefusal>,
+    ) {
+        let message = match signed {
+            Ok(signed) => {
+                tracing::info!(
+                    device, file = %file_id, key = %signed.key_id, size = signed.size,
+                    "upload signed for its device"
+                );
+                C2dMessage::FileSigned(FileSigned {
+                    file_id,
+                    sign: signed.text,
+                    size: signed.size,
+                })
+            }
+            Err(refusal) => {
+                let reason = with_causes(&refusal);
+                tracing::warn!(device, file = %file_id, %reason, "upload not signed");
+                C2dMessage::SignFileFailed(SignFileFailed::new(file_id, &reason))
+            }
+        };
+        self.send_answer(device, seq, &message).await;
+    }
+
     /// Queues the answer, waiting out a full device queue and transient failures until
     /// [`ANSWER_DEADLINE`]; the device times out on its own when the answer never comes.
-    async fn answer(&self, device: &str, seq: u64, message: &C2dMessage) {
+    async fn send_answer(&self, device: &str, seq: u64, message: &C2dMessage) {
         let body = match message.encode() {
             Ok(body) => body,
             Err(error) => {
