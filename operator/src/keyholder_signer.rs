@@ -166,7 +166,8 @@ impl KeyholderSigner {
             })?;
             store.add(key);
         }
-        tracing::info!(keys = store.len(), active = %published.active_key_id, "key holder keys loaded");
+        let active = published.active_key_id;
+        tracing::info!(keys = store.len(), %active, "key holder keys loaded");
         *self.trusted.lock().await = store;
         Ok(())
     }

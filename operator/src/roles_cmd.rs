@@ -259,6 +259,8 @@ pub async fn keyholder(args: KeyholderRoleArgs) -> anyhow::Result<()> {
 
     let mut health = RoleHealth::new();
     let metrics = KeyholderMetrics::register(health.registry());
+    // Known gap: Key Vault is reached when the keys load, not on every probe, so a vault that
+    // becomes unreachable later shows up as failed signatures, not as "not ready".
     check_blob_store(&mut health, &args.blob).await?;
     let shutdown = CancellationToken::new();
     serve_if_configured(health, args.metrics, shutdown.clone()).await?;
