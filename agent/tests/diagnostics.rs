@@ -42,13 +42,15 @@ fn start_streamer(
     stores: &BlobStores,
 ) -> tokio::task::JoinHandle<()> {
     let holder = KeyHolder::new(Arc::new(LocalSigner::new(hub.signer.clone())));
+    tokio::spawn(streamer(link, stores).with_key_holder(holder).run())
+}
+
+fn streamer(link: Arc<dyn HubLink>, stores: &BlobStores) -> Streamer {
     let options = StreamerOptions {
         wait: Duration::from_millis(200),
         ..StreamerOptions::default()
     };
-    let streamer = Streamer::new(link, stores.clone(), None, Partition::all(), options)
-        .with_key_holder(holder);
-    tokio::spawn(streamer.run())
+    Streamer::new(link, stores.clone(), None, Partition::all(), options)
 }
 
 fn embedded(hub: &TestHub) -> Arc<dyn HubLink> {
@@ -254,4 +256,22 @@ async fn run_diagnostics_without_a_streamer_fails_at_sign_with_a_timeout_and_run
     let (status, report) = run_diagnostics(&hub, agent.api_addr, "diag-alone").await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["result"], "Success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_diagnostics_with_a_streamer_lacking_a_key_holder_fails_at_sign_with_its_reason() {
+    let hub = TestHub::start().await;
+    let backend = stores().await;
+    let _streamer = tokio::spawn(streamer(embedded(&hub), &backend.stores).run());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&hub, "diag-nokeys", dir.path()).await;
+
+    let (status, report) = run_diagnostics(&hub, agent.api_addr, "diag-nokeys").await;
+    assert_eq!(status, 502, "{report}");
+    assert_eq!(report["failedStep"], "sign", "{report}");
+    assert_eq!(
+        report["error"],
+        "the back end did not sign the file: this streamer has no key holder configured"
+    );
+    assert_eq!(step(&report, "download")["status"], "Skipped");
 }
