@@ -222,6 +222,13 @@ async fn busy_in_the_middle_of_a_download_pauses_and_disconnects_ready_resumes_i
         "Disconnected",
         "{twin}"
     );
+    // The hub heard BUSY before the device left, so the operator defers rather than
+    // calling it unreachable.
+    let twin = hub.twin("dl-3").await;
+    assert_eq!(
+        twin["properties"]["reported"]["deviceState"], "BUSY",
+        "{twin}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         agent.device.state(),

@@ -174,7 +174,9 @@ async fn serve(
                 break Ended::Renew;
             }
             () = until_busy(&mut states) => {
-                tracing::info!("device BUSY: disconnecting");
+                // The operator must see BUSY (deferred), not a device that vanished.
+                let told = report_before_leaving(&mut sync, &mut eventloop, link).await;
+                tracing::info!(reported = told, "device BUSY: disconnecting");
                 let _ = client.disconnect().await;
                 drain(&mut eventloop).await;
                 break Ended::Paused;
@@ -213,6 +215,36 @@ async fn queued(outbox: &super::outbox::Outbox) {
         notified.await;
     }
 }
+
+/// Sends what is left to report (BUSY among it) and waits for the hub to take it, for at
+/// most [`GOODBYE_TIMEOUT`]; whether everything was acknowledged.
+async fn report_before_leaving(sync: &mut Sync, eventloop: &mut EventLoop, link: &Link) -> bool {
+    tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        loop {
+            if sync.can_report() {
+                if link.reported.pending_patch().is_none() {
+                    return;
+                }
+                sync.send_reported().await;
+            }
+            if !sync.is_synced() {
+                // Not connected far enough to report: nothing can be said.
+                return;
+            }
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => sync.on_publish(publish).await,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await
+    .is_ok()
+        && link.reported.pending_patch().is_none()
+}
+
+/// Longest wait for the hub to take the last reported patch before a BUSY disconnect.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn until_busy(states: &mut tokio::sync::watch::Receiver<DeviceState>) {
     let _ = states
