@@ -115,6 +115,8 @@ fn rand_suffix() -> u32 {
     hasher.finish() as u32
 }
 
+pub mod system;
+
 /// Helpers for controller tests: an embedded edge hub registered as a `Hub` object, devices
 /// that speak MQTT to it as the agent would, and the operator running in the test process.
 pub mod controllers {
