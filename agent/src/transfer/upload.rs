@@ -53,15 +53,17 @@ pub fn matching_files(pattern: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The transfer id of an uploaded file: device, a short hash of the path, the file name.
-pub fn upload_file_id(device_id: &str, path: &Path) -> String {
+/// The transfer id of an uploaded file: a short hash of its path, then its file name. The
+/// backend files every upload under the sending device's own folder, so the id leaves the
+/// device out.
+pub fn upload_file_id(path: &Path) -> String {
     let digest = Sha256::digest(path.to_string_lossy().as_bytes());
     let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let name: String = path
         .file_name()
         .map(|n| n.to_string_lossy().chars().take(120).collect())
         .unwrap_or_default();
-    format!("{device_id}/{hash}-{name}")
+    format!("{hash}-{name}")
 }
 
 /// Uploads every `interval_secs` until cancelled.
@@ -116,8 +118,7 @@ async fn upload_new_bytes(
         // The file was replaced by a shorter one: send it again from the start.
         offset = 0;
     }
-    let device_id = ctx.link.identity().map(|i| i.device_id).unwrap_or_default();
-    let file_id = upload_file_id(&device_id, file);
+    let file_id = upload_file_id(file);
     let chunk = ctx.config.transfer.upload_chunk_bytes;
     let mut reader = std::fs::File::open(file)?;
     reader.seek(SeekFrom::Start(offset))?;
@@ -234,15 +235,13 @@ mod tests {
 
     #[test]
     fn upload_ids_are_short_and_stable() {
-        let id = upload_file_id("dev-1", Path::new("/var/log/install.log"));
+        let id = upload_file_id(Path::new("/var/log/install.log"));
         assert!(
-            id.starts_with("dev-1/") && id.ends_with("-install.log"),
-            "{id}"
+            !id.contains('/') && id.ends_with("-install.log"),
+            "one name, no folders: {id}"
         );
-        assert_eq!(
-            id,
-            upload_file_id("dev-1", Path::new("/var/log/install.log"))
-        );
+        assert_eq!(id, upload_file_id(Path::new("/var/log/install.log")));
+        assert_ne!(id, upload_file_id(Path::new("/tmp/install.log")));
         assert!(id.len() <= cloudpillar_protocol::messages::MAX_FILE_ID_BYTES);
     }
 }
