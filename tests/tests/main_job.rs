@@ -45,7 +45,10 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
     let work = tempfile::tempdir().expect("work directory");
     let namespace = format!("e2e-{}", std::process::id());
 
+    // A database of its own, so the history this run writes is told apart from others'.
+    let database = format!("e2e_{}", std::process::id());
     let output = Command::new(workspace_root().join("k3s-dev/demo"))
+        .env("CP_MONGODB_DATABASE", &database)
         .env("CP_DEMO_DIR", work.path())
         .env("CP_DEMO_NAMESPACE", &namespace)
         .env("CP_DEMO_TIMEOUT", "300")
@@ -79,6 +82,7 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
         "{stderr}"
     );
 
+    let history = upload_history(&database);
     // Every agent holds a byte-identical copy of the archive and ran its installer.
     let source = sha256(&work.path().join("build/linux-patch-2.4.0.tar.gz"));
     for device in DEVICES {
@@ -99,11 +103,49 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
             .collect();
         assert_eq!(uploaded.len(), 1, "{device}: uploads {uploaded:?}");
         assert_eq!(
+            uploaded[0].parent(),
+            Some(uploads.as_path()),
+            "filed once under the device's folder"
+        );
+        assert_eq!(
             sha256(&uploaded[0]),
             sha256(&workdir.join("install.log")),
             "{device}"
         );
+        if let Some(history) = &history {
+            let link = history
+                .iter()
+                .find(|record| record["deviceId"] == device && record["kind"] == "upload")
+                .unwrap_or_else(|| panic!("{device}: no upload record in {history:?}"));
+            let path = link["blob"]["path"].as_str().expect("blob path");
+            assert_eq!(
+                uploads.join(path.trim_start_matches(&format!("{device}/"))),
+                uploaded[0],
+                "the history record links the uploaded log"
+            );
+        }
     }
+}
+
+/// The `logs` records of `database`, when the tests have MongoDB (`CP_MONGODB_URL`).
+fn upload_history(database: &str) -> Option<Vec<serde_json::Value>> {
+    let url = std::env::var("CP_MONGODB_URL").ok()?;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    Some(runtime.block_on(async {
+        let client = mongodb::Client::with_uri_str(&url)
+            .await
+            .expect("MongoDB client");
+        let logs = client
+            .database(database)
+            .collection::<mongodb::bson::Document>("logs");
+        let mut cursor = logs.find(mongodb::bson::doc! {}).await.expect("find");
+        let mut records = Vec::new();
+        while cursor.advance().await.expect("cursor") {
+            let record = cursor.deserialize_current().expect("record");
+            records.push(serde_json::to_value(record).expect("JSON"));
+        }
+        records
+    }))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
