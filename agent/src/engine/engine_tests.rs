@@ -150,6 +150,41 @@ async fn security_fixture_with_placeholder_signatures_is_refused_with_the_reason
 }
 
 #[tokio::test]
+async fn a_refused_local_recipe_leaves_the_twin_recipe_and_its_report_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::generate().expect("key");
+    let mut trust = TrustStore::new();
+    trust.add(key.verifying_key().clone());
+    let rig = rig(dir.path(), "", trust);
+    let counter = dir.path().join("count");
+    let spec = counting_recipe("twin-1", &counter);
+    let sign = cloudpillar_protocol::signing::SignedText::new(&key, &key.sign_json(&spec));
+    let twin = Delivery {
+        sign: Some(sign.to_string()),
+        source: RecipeSource::Twin,
+        ..local(spec)
+    };
+    assert_eq!(rig.engine.submit(twin).await, Submitted::Started);
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Success);
+    let before = rig.reported.wanted()["changeSpec"].clone();
+
+    // The placeholder-signed field fixture, posted locally with its own changeSign.
+    let bytes = fixture("security-update-desired.json");
+    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    let mut refused = local(doc["desired"]["changeSpec"].clone());
+    refused.sign = doc["desired"]["changeSign"].as_str().map(str::to_owned);
+    assert!(matches!(
+        rig.engine.submit(refused).await,
+        Submitted::Refused(..)
+    ));
+    assert_eq!(
+        rig.reported.wanted()["changeSpec"],
+        before,
+        "the report still shows the twin recipe"
+    );
+}
+
+#[tokio::test]
 async fn unsigned_twin_recipe_is_refused_when_signatures_are_required() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rig = rig(dir.path(), "", TrustStore::new());

@@ -229,6 +229,12 @@ impl Engine {
         });
         let recipe = match check {
             Ok(recipe) => recipe,
+            Err((code, text)) if delivery.source == RecipeSource::Local => {
+                // The caller hears why; the recipe the twin assigned keeps running and
+                // keeps its report.
+                tracing::warn!(recipe = %id, %code, %text, "local recipe refused");
+                return Submitted::Refused(code, text);
+            }
             Err((code, text)) => {
                 tracing::warn!(recipe = %id, %code, %text, "recipe refused");
                 run.status = RecipeStatus::Refused;
