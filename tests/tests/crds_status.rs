@@ -86,6 +86,7 @@ async fn a_full_device_status_reads_back_unchanged() -> anyhow::Result<()> {
             progress: Some(47),
             last_faulted_recipe: Some("patch".into()),
             last_faulted_path: Some("changeSpec.patch.transitPackage[1]".into()),
+            result_text: None,
         }),
         assignment: Some(DeviceAssignment {
             rollout: "fw-rollout".into(),

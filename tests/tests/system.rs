@@ -238,6 +238,13 @@ async fn a_failing_install_on_the_canary_pauses_the_rollout_before_the_second_wa
         Some("changeSpec.patch.installSteps[0]"),
         "the failed step is named: {failed:?}"
     );
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exited with code 3")),
+        "the device's reason is carried: {failed:?}"
+    );
 
     // The other devices never received the recipe, and stay that way.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -262,6 +269,7 @@ async fn a_failing_install_on_the_canary_pauses_the_rollout_before_the_second_wa
     assert!(described.contains("FailureThreshold"), "{described}");
     assert!(described.contains(&failed.name), "{described}");
     assert!(described.contains("installSteps[0]"), "{described}");
+    assert!(described.contains("exited with code 3"), "{described}");
     system.shutdown().await.expect("shutdown");
 }
 

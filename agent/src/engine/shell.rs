@@ -187,10 +187,11 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         Ok(status) => match status.code() {
             Some(code) => {
                 let ok = code == 0 || step.success_codes.contains(&i64::from(code));
-                let text = if tail.is_empty() && ok {
-                    StepOutcome::DONE_TEXT.into()
-                } else {
-                    tail
+                let text = match (tail.is_empty(), ok) {
+                    (true, true) => StepOutcome::DONE_TEXT.into(),
+                    // Say something a person can act on, not an empty string.
+                    (true, false) => format!("exited with code {code} and printed nothing"),
+                    (false, _) => tail,
                 };
                 if ok {
                     StepOutcome::succeeded(code.to_string(), text)

@@ -52,6 +52,14 @@ async fn silent_success_reports_the_standard_text() {
 }
 
 #[tokio::test]
+async fn silent_failure_says_how_it_exited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failed = run_in(dir.path(), "bash", "exit 3", &[]).await;
+    assert_eq!(failed.status, StepStatus::Failure);
+    assert_eq!(failed.text, "exited with code 3 and printed nothing");
+}
+
+#[tokio::test]
 async fn extra_success_codes_count_as_success() {
     let dir = tempfile::tempdir().expect("tempdir");
     let outcome = run_in(dir.path(), "bash", "exit 3010", &[0, 3010]).await;

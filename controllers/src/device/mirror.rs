@@ -84,8 +84,43 @@ pub fn recipe_status(spec: &Value) -> Option<DeviceRecipeStatus> {
         progress: progress(spec),
         last_faulted_recipe: text("lastFaultedRecipe"),
         last_faulted_path: text("lastFaultedPath"),
+        result_text: None,
+    };
+    // Only a finished, failed recipe has a reason; a retried step may have faulted earlier.
+    let failed = matches!(status.status.as_deref(), Some("Failure" | "Refused"));
+    let result_text = text("ResultText").filter(|_| failed).or_else(|| {
+        let path = status.last_faulted_path.as_deref().filter(|_| failed)?;
+        step_at(spec, path)?
+            .get("ResultText")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let status = DeviceRecipeStatus {
+        result_text: result_text.map(|t| clip(&t, RESULT_TEXT_LIMIT)),
+        ..status
     };
     (status != DeviceRecipeStatus::default()).then_some(status)
+}
+
+/// Longest result text kept in status; devices may report whole logs.
+const RESULT_TEXT_LIMIT: usize = 300;
+
+/// The step entry an action path such as `changeSpec.patch.installSteps[0]` names.
+fn step_at<'a>(spec: &'a Value, path: &str) -> Option<&'a Value> {
+    let rest = path.strip_prefix("changeSpec.")?;
+    let (section, stage) = rest.split_once('.')?;
+    let (stage, index) = stage.strip_suffix(']')?.split_once('[')?;
+    spec.get(section)?
+        .get(stage)?
+        .get(index.parse::<usize>().ok()?)
+}
+
+/// `text` cut to at most `limit` characters, marked when cut.
+fn clip(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// Percent of steps finished over every section and stage the device lists.
@@ -170,6 +205,43 @@ mod tests {
             Some("changeSpec.patch.transitPackage[1]")
         );
         assert_eq!(status.progress, Some(100));
+        assert_eq!(
+            status.result_text, None,
+            "a recipe still running has no failure reason"
+        );
+    }
+
+    #[test]
+    fn a_failed_recipe_carries_its_failed_steps_result_text() {
+        let spec = json!({
+            "id": "r",
+            "Status": "Failure",
+            "lastFaultedPath": "changeSpec.patch.installSteps[1]",
+            "patch": {
+                "installSteps": [
+                    {"status": "Success", "ResultCode": 0, "ResultText": "ok"},
+                    {"status": "Failure", "ResultCode": 3, "ResultText": "exit code 3: disk full"},
+                ],
+            },
+        });
+        let status = recipe_status(&spec).expect("status");
+        assert_eq!(
+            status.result_text.as_deref(),
+            Some("exit code 3: disk full")
+        );
+
+        let refused = json!({
+            "id": "r", "Status": "Refused", "ResultCode": "bad_signature",
+            "ResultText": "x".repeat(1000),
+        });
+        let text = recipe_status(&refused)
+            .and_then(|s| s.result_text)
+            .expect("text");
+        assert_eq!(
+            text.chars().count(),
+            RESULT_TEXT_LIMIT + 1,
+            "clipped and marked"
+        );
     }
 
     #[test]

@@ -312,16 +312,19 @@ async fn announce_changes(
     if let Some(id) = failed(after)
         && failed(before).as_deref() != Some(id.as_str())
     {
-        let at = after
-            .recipe
-            .as_ref()
+        let recipe = after.recipe.as_ref();
+        let at = recipe
             .and_then(|r| r.last_faulted_path.clone())
+            .unwrap_or_default();
+        let why = recipe
+            .and_then(|r| r.result_text.as_deref())
+            .map(|t| format!(": {t}"))
             .unwrap_or_default();
         ctx.publish(
             device,
             true,
             "RecipeFailed",
-            format!("recipe {id} failed at {at}"),
+            format!("recipe {id} failed at {at}{why}"),
         )
         .await;
     }

@@ -205,6 +205,33 @@ fn a_device_busy_mid_run_is_deferred_then_finishes_without_a_second_start() {
 }
 
 #[test]
+fn a_failed_device_lists_its_step_and_the_devices_own_words() {
+    let mut fleet = Fleet::new(1, vec![Wave::percent(100)]);
+    fleet.step();
+    fleet.reports.insert(
+        "dev-00".into(),
+        DeviceRecipeStatus {
+            id: Some("r1".into()),
+            status: Some("Failure".into()),
+            last_faulted_path: Some("changeSpec.patch.installSteps[0]".into()),
+            result_text: Some("exited with code 3: disk full".into()),
+            ..DeviceRecipeStatus::default()
+        },
+    );
+    fleet.step();
+    let failed = &fleet.status.failed_devices[0];
+    assert_eq!(failed.reason, "StepFailed");
+    assert_eq!(
+        failed.action_path.as_deref(),
+        Some("changeSpec.patch.installSteps[0]")
+    );
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("StepFailed at changeSpec.patch.installSteps[0]: exited with code 3: disk full")
+    );
+}
+
+#[test]
 fn failure_threshold_pauses_with_the_reason_and_an_event() {
     let mut fleet = Fleet::new(6, vec![Wave::count(2), Wave::count(4)]);
     fleet.spec.strategy.failure_threshold = Some(FailureThreshold {

@@ -295,7 +295,7 @@ impl Summary<'_> {
                 reason: a
                     .reason
                     .as_deref()
-                    .and_then(|r| r.split(' ').next())
+                    .and_then(|r| r.split([' ', ':']).next())
                     .unwrap_or("Failed")
                     .to_owned(),
                 message: a.reason.clone(),
@@ -303,7 +303,9 @@ impl Summary<'_> {
                     .reason
                     .as_deref()
                     .and_then(|r| r.split_once(" at "))
-                    .map(|(_, p)| p.to_owned()),
+                    // `StepFailed at <path>: <device's text>`; paths hold no ": ".
+                    .and_then(|(_, rest)| rest.split(": ").next())
+                    .map(str::to_owned),
                 time: a.phase_time.clone(),
             })
             .collect();

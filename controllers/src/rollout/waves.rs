@@ -94,15 +94,19 @@ pub fn observe(
             .or(report.action_path.as_deref())?;
         Some(path.to_owned())
     };
+    let why = || {
+        report
+            .and_then(|r| r.result_text.as_deref())
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default()
+    };
     match reported {
         Some("Success") => return (Phase::Succeeded, None),
         Some("Failure") => {
-            return (
-                Phase::Failed,
-                Some(fault().map_or("StepFailed".into(), |p| format!("StepFailed at {p}"))),
-            );
+            let at = fault().map(|p| format!(" at {p}")).unwrap_or_default();
+            return (Phase::Failed, Some(format!("StepFailed{at}{}", why())));
         }
-        Some("Refused") => return (Phase::Failed, Some("Refused".into())),
+        Some("Refused") => return (Phase::Failed, Some(format!("Refused{}", why()))),
         Some("Cancelled") => return (Phase::Cancelled, None),
         _ => {}
     }

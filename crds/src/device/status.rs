@@ -126,6 +126,11 @@ pub struct DeviceRecipeStatus {
     /// Step at which the last fault happened, for example `changeSpec.patch.transitPackage[1]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_faulted_path: Option<String>,
+
+    /// Why the recipe failed or was refused, in the device's words (the `ResultText` of the
+    /// recipe or of its failed step), for example `exit code 3: disk full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_text: Option<String>,
 }
 
 /// A device's place in a Rollout. Written by the Rollout controller on the Device itself, so
