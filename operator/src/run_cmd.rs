@@ -168,6 +168,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     shutdown.cancel();
     tasks.abort_all();
+    // Let every part drop its handle on the hub, so that the hub can close its store at once.
+    while tasks.join_next().await.is_some() {}
+    drop(link);
     hub.shutdown().await;
     outcome
 }
