@@ -81,6 +81,11 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
         stderr.contains("security-update-desired.json: {\"error\":\"bad_signature"),
         "{stderr}"
     );
+    // The summary says why the Windows recipe failed, in the device's words.
+    assert!(
+        stdout.contains("windows-update-recipe.json: Failure at changeSpec.patch."),
+        "{stdout}"
+    );
 
     let history = upload_history(&database);
     // Every agent holds a byte-identical copy of the archive and ran its installer.
