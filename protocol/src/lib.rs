@@ -11,6 +11,7 @@
 //! - [`messages`]: C2D and D2C message bodies and their size limits.
 //! - [`recipe`]: the `changeSpec` model, its validation and execution order.
 //! - [`reported`]: device states and per-step progress reports.
+//! - [`sas`]: shared access signature tokens and DPS group key derivation.
 
 pub mod crc;
 pub mod encoding;
@@ -20,5 +21,6 @@ pub mod limits;
 pub mod messages;
 pub mod recipe;
 pub mod reported;
+pub mod sas;
 pub mod signing;
 pub mod twin;

@@ -116,6 +116,9 @@ fn step_statuses_use_the_sample_spelling() {
             "Cancelled"
         ]
     );
+    for status in statuses {
+        assert_eq!(json!(status), json!(status.as_str()));
+    }
     assert!(!StepStatus::InProgress.is_final() && StepStatus::Cancelled.is_final());
 }
 

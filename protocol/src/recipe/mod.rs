@@ -11,18 +11,27 @@
 //! text, not from a `serde_json::Value`, whose map may be sorted).
 //!
 //! [`validate`], [`normalize_crlf`] and [`has_crlf_in_bash`] work on the raw JSON value, so
-//! they can report on documents the typed view refuses.
+//! they can report on documents the typed view refuses. A device reads what it runs as a
+//! [`Plan`], which keeps a step it cannot run in place with the reason.
 
 mod crlf;
 mod model;
+mod order;
+mod plan;
 mod validate;
+mod zone_vars;
 
 pub use crlf::{has_crlf_in_bash, normalize_crlf};
 pub use model::{Action, ActionKind, ChangeSpec, RecipeError, Section, Stage};
-pub use validate::{
-    Issue, KNOWN_PROTOCOLS, KNOWN_SHELLS, SIGNATURE_ALLOWANCE, ZoneSyntaxError, validate,
-    validate_with_limits, zone_variables,
+pub use order::section_order;
+pub use plan::{
+    DEFAULT_DOWNLOAD_PROTOCOL, DEFAULT_UPLOAD_INTERVAL_SECS, DownloadStep, Plan, PlanError,
+    PlanSection, PlanStep, PlannedStage, ShellStep, Step, StepError, UploadStep,
 };
+pub use validate::{
+    Issue, KNOWN_PROTOCOLS, KNOWN_SHELLS, SIGNATURE_ALLOWANCE, validate, validate_with_limits,
+};
+pub use zone_vars::{ZoneExpandError, ZoneSyntaxError, expand_zone_variables, zone_variables};
 
 use serde_json::Value;
 

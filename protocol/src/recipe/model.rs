@@ -46,6 +46,11 @@ impl Stage {
             Stage::PostInstallConfig => "postInstallConfig",
         }
     }
+
+    /// The stage a `changeSpec` calls `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|stage| stage.name() == name)
+    }
 }
 
 /// The five stages of one section, each a list of actions.
@@ -112,6 +117,18 @@ impl ActionKind {
             ActionKind::SingularUpload => "singularUpload",
             ActionKind::PeriodicUpload => "periodicUpload",
         }
+    }
+
+    /// The kind a `changeSpec` calls `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            ActionKind::ExecuteOnce,
+            ActionKind::SingularDownload,
+            ActionKind::SingularUpload,
+            ActionKind::PeriodicUpload,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Stage, raw_actions};
+use super::{Stage, raw_actions, zone_variables};
 use crate::encoding::decode_base64_strict;
 use crate::keys::{KeyError, validate_document_keys};
 use crate::limits::{TwinLimits, depth, twin_size};
@@ -107,7 +107,7 @@ fn check_section(name: &str, section: &Value, issues: &mut Issues) {
     };
     for (stage, actions) in stages {
         let path = format!("changeSpec.{name}.{stage}");
-        if !Stage::ALL.iter().any(|known| known.name() == stage) {
+        if Stage::from_name(stage).is_none() {
             issues.add(
                 path,
                 "unknown stage: stages are preTransitConfig, transitPackage, preInstallConfig, \
@@ -268,46 +268,6 @@ fn check_destination(path: &str, destination: &str, issues: &mut Issues) {
             "must be relative or start with a zone variable such as ${Zone}/",
         );
     }
-}
-
-/// A `${` in a recipe string that does not form a zone variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason} at byte {offset}")]
-pub struct ZoneSyntaxError {
-    /// Byte offset of the `${`.
-    pub offset: usize,
-    /// What is wrong.
-    pub reason: &'static str,
-}
-
-/// Zone variables (`${Name}`, `Name` = letter or `_`, then letters, digits or `_`) in `text`,
-/// with their byte offsets. Refuses a `${` that does not form one.
-pub fn zone_variables(text: &str) -> Result<Vec<(usize, &str)>, ZoneSyntaxError> {
-    let mut found = Vec::new();
-    let mut rest = 0;
-    while let Some(relative) = text[rest..].find("${") {
-        let offset = rest + relative;
-        let body = &text[offset + 2..];
-        let end = body.find('}').ok_or(ZoneSyntaxError {
-            offset,
-            reason: "unclosed zone variable",
-        })?;
-        let name = &body[..end];
-        let mut chars = name.chars();
-        let well_formed = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !well_formed {
-            return Err(ZoneSyntaxError {
-                offset,
-                reason: "zone variable name is not valid",
-            });
-        }
-        found.push((offset, name));
-        rest = offset + 2 + end + 1;
-    }
-    Ok(found)
 }
 
 fn check_twin_rules(spec: &Value, limits: &TwinLimits, issues: &mut Issues) {

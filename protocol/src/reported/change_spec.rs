@@ -125,9 +125,7 @@ fn split_action_path(path: &str) -> Option<(&str, Stage, usize)> {
     let rest = path.strip_prefix("changeSpec.")?;
     let (head, index) = rest.strip_suffix(']')?.rsplit_once('[')?;
     let (section, stage_name) = head.rsplit_once('.')?;
-    let stage = Stage::ALL
-        .into_iter()
-        .find(|stage| stage.name() == stage_name)?;
+    let stage = Stage::from_name(stage_name)?;
     Some((section, stage, index.parse().ok()?))
 }
 

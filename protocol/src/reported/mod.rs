@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 /// A device state as `reported.deviceState` spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeviceState {
     /// Provisioning through DPS.
@@ -113,6 +114,18 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// The status as the report spells it (`InProgress`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::InProgress => "InProgress",
+            Self::Success => "Success",
+            Self::Failure => "Failure",
+            Self::Skipped => "Skipped",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+
     /// True once the step will not change any more.
     pub fn is_final(self) -> bool {
         matches!(
