@@ -186,6 +186,19 @@ async fn a_wave_with_both_count_and_percent_is_refused() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn only_waves_before_the_last_may_have_a_selector() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-wave-selector").await?;
+    let ring = json!({ "matchLabels": { "ring": "canary" } });
+    let waves = json!([{ "count": 1 }, { "percent": 100, "selector": ring }]);
+    let message = scratch.refused(&rollout_with_waves("last", waves)).await;
+    assert_says(&message, &["the last wave takes every device left"]);
+
+    let waves = json!([{ "count": 1, "selector": ring }, { "percent": 100 }]);
+    scratch.apply(&rollout_with_waves("canary", waves)).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
 async fn a_pause_needs_a_duration_or_until_resumed() -> anyhow::Result<()> {
     let scratch = Scratch::new("crd-pause").await?;
     let waves = json!([{ "count": 1, "pause": {} }, { "percent": 100 }]);

@@ -213,6 +213,7 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
         mine,
         held_elsewhere,
         busy,
+        labels: device.labels(),
         observed: Observed {
             report: status.and_then(|s| s.recipe.as_ref()),
             reachable,

@@ -15,6 +15,7 @@ use cloudpillar_crds::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::{Selector, SelectorExt};
 
 use super::summary::{self, Gate};
 use super::waves::{self, Observed, cumulative_targets};
@@ -32,6 +33,8 @@ pub struct Candidate<'a> {
     pub held_elsewhere: bool,
     /// The agent reports BUSY.
     pub busy: bool,
+    /// The Device's labels, for waves with their own selector.
+    pub labels: &'a BTreeMap<String, String>,
     /// Report and reachability.
     pub observed: Observed<'a>,
 }
@@ -134,6 +137,22 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         .collect();
     let total = u32::try_from(members.len() + unclaimed.len()).unwrap_or(u32::MAX);
     let targets = cumulative_targets(&facts.spec.strategy.waves, total);
+    let wave_selectors: Vec<Option<Option<Selector>>> = facts
+        .spec
+        .strategy
+        .waves
+        .iter()
+        .map(|w| w.selector.clone().map(|s| Selector::try_from(s).ok()))
+        .collect();
+    // Whether a device may join wave `wave` (1-based): waves with a selector take only the
+    // devices it matches, and an unusable selector takes none rather than all.
+    let joins = |wave: u32, candidate: &Candidate<'_>| match wave_selectors
+        .get((wave as usize).saturating_sub(1))
+    {
+        Some(Some(Some(selector))) => selector.matches(candidate.labels),
+        Some(Some(None)) => false,
+        _ => true,
+    };
 
     // Gate: what stops new devices from starting, in order of precedence.
     let mut counts = summary::counts(&members, unclaimed.len());
@@ -171,7 +190,10 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         let index = (wave - 1) as usize;
         let in_waves: Vec<&DeviceAssignment> =
             members.values().filter(|a| a.wave <= wave).collect();
-        let filled = in_waves.len() as u32 >= targets.get(index).copied().unwrap_or(0);
+        // A wave with a selector also ends when no device it could take is left.
+        let exhausted = wave_selectors.get(index).is_some_and(Option::is_some)
+            && !unclaimed.iter().any(|c| joins(wave, c));
+        let filled = exhausted || in_waves.len() as u32 >= targets.get(index).copied().unwrap_or(0);
         if !filled || !in_waves.iter().all(|a| a.phase.is_finished()) {
             break;
         }
@@ -265,7 +287,7 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
             .saturating_sub(held);
         let mut blocked = 0_u32;
         let mut claims = Vec::new();
-        for candidate in &unclaimed {
+        for candidate in unclaimed.iter().filter(|c| joins(wave, c)) {
             if room == 0 || started >= facts.max_starts {
                 break;
             }

@@ -7,7 +7,7 @@ use cloudpillar_crds::{
     DeviceAssignment, DeviceRecipeStatus, DeviceRolloutPhase as Phase, FailureAction,
     FailureThreshold, RolloutPhase, RolloutSpec, RolloutStatus, Wave, WavePause,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::plan::{Candidate, Facts, Plan, plan};
@@ -22,6 +22,7 @@ struct Fleet {
     busy: Vec<String>,
     elsewhere: Vec<String>,
     names: Vec<String>,
+    labels: BTreeMap<String, BTreeMap<String, String>>,
     now: i64,
 }
 
@@ -37,6 +38,7 @@ impl Fleet {
             busy: Vec::new(),
             elsewhere: Vec::new(),
             names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
+            labels: BTreeMap::new(),
             now: 1_000,
         }
     }
@@ -44,6 +46,7 @@ impl Fleet {
     /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed).
     fn step(&mut self) -> Plan {
         let now = Timestamp::from_second(self.now).expect("valid time");
+        let unlabelled = BTreeMap::new();
         let candidates: Vec<Candidate<'_>> = self
             .names
             .iter()
@@ -53,6 +56,7 @@ impl Fleet {
                 mine: self.records.get(name),
                 held_elsewhere: self.elsewhere.contains(name),
                 busy: self.busy.contains(name),
+                labels: self.labels.get(name).unwrap_or(&unlabelled),
                 observed: Observed {
                     report: self.reports.get(name),
                     reachable: true,
@@ -229,6 +233,45 @@ fn a_failed_device_lists_its_step_and_the_devices_own_words() {
         failed.message.as_deref(),
         Some("StepFailed at changeSpec.patch.installSteps[0]: exited with code 3: disk full")
     );
+}
+
+fn canary_ring_first() -> Vec<Wave> {
+    let mut canary = Wave::count(1);
+    canary.selector = Some(LabelSelector {
+        match_labels: Some([("ring".to_owned(), "canary".to_owned())].into()),
+        ..LabelSelector::default()
+    });
+    vec![canary, Wave::percent(100)]
+}
+
+#[test]
+fn a_wave_with_a_selector_takes_only_the_devices_it_matches() {
+    let mut fleet = Fleet::new(4, canary_ring_first());
+    fleet
+        .labels
+        .insert("dev-02".into(), [("ring".into(), "canary".into())].into());
+    let plan = fleet.step();
+    assert_eq!(
+        plan.starts,
+        vec!["dev-02".to_owned()],
+        "the canary ring goes first"
+    );
+    fleet.report("dev-02", "Success");
+    let plan = fleet.step();
+    assert_eq!(plan.starts, vec!["dev-00", "dev-01", "dev-03"]);
+    assert_eq!(fleet.status.current_wave, Some(2));
+}
+
+#[test]
+fn a_wave_whose_selector_matches_nothing_left_ends_without_blocking_the_next() {
+    let mut fleet = Fleet::new(3, canary_ring_first());
+    let plan = fleet.step();
+    assert_eq!(
+        plan.starts.len(),
+        3,
+        "no canary device: the next wave takes everyone"
+    );
+    assert_eq!(fleet.status.current_wave, Some(2));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! How a Rollout spreads: waves, concurrency, failure threshold, window, timeout.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,10 @@ pub struct RolloutStrategy {
                 "rule": "self.all(w, !has(w.name) || \
                          self.filter(v, has(v.name) && v.name == w.name).size() == 1)",
                 "message": "wave names must be unique",
+            },
+            {
+                "rule": "!has(self[size(self) - 1].selector)",
+                "message": "the last wave takes every device left, so it has no selector",
             },
         ])
     )]
@@ -77,7 +82,7 @@ fn one_wave() -> Vec<Wave> {
 }
 
 /// One step of a rollout: a number or a share of the selected devices.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.count) != has(self.percent)",
@@ -107,6 +112,12 @@ pub struct Wave {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub percent: Option<u32>,
+
+    /// Only devices matching these labels join this wave (for example `ring: canary`),
+    /// besides matching the Rollout's selector. The wave ends early when no such device is
+    /// left, even below its count or percent. Not allowed on the last wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 
     /// Wait after this wave's devices have finished, before the next wave starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
