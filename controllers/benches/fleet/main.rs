@@ -5,11 +5,19 @@
 //! The operator runs in a child process of this binary so that its RSS is its own.
 //!
 //! Figures:
-//! - cold start: from operator start until every Device is Registered and Synced;
+//! - cold start: from operator start until every Device is Registered and Synced (each one
+//!   registered in the hub on the way), with the requests the API server answered meanwhile
+//!   and the operator's CPU time;
+//! - restart: a fresh operator process until it has checked every Device against its twin;
 //! - first wave: from applying a Rollout (10 % first wave) until the first twin holds the
 //!   recipe, and until the whole first wave does;
 //! - operator peak RSS (VmHWM of the child).
+//!
+//! The operator runs with the default settings of `Config` (`FLEET_CONCURRENCY` overrides the
+//! reconcile concurrency).
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a benchmark prints figures
+
+mod figures;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -57,7 +65,10 @@ async fn operator(namespace: String) -> anyhow::Result<()> {
         metrics_addr: std::env::var("FLEET_METRICS_ADDR")
             .unwrap_or_else(|_| "127.0.0.1:0".into())
             .parse()?,
-        concurrency: 128,
+        concurrency: std::env::var("FLEET_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Config::default().concurrency),
         signing_key: Some(SecretLocation {
             namespace,
             name: "recipe-signing".into(),
@@ -190,13 +201,9 @@ async fn bench(count: usize) -> anyhow::Result<()> {
     store.wait_until_ready().await?;
 
     // Cold start.
+    let requests_before = figures::request_counts(&client).await;
     let started = Instant::now();
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .env("FLEET_OPERATOR_NAMESPACE", &ns)
-        .env("FLEET_METRICS_ADDR", metrics_addr.to_string())
-        .stdin(Stdio::piped())
-        .spawn()?;
+    let (mut child, metrics_addr) = spawn_operator(&ns)?;
     let pid = child.id().expect("child pid");
     let synced = |d: &Arc<Device>| {
         let conditions = d
@@ -206,16 +213,21 @@ async fn bench(count: usize) -> anyhow::Result<()> {
             .unwrap_or_default();
         cloudpillar_crds::conditions::is_true(&conditions, "Synced")
     };
-    wait("all Devices synced", Duration::from_secs(600), || {
+    wait("all Devices synced", Duration::from_secs(900), || {
         store.state().iter().filter(|d| synced(d)).count() == count
     })
     .await?;
     let cold = started.elapsed();
-    let rss_synced = rss_kib(pid, "VmRSS");
+    let cold_cpu = figures::cpu_seconds(pid);
+    let rss_synced = figures::rss_kib(pid, "VmRSS");
+    let rss_synced_peak = figures::rss_kib(pid, "VmHWM");
+    let requests_after = figures::request_counts(&client).await;
     println!(
-        "fleet: cold start, {count} twins registered and in sync: {:.1} s",
-        cold.as_secs_f64()
+        "fleet: cold start, {count} twins registered and in sync: {:.1} s (operator CPU {:.1} s)",
+        cold.as_secs_f64(),
+        cold_cpu
     );
+    figures::print_request_delta("cold start", &requests_before, &requests_after);
     print_reconcile_figures(metrics_addr).await;
     let twins_ok = hub
         .core()
@@ -224,6 +236,41 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         .filter(|t| t["tags"]["site"] == "bench")
         .count();
     println!("fleet: twins with the Device tags in the hub: {twins_ok}");
+
+    // Restart: a fresh operator checks every Device against its twin; nothing needs writing.
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let requests_before = figures::request_counts(&client).await;
+    let restarted = Instant::now();
+    let (mut child, metrics_addr) = spawn_operator(&ns)?;
+    let pid = child.id().expect("child pid");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let checked = figures::operator_metric(
+            metrics_addr,
+            "cloudpillar_reconciles_total{controller=\"device\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+        if checked >= count as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "restart did not check every Device"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restart = restarted.elapsed();
+    let restart_cpu = figures::cpu_seconds(pid);
+    let requests_after = figures::request_counts(&client).await;
+    println!(
+        "fleet: restart, {count} Devices checked against their twins: {:.1} s (operator CPU {:.1} s)",
+        restart.as_secs_f64(),
+        restart_cpu
+    );
+    figures::print_request_delta("restart", &requests_before, &requests_after);
+    print_reconcile_figures(metrics_addr).await;
 
     // A Rollout: first wave of 10 %.
     let recipe = json!({
@@ -292,9 +339,11 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         whole_wave.as_secs_f64()
     );
     println!(
-        "fleet: operator RSS after sync: {} MiB; peak: {} MiB",
+        "fleet: operator RSS after the first sync: {} MiB (peak {} MiB); restarted operator \
+         peak after its check and the first wave: {} MiB",
         rss_synced / 1024,
-        rss_kib(pid, "VmHWM") / 1024
+        rss_synced_peak / 1024,
+        figures::rss_kib(pid, "VmHWM") / 1024
     );
 
     // Stop the operator, then clean up with a fresh one removing the hub identities.
@@ -372,15 +421,13 @@ async fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> an
     Ok(())
 }
 
-/// A `/proc/<pid>/status` figure in KiB (0 when unreadable).
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+/// Starts the operator in a child process; returns it and its metrics address.
+fn spawn_operator(ns: &str) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_OPERATOR_NAMESPACE", ns)
+        .env("FLEET_METRICS_ADDR", metrics_addr.to_string())
+        .stdin(Stdio::piped())
+        .spawn()?;
+    Ok((child, metrics_addr))
 }

@@ -2,28 +2,32 @@
 //! properties in line with the spec, and mirrors what the device reports into status.
 
 mod credentials;
+mod memory;
 mod mirror;
+pub mod mode;
+mod status;
 mod sync;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use cloudpillar_crds::Device;
 use cloudpillar_crds::conditions::{DEVICE_REGISTERED, DEVICE_SYNCED};
-use cloudpillar_crds::{ConnectionState, Device, DeviceStatus};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 pub use credentials::{DEVICE_ID, PRIMARY_KEY, SECONDARY_KEY, key_secret_name};
+pub use memory::WrittenStatus;
 pub use mirror::{Mirrored, mirror, recipe_status};
 pub use sync::{Owned, desired_value, plan, within_limits};
 
 use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, finalizer, key_of};
-use crate::status::{apply_status, condition, manager, merge_conditions};
+use crate::status::{condition, merge_conditions};
 use crate::twin::{DeviceIdentity, Twin, TwinError, TwinService};
+use status::{announce_changes, next_check, write_status};
 
 /// Finalizer that removes the hub identity before a Device goes away.
 pub const FINALIZER: &str = "cloudpillar.io/device";
@@ -46,6 +50,7 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action>
             cleanup(&device, &namespace, &ctx).await?;
             finalizer::remove(&api, device.as_ref(), FINALIZER).await?;
         }
+        ctx.device_status.forget(&device);
         return Ok(Action::await_change());
     }
     let device = finalizer::add(&api, device.as_ref(), FINALIZER).await?;
@@ -65,7 +70,7 @@ async fn apply(
     let object = key_of(device);
     let hub_name = device.spec.hub_ref.name.as_str();
     let device_id = device.device_id();
-    let previous = device.status.clone().unwrap_or_default();
+    let previous = ctx.device_status.current(device);
     let generation = device.meta().generation;
 
     let hub = match ctx.hubs.service(namespace, hub_name, &object).await {
@@ -83,7 +88,7 @@ async fn apply(
                 ),
                 condition(DEVICE_SYNCED, false, reason, message, generation),
             ];
-            write_status(api, device, &previous, |s| {
+            write_status(ctx, api, device, &previous, |s| {
                 s.conditions = merge_conditions(&s.conditions, conditions)
             })
             .await?;
@@ -118,7 +123,7 @@ async fn apply(
                     message,
                     generation,
                 )];
-                write_status(api, device, &previous, |s| {
+                write_status(ctx, api, device, &previous, |s| {
                     s.conditions = merge_conditions(&s.conditions, conditions)
                 })
                 .await?;
@@ -147,10 +152,24 @@ async fn apply(
         }
     };
 
+    // The desired properties the operator owns: the spec's, and the agent mode with what the
+    // device authenticates with and where (`desired.provisioning`).
+    let device_host = ctx
+        .hubs
+        .hub(namespace, hub_name)
+        .map(|h| h.spec.endpoint.device_host().to_owned())
+        .unwrap_or_default();
+    let reserved = BTreeMap::from([(
+        mode::PROVISIONING_KEY.to_owned(),
+        mode::provisioning(device, &device_host),
+    )]);
+
     // A spec the hub would refuse (F06) is reported, not sent.
-    if let Err(problem) = sync::within_limits(&device.spec.tags, &device.spec.desired) {
+    let mut desired = device.spec.desired.clone();
+    desired.extend(reserved.clone());
+    if let Err(problem) = sync::within_limits(&device.spec.tags, &desired) {
         let message = format!("not written to the twin: {problem}");
-        write_status(api, device, &previous, |status| {
+        write_status(ctx, api, device, &previous, |status| {
             status.observed_generation = generation;
             let wanted = vec![condition(
                 DEVICE_SYNCED,
@@ -176,6 +195,7 @@ async fn apply(
         desired: &device.spec.desired,
         applied_tags,
         applied_desired,
+        reserved: &reserved,
     };
     let twin = write_twin(hub.as_ref(), &device_id, owned, twin, ctx)
         .await
@@ -192,11 +212,10 @@ async fn apply(
         crate::status::now(),
         ctx.config.stale_after,
     );
-    let spec = device.spec.clone();
-    let written = write_status(api, device, &previous, |status| {
+    let written = write_status(ctx, api, device, &previous, |status| {
         status.observed_generation = generation;
-        status.applied_tags = spec.tags.clone();
-        status.applied_desired = spec.desired.clone();
+        status.applied_tags = device.spec.tags.clone();
+        status.applied_desired = device.spec.desired.clone();
         if !stale_read {
             status.device_state = mirrored.device_state.clone();
             status.connection = mirrored.connection.clone();
@@ -260,92 +279,6 @@ async fn write_twin(
     Err(TwinError::EtagMismatch {
         device_id: device_id.to_owned(),
     })
-}
-
-/// Applies the status `change` makes to the current one, unless it changes nothing.
-async fn write_status(
-    api: &Api<Device>,
-    device: &Device,
-    previous: &DeviceStatus,
-    change: impl FnOnce(&mut DeviceStatus),
-) -> Result<DeviceStatus> {
-    let mut wanted = previous.clone();
-    change(&mut wanted);
-    if wanted == *previous {
-        return Ok(wanted);
-    }
-    // The assignment belongs to the Rollout controller's field manager; leave it out.
-    let mut owned = wanted.clone();
-    owned.assignment = None;
-    apply_status(api, device, &manager(CONTROLLER), &owned).await?;
-    Ok(wanted)
-}
-
-/// Events for changes a person cares about: connection lost or back, a failed recipe.
-async fn announce_changes(
-    device: &Device,
-    before: &DeviceStatus,
-    after: &DeviceStatus,
-    ctx: &Context,
-) {
-    let state = |s: &DeviceStatus| s.connection.as_ref().map(|c| c.state);
-    if before.connection.is_some() && state(before) != state(after) {
-        let (warning, reason) = match state(after) {
-            Some(ConnectionState::Connected) => (false, "Connected"),
-            Some(ConnectionState::Stale) => (true, "Stale"),
-            _ => (true, "Disconnected"),
-        };
-        ctx.publish(
-            device,
-            warning,
-            reason,
-            format!("device connection is now {reason}"),
-        )
-        .await;
-    }
-    let failed = |s: &DeviceStatus| {
-        s.recipe
-            .as_ref()
-            .filter(|r| r.status.as_deref() == Some("Failure"))
-            .and_then(|r| r.id.clone())
-    };
-    if let Some(id) = failed(after)
-        && failed(before).as_deref() != Some(id.as_str())
-    {
-        let recipe = after.recipe.as_ref();
-        let at = recipe
-            .and_then(|r| r.last_faulted_path.clone())
-            .unwrap_or_default();
-        let why = recipe
-            .and_then(|r| r.result_text.as_deref())
-            .map(|t| format!(": {t}"))
-            .unwrap_or_default();
-        ctx.publish(
-            device,
-            true,
-            "RecipeFailed",
-            format!("recipe {id} failed at {at}{why}"),
-        )
-        .await;
-    }
-}
-
-/// When to look again: the resync period, or sooner when a connected device would turn stale.
-fn next_check(status: &DeviceStatus, ctx: &Context) -> Action {
-    let connected = status
-        .connection
-        .as_ref()
-        .is_some_and(|c| c.state == ConnectionState::Connected);
-    let Some(last) = status.last_activity_time.as_ref().filter(|_| connected) else {
-        return ctx.resync();
-    };
-    let silent = Timestamp::now().duration_since(last.0).unsigned_abs();
-    let until_stale = ctx.config.stale_after.saturating_sub(silent) + Duration::from_secs(1);
-    if until_stale < ctx.config.resync_period {
-        Action::requeue(until_stale)
-    } else {
-        ctx.resync()
-    }
 }
 
 /// Removes the hub identity; an identity already gone counts as removed (F21).

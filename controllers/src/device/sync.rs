@@ -4,7 +4,8 @@
 //! what the spec wants now (field case F03): a key removed from the spec becomes an explicit
 //! `null`, an unchanged spec gives no patch at all, and keys the operator never wrote are
 //! never touched. On top of that, an owned key whose twin value someone changed behind the
-//! operator's back is written again.
+//! operator's back is written again. Reserved keys (`provisioning`) belong to the operator
+//! alone: they are compared with the twin only.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,8 @@ pub struct Owned<'a> {
     pub applied_tags: &'a BTreeMap<String, String>,
     /// `status.appliedDesired`.
     pub applied_desired: &'a BTreeMap<String, Value>,
+    /// Reserved desired keys the operator alone writes, with their wanted values.
+    pub reserved: &'a BTreeMap<String, Value>,
 }
 
 /// The patch to send; empty when the twin needs nothing.
@@ -35,13 +38,23 @@ pub fn plan(owned: Owned<'_>, twin: &Twin) -> TwinPatch {
     let wanted_desired = desired_value(owned.desired);
     let last_desired = desired_value(owned.applied_desired);
 
+    let current_desired = without_meta(&twin.properties.desired);
+    let mut desired = section_patch(&last_desired, &wanted_desired, &current_desired);
+    for (key, value) in owned.reserved {
+        if current_desired
+            .get(key)
+            .is_some_and(|now| covers(now, value))
+        {
+            continue;
+        }
+        let patch = desired.get_or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(members) = patch {
+            members.insert(key.clone(), value.clone());
+        }
+    }
     TwinPatch {
         tags: section_patch(&last_tags, &wanted_tags, &twin.tags),
-        desired: section_patch(
-            &last_desired,
-            &wanted_desired,
-            &without_meta(&twin.properties.desired),
-        ),
+        desired,
     }
 }
 
@@ -149,6 +162,7 @@ mod tests {
             desired: &wanted,
             applied_tags: &none,
             applied_desired: &last,
+            reserved: &BTreeMap::new(),
         };
         let patch = plan(owned, &twin);
         assert_eq!(patch.desired, Some(json!({"logLevel": null})));
@@ -167,6 +181,7 @@ mod tests {
             desired: &last,
             applied_tags: &tags,
             applied_desired: &last,
+            reserved: &BTreeMap::new(),
         };
         assert!(plan(owned, &twin).is_empty());
     }
@@ -180,6 +195,7 @@ mod tests {
             desired: &nothing,
             applied_tags: &no_tags,
             applied_desired: &nothing,
+            reserved: &BTreeMap::new(),
         };
         assert!(plan(owned, &twin).is_empty());
     }
@@ -194,6 +210,7 @@ mod tests {
             desired: &wanted,
             applied_tags: &none,
             applied_desired: &wanted,
+            reserved: &BTreeMap::new(),
         };
         assert_eq!(
             plan(owned, &twin).desired,
@@ -211,6 +228,7 @@ mod tests {
             desired: &wanted,
             applied_tags: &none,
             applied_desired: &wanted,
+            reserved: &BTreeMap::new(),
         };
         assert!(plan(owned, &twin).is_empty());
     }
@@ -238,11 +256,42 @@ mod tests {
             desired: &wanted,
             applied_tags: &none,
             applied_desired: &stale,
+            reserved: &BTreeMap::new(),
         };
         assert!(
             plan(owned, &twin).is_empty(),
             "a lagging cache must not cause a rewrite"
         );
+    }
+
+    #[test]
+    fn a_reserved_section_is_written_until_the_twin_shows_it() {
+        let none = BTreeMap::new();
+        let strict = BTreeMap::from([(
+            "provisioning".to_owned(),
+            json!({"authMethod": "SAS", "hub": "h", "mode": "STRICT"}),
+        )]);
+        let owned = Owned {
+            tags: &none,
+            desired: &BTreeMap::new(),
+            applied_tags: &none,
+            applied_desired: &BTreeMap::new(),
+            reserved: &strict,
+        };
+        let bare = twin_with_desired(json!({}));
+        assert_eq!(
+            plan(owned, &bare).desired,
+            Some(json!({"provisioning": {"authMethod": "SAS", "hub": "h", "mode": "STRICT"}}))
+        );
+        let full = twin_with_desired(json!({"provisioning":
+            {"authMethod": "SAS", "hub": "h", "mode": "FULL"}}));
+        assert_eq!(
+            plan(owned, &full).desired,
+            Some(json!({"provisioning": {"authMethod": "SAS", "hub": "h", "mode": "STRICT"}}))
+        );
+        let shown = twin_with_desired(json!({"provisioning":
+            {"authMethod": "SAS", "hub": "h", "mode": "STRICT"}}));
+        assert!(plan(owned, &shown).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::metrics::Metrics;
 use crate::config::Config;
+use crate::device::WrittenStatus;
 use crate::error::Error;
 use crate::hubs::{DeviceIndex, HubClients};
 use crate::recipe::Signer;
@@ -45,6 +46,8 @@ pub struct Context {
     pub signer: Arc<dyn Signer>,
     /// Devices claimed by Rollouts whose claim the Device cache has not shown yet.
     pub expectations: Expectations,
+    /// Device status writes the Device cache has not shown yet.
+    pub device_status: WrittenStatus,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -91,6 +94,7 @@ impl Context {
             rollouts: stores.rollouts,
             signer,
             expectations: Expectations::default(),
+            device_status: WrittenStatus::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -6,6 +6,7 @@ mod gauges;
 pub mod http;
 mod leader;
 pub mod metrics;
+pub mod triggers;
 pub mod watch;
 
 use std::sync::Arc;
@@ -274,7 +275,10 @@ async fn controllers(
         let stop = stop.clone();
         async move { stop.cancelled().await }
     };
-    let device_controller = Controller::for_shared_stream(device_events.clone(), devices.clone())
+    // Device reconciles follow spec changes, deletions, twin events and the resync; status
+    // and finalizer writes alone do not call for one.
+    let device_triggers = triggers::spec_or_deletion(device_events.clone());
+    let device_controller = Controller::for_shared_stream(device_triggers, devices.clone())
         .with_config(settings.clone())
         .reconcile_on(twin_events)
         .graceful_shutdown_on(graceful())

@@ -1,0 +1,101 @@
+//! Device status: written only when it changes, and Events for changes people care about.
+
+use std::time::Duration;
+
+use cloudpillar_crds::{ConnectionState, Device, DeviceStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+
+use super::CONTROLLER;
+use crate::error::Result;
+use crate::runtime::Context;
+use crate::status::{apply_status, manager};
+
+/// Applies the status `change` makes to the current one, unless it changes nothing.
+pub(super) async fn write_status(
+    ctx: &Context,
+    api: &Api<Device>,
+    device: &Device,
+    previous: &DeviceStatus,
+    change: impl FnOnce(&mut DeviceStatus),
+) -> Result<DeviceStatus> {
+    let mut wanted = previous.clone();
+    change(&mut wanted);
+    if wanted == *previous {
+        return Ok(wanted);
+    }
+    // The assignment belongs to the Rollout controller's field manager; leave it out.
+    let mut owned = wanted.clone();
+    owned.assignment = None;
+    apply_status(api, device, &manager(CONTROLLER), &owned).await?;
+    ctx.device_status.remember(device, &owned);
+    Ok(wanted)
+}
+
+/// Events for changes a person cares about: connection lost or back, a failed recipe.
+pub(super) async fn announce_changes(
+    device: &Device,
+    before: &DeviceStatus,
+    after: &DeviceStatus,
+    ctx: &Context,
+) {
+    let state = |s: &DeviceStatus| s.connection.as_ref().map(|c| c.state);
+    if before.connection.is_some() && state(before) != state(after) {
+        let (warning, reason) = match state(after) {
+            Some(ConnectionState::Connected) => (false, "Connected"),
+            Some(ConnectionState::Stale) => (true, "Stale"),
+            _ => (true, "Disconnected"),
+        };
+        ctx.publish(
+            device,
+            warning,
+            reason,
+            format!("device connection is now {reason}"),
+        )
+        .await;
+    }
+    let failed = |s: &DeviceStatus| {
+        s.recipe
+            .as_ref()
+            .filter(|r| r.status.as_deref() == Some("Failure"))
+            .and_then(|r| r.id.clone())
+    };
+    if let Some(id) = failed(after)
+        && failed(before).as_deref() != Some(id.as_str())
+    {
+        let recipe = after.recipe.as_ref();
+        let at = recipe
+            .and_then(|r| r.last_faulted_path.clone())
+            .unwrap_or_default();
+        let why = recipe
+            .and_then(|r| r.result_text.as_deref())
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default();
+        ctx.publish(
+            device,
+            true,
+            "RecipeFailed",
+            format!("recipe {id} failed at {at}{why}"),
+        )
+        .await;
+    }
+}
+
+/// When to look again: the resync period, or sooner when a connected device would turn stale.
+pub(super) fn next_check(status: &DeviceStatus, ctx: &Context) -> Action {
+    let connected = status
+        .connection
+        .as_ref()
+        .is_some_and(|c| c.state == ConnectionState::Connected);
+    let Some(last) = status.last_activity_time.as_ref().filter(|_| connected) else {
+        return ctx.resync();
+    };
+    let silent = Timestamp::now().duration_since(last.0).unsigned_abs();
+    let until_stale = ctx.config.stale_after.saturating_sub(silent) + Duration::from_secs(1);
+    if until_stale < ctx.config.resync_period {
+        Action::requeue(until_stale)
+    } else {
+        ctx.resync()
+    }
+}
