@@ -20,6 +20,7 @@ pub mod store;
 pub mod tls;
 pub mod twins;
 pub mod validate;
+pub mod x509;
 
 pub use config::HubConfig;
 pub use error::{HubError, Refusal, StartError, StoreError};

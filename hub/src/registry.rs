@@ -23,6 +23,13 @@ pub struct SymmetricKey {
     pub secondary_key: Option<String>,
 }
 
+impl SymmetricKey {
+    /// True when neither key is set.
+    pub fn is_unset(&self) -> bool {
+        self.primary_key.is_none() && self.secondary_key.is_none()
+    }
+}
+
 /// X.509 thumbprints of a device (hex SHA-1 or SHA-256 of the DER certificate).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

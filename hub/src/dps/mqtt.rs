@@ -5,6 +5,7 @@ use std::rc::Rc;
 use serde_json::json;
 
 use crate::core::Core;
+use crate::error::{HubError, Refusal};
 use crate::events::rfc3339;
 use crate::mqtt::topics::{Feed, Inbound};
 use crate::mqtt::{ConnectRefusal, MqttFault};
@@ -12,23 +13,32 @@ use crate::rest::unix_now;
 use crate::sas;
 
 /// Checks a DPS CONNECT: user name `{idScope}/registrations/{registrationId}/api-version=...`,
-/// client id = registration id, password a SAS token for `{idScope}/registrations/{id}`
-/// signed with the enrollment key (or the key derived from the group key).
+/// client id = registration id, and either a password (a SAS token for
+/// `{idScope}/registrations/{id}` signed with the enrollment key, or the key derived from the
+/// group key) or a TLS client certificate. Returns true when the client attests with its
+/// certificate; that attestation is checked when it registers, where DPS answers 401.
 pub(crate) fn dps_authenticate(
     core: &Core,
     client_id: &str,
     username: &str,
     password: Option<&str>,
-    _cert: Option<&[u8]>,
-) -> Result<(), ConnectRefusal> {
+    has_certificate: bool,
+) -> Result<bool, ConnectRefusal> {
     let expected = format!("{}/registrations/{client_id}/", core.config.id_scope);
     if !username.starts_with(&expected) {
         return Err(ConnectRefusal::BadCredentials(format!(
             "user name {username:?} is not {expected}..."
         )));
     }
-    // X.509 attestation for DPS is not implemented: a token is required.
-    let token = password.ok_or_else(|| ConnectRefusal::BadCredentials("no SAS token".into()))?;
+    let token = match (password.filter(|p| !p.is_empty()), has_certificate) {
+        (Some(token), _) => token,
+        (None, true) => return Ok(true),
+        (None, false) => {
+            return Err(ConnectRefusal::BadCredentials(
+                "neither SAS token nor client certificate".into(),
+            ));
+        }
+    };
     let token = sas::parse(token).map_err(|e| ConnectRefusal::BadCredentials(e.to_string()))?;
     let (_, keys) = core
         .enrollment_for(client_id)
@@ -41,7 +51,25 @@ pub(crate) fn dps_authenticate(
     let resource = format!("{}/registrations/{client_id}", core.config.id_scope);
     token
         .verify(&resource, &keys, unix_now())
+        .map(|()| false)
         .map_err(|e| ConnectRefusal::NotAuthorized(e.to_string()))
+}
+
+/// DPS's error body: `errorCode` (status x 1000, 401002 for a failed attestation),
+/// `trackingId`, `message`, `timestampUtc`.
+fn error_body(e: &HubError) -> serde_json::Value {
+    let status = u32::from(e.status());
+    let code = if status == 401 {
+        401_002
+    } else {
+        status * 1000
+    };
+    json!({
+        "errorCode": code,
+        "trackingId": format!("{:032x}", rand::random::<u128>()),
+        "message": e.to_string(),
+        "timestampUtc": rfc3339(chrono::Utc::now()),
+    })
 }
 
 /// Handles a DPS client's publish; answers on `$dps/registrations/res/{status}/?$rid=..`.
@@ -54,7 +82,7 @@ pub(crate) async fn dps_publish(
     let core = &conn.core;
     let (rid, status, body) = match topic {
         // Register: assign right away, then answer 202 with an operation to poll.
-        Inbound::DpsRegister(rid) => match core.assign(registration_id).await {
+        Inbound::DpsRegister(rid) => match register(conn, registration_id).await {
             Ok(device_id) => {
                 let op = format!("4.{}.{registration_id}", core.next_id());
                 let state = registration_state(core, registration_id, &device_id);
@@ -65,11 +93,10 @@ pub(crate) async fn dps_publish(
                     json!({ "operationId": op, "status": "assigning" }),
                 )
             }
-            Err(e) => (
-                rid,
-                e.status(),
-                json!({ "errorCode": u32::from(e.status()) * 1000, "message": e.to_string() }),
-            ),
+            Err(e) => {
+                tracing::info!(registration_id, status = e.status(), reason = %e, "DPS registration refused");
+                (rid, e.status(), error_body(&e))
+            }
         },
         // Poll: the operation is already complete.
         Inbound::DpsStatus(rid, op) => match crate::core::lock(&core.dps_ops).get(&op) {
@@ -78,11 +105,10 @@ pub(crate) async fn dps_publish(
                 200,
                 json!({ "operationId": op, "status": "assigned", "registrationState": state }),
             ),
-            None => (
-                rid,
-                404,
-                json!({ "errorCode": 404000, "message": "unknown operationId" }),
-            ),
+            None => {
+                let e = HubError::from(Refusal::new(404, "NotFound", "unknown operationId"));
+                (rid, 404, error_body(&e))
+            }
         },
         other => {
             return Err(MqttFault(format!(
@@ -95,6 +121,17 @@ pub(crate) async fn dps_publish(
         conn.push_raw(topic, serde_json::to_vec(&body).unwrap_or_default());
     }
     Ok(())
+}
+
+/// Assigns the registration through its X.509 or symmetric-key enrollment.
+async fn register(
+    conn: &crate::mqtt::Connection,
+    registration_id: &str,
+) -> Result<String, HubError> {
+    match &conn.x509_chain {
+        Some(chain) => conn.core.assign_x509(registration_id, chain).await,
+        None => conn.core.assign(registration_id).await,
+    }
 }
 
 fn registration_state(core: &Core, registration_id: &str, device_id: &str) -> serde_json::Value {

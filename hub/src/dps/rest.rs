@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 
-use super::{Enrollment, group_key, individual_key};
+use super::{Enrollment, SYMMETRIC_KEY, X509, attest, group_key, individual_key};
 use crate::core::Core;
 use crate::error::{HubError, Refusal};
 use crate::rest::{ApiError, json_body};
@@ -33,13 +33,22 @@ pub fn routes() -> Router<Arc<Core>> {
 }
 
 async fn store(core: &Core, key: String, mut e: Enrollment) -> Result<Enrollment, HubError> {
-    if e.attestation.kind != "symmetricKey" {
-        return Err(Refusal::bad_request("only symmetricKey attestation is implemented").into());
-    }
-    let keys = &mut e.attestation.symmetric_key;
-    for k in [&mut keys.primary_key, &mut keys.secondary_key] {
-        if k.as_deref().is_none_or(str::is_empty) {
-            *k = Some(random_key());
+    match e.attestation.kind.as_str() {
+        SYMMETRIC_KEY => {
+            e.attestation.x509 = None;
+            let keys = &mut e.attestation.symmetric_key;
+            for k in [&mut keys.primary_key, &mut keys.secondary_key] {
+                if k.as_deref().is_none_or(str::is_empty) {
+                    *k = Some(random_key());
+                }
+            }
+        }
+        X509 => attest::prepare(&mut e, key.starts_with("individual/"))?,
+        other => {
+            return Err(Refusal::bad_request(format!(
+                "attestation type {other} is not implemented (symmetricKey, x509)"
+            ))
+            .into());
         }
     }
     let saved = e.clone();

@@ -2,7 +2,8 @@
 //!
 //! Devices: client id = device id, user name `{host}/{deviceId}/?api-version=...`, password a
 //! device SAS token for `{host}/devices/{deviceId}`, or no password and a TLS client
-//! certificate whose SHA-1 or SHA-256 thumbprint is registered. DPS clients: user name
+//! certificate whose SHA-1 or SHA-256 thumbprint is registered (`selfSigned`) or whose chain
+//! leads to an enrollment group's CA (`certificateAuthority`). DPS clients: user name
 //! `{idScope}/registrations/{registrationId}/api-version=...`.
 
 use std::cell::RefCell;
@@ -12,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ntex_mqtt::v3;
-use ntex_tls::rustls::PeerCert;
+use ntex_tls::rustls::PeerCertChain;
 use tokio::sync::{Notify, mpsc};
 
 use super::MqttFault;
 use super::session::{Connection, Peer, deliver_c2d, outbound};
 use super::topics::device_feed;
 use crate::core::Core;
+use crate::dps::attest::CERTIFICATE_AUTHORITY;
 use crate::rest::unix_now;
 use crate::sas::{self, EXPIRY_TOLERANCE_SECS};
 
@@ -44,11 +46,12 @@ pub(super) async fn connect(
         .as_ref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let clean = pkt.clean_session;
-    let cert = handshake
+    let chain: Option<Vec<Vec<u8>>> = handshake
         .io()
-        .query::<PeerCert<'static>>()
+        .query::<PeerCertChain<'static>>()
         .as_ref()
-        .map(|c| c.0.to_vec());
+        .map(|c| c.0.iter().map(|cert| cert.to_vec()).collect())
+        .filter(|c: &Vec<Vec<u8>>| !c.is_empty());
 
     let checked = if username.contains("/registrations/") {
         super::dps_authenticate(
@@ -56,20 +59,20 @@ pub(super) async fn connect(
             &client_id,
             &username,
             password.as_deref(),
-            cert.as_deref(),
+            chain.is_some(),
         )
-        .map(|()| (Peer::Provisioning(client_id.clone()), None))
+        .map(|x509| (Peer::Provisioning(client_id.clone()), None, x509))
     } else {
         authenticate(
             &core,
             &client_id,
             &username,
             password.as_deref(),
-            cert.as_deref(),
+            chain.as_deref(),
         )
-        .map(|expiry| (Peer::Device(client_id.clone()), expiry))
+        .map(|expiry| (Peer::Device(client_id.clone()), expiry, false))
     };
-    let (peer, expiry) = match checked {
+    let (peer, expiry, x509) = match checked {
         Ok(ok) => ok,
         Err(Refuse::BadCredentials(why)) => {
             tracing::warn!(client_id, why, "connect refused: bad credentials");
@@ -118,6 +121,7 @@ pub(super) async fn connect(
         feeds: RefCell::new(feeds),
         sink: handshake.sink(),
         c2d_wake: Arc::new(Notify::new()),
+        x509_chain: if x509 { chain } else { None },
     });
     ntex_rt::spawn(outbound(conn.clone(), rx));
     ntex_rt::spawn(deliver_c2d(conn.clone()));
@@ -145,7 +149,7 @@ fn authenticate(
     client_id: &str,
     username: &str,
     password: Option<&str>,
-    cert: Option<&[u8]>,
+    chain: Option<&[Vec<u8>]>,
 ) -> Result<Option<u64>, Refuse> {
     let mut parts = username.splitn(3, '/');
     let (_host, user_device) = (
@@ -163,7 +167,7 @@ fn authenticate(
     if !device.is_enabled() {
         return Err(Refuse::NotAuthorized(format!("{client_id} is disabled")));
     }
-    match (password, cert) {
+    match (password, chain) {
         (Some(token), _) => {
             let token = sas::parse(token).map_err(|e| Refuse::BadCredentials(e.to_string()))?;
             let resource = format!("{}/devices/{client_id}", core.config.hostname);
@@ -172,9 +176,16 @@ fn authenticate(
                 .map_err(|e| Refuse::NotAuthorized(e.to_string()))?;
             Ok(Some(token.expiry))
         }
-        (None, Some(der)) => {
+        (None, Some(chain)) if device.authentication.kind == CERTIFICATE_AUTHORITY => core
+            .verify_ca_signed(client_id, chain)
+            .map(|()| None)
+            .map_err(|e| Refuse::NotAuthorized(e.to_string())),
+        (None, Some(chain)) => {
             let registered = device.thumbprints();
-            let presented = crate::tls::thumbprints(der);
+            let presented = chain
+                .first()
+                .map(|der| crate::tls::thumbprints(der))
+                .unwrap_or_default();
             if presented.iter().any(|t| registered.contains(t)) {
                 Ok(None)
             } else {

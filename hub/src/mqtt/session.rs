@@ -34,6 +34,8 @@ pub struct Connection {
     pub(crate) feeds: RefCell<BTreeMap<String, (Feed, u8)>>,
     pub(crate) sink: MqttSink,
     pub(crate) c2d_wake: Arc<Notify>,
+    /// The client certificate chain (end entity first) of a DPS client attesting with X.509.
+    pub(crate) x509_chain: Option<Vec<Vec<u8>>>,
 }
 
 impl Connection {
