@@ -5,13 +5,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use cloudpillar_protocol::recipe::{Plan, section_order};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiState;
 use super::json::{ApiError, StrictJson};
 use crate::engine::journal::RecipeSource;
-use crate::engine::recipe::{Recipe, section_order};
 use crate::engine::{Delivery, Submitted};
 
 /// The request body: the same shape as the desired twin members.
@@ -46,7 +46,7 @@ pub async fn handle(
 ) -> Result<(StatusCode, Json<AddRecipeAnswer>), ApiError> {
     let order = section_order(&raw, &["changeSpec"]).unwrap_or_default();
     // Refuse a malformed recipe here, before it replaces the running one.
-    let recipe = Recipe::from_change_spec(&body.change_spec, Some(&order))
+    let plan = Plan::from_value(&body.change_spec, Some(&order))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let delivery = Delivery {
         spec: body.change_spec,
@@ -65,7 +65,7 @@ pub async fn handle(
     Ok((
         status,
         Json(AddRecipeAnswer {
-            id: recipe.id,
+            id: plan.id,
             result,
         }),
     ))

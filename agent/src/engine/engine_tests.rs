@@ -89,7 +89,8 @@ async fn windows_fixture_fails_its_first_powershell_step_and_runs_nothing_after(
     let rig = rig(dir.path(), "", TrustStore::new());
     let bytes = fixture("windows-update-recipe.json");
     let doc: Value = serde_json::from_slice(&bytes).expect("json");
-    let order = recipe::section_order(&bytes, &["changeSpec"]).expect("order");
+    let order =
+        cloudpillar_protocol::recipe::section_order(&bytes, &["changeSpec"]).expect("order");
     let delivery = Delivery {
         order,
         ..local(doc["changeSpec"].clone())
@@ -130,7 +131,8 @@ async fn security_fixture_with_placeholder_signatures_is_refused_with_the_reason
     let doc: Value = serde_json::from_slice(&bytes).expect("json");
     let delivery = Delivery {
         spec: doc["desired"]["changeSpec"].clone(),
-        order: recipe::section_order(&bytes, &["desired", "changeSpec"]).expect("order"),
+        order: cloudpillar_protocol::recipe::section_order(&bytes, &["desired", "changeSpec"])
+            .expect("order"),
         sign: doc["desired"]["changeSign"].as_str().map(str::to_owned),
         source: RecipeSource::Twin,
     };
@@ -182,6 +184,29 @@ async fn a_refused_local_recipe_leaves_the_twin_recipe_and_its_report_alone() {
         before,
         "the report still shows the twin recipe"
     );
+}
+
+#[tokio::test]
+async fn an_unknown_action_fails_at_its_turn_after_the_steps_before_it_ran() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = rig(dir.path(), "", TrustStore::new());
+    let counter = dir.path().join("count");
+    let first = json!({"shell": "bash", "command": format!("echo 1 >> {}", counter.display())});
+    let spec = json!({"id": "r-unknown", "patch": {
+        "installSteps": [first, {"action": "reboot"}],
+        "postInstallConfig": []
+    }});
+    assert_eq!(rig.engine.submit(local(spec)).await, Submitted::Started);
+    assert_eq!(wait_final(&rig.engine).await, RecipeStatus::Failure);
+    assert_eq!(std::fs::read_to_string(&counter).expect("count"), "1\n");
+    let spec = &rig.reported.wanted()["changeSpec"];
+    assert_eq!(
+        spec["patch"]["installSteps"][1],
+        json!({"status": "Failure", "ResultCode": "unknown_action",
+               "ResultText": "unknown action \"reboot\""})
+    );
+    assert_eq!(spec["patch"]["postInstallConfig"], json!([]));
+    assert_eq!(spec["lastFaultedPath"], "changeSpec.patch.installSteps[1]");
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 
 pub mod journal;
 pub mod outcome;
-pub mod recipe;
 pub mod report;
 mod run;
 pub mod shell;
@@ -15,20 +14,20 @@ pub mod verify;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
-mod recipe_tests;
+mod report_tests;
 #[cfg(test)]
 mod shell_tests;
 
 use std::sync::Arc;
 
 use cloudpillar_protocol::limits::TwinLimits;
+use cloudpillar_protocol::recipe::{Plan, Step};
 use cloudpillar_protocol::signing::TrustStore;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use self::journal::{Journal, RecipeSource, RecipeStatus, Run};
-use self::recipe::Recipe;
 use self::report::LiveStep;
 use crate::config::Config;
 use crate::reported::Reported;
@@ -72,7 +71,7 @@ pub struct Shared {
     pub(crate) device: Arc<Device>,
     pub(crate) transfers: Option<Arc<dyn Transfers>>,
     live: Mutex<Option<LiveStep>>,
-    recipe: Mutex<Option<Arc<Recipe>>>,
+    plan: Mutex<Option<Arc<Plan>>>,
     limits: TwinLimits,
 }
 
@@ -98,9 +97,9 @@ impl Shared {
     pub(crate) async fn publish(&self) {
         let journal = self.journal.lock().await;
         let Some(run) = journal.current() else { return };
-        let recipe = self.recipe.lock().await.clone();
+        let plan = self.plan.lock().await.clone();
         let live = self.live.lock().await.clone();
-        let doc = report::build(run, recipe.as_deref(), live.as_ref(), &self.limits);
+        let doc = report::build(run, plan.as_deref(), live.as_ref(), &self.limits);
         self.reported.set("changeSpec", doc);
     }
 }
@@ -132,7 +131,7 @@ impl Engine {
             device,
             transfers,
             live: Mutex::new(None),
-            recipe: Mutex::new(None),
+            plan: Mutex::new(None),
             limits: TwinLimits::default(),
         });
         Self {
@@ -145,27 +144,28 @@ impl Engine {
     /// Resumes the persisted run after a restart, if it had not ended.
     pub async fn resume(&self) -> Option<Submitted> {
         let run = self.shared.journal.lock().await.current().cloned()?;
-        let recipe = Recipe::from_change_spec(&run.spec, Some(&run.order)).ok()?;
-        *self.shared.recipe.lock().await = Some(Arc::new(recipe.clone()));
+        let plan = Plan::from_value(&run.spec, Some(&run.order)).ok()?;
+        *self.shared.plan.lock().await = Some(Arc::new(plan.clone()));
         self.shared.publish().await;
         // Periodic uploads live beyond their step: start again those that were running.
         let uploading = matches!(
             run.status,
             RecipeStatus::InProgress | RecipeStatus::Success | RecipeStatus::Failure
         );
-        for (path, _, _, action) in recipe.steps().filter(|_| uploading) {
+        for planned in plan.steps().filter(|_| uploading) {
+            let path = planned.path();
             let done = run
                 .steps
                 .get(&path)
                 .is_some_and(outcome::StepOutcome::is_success);
-            if let (true, recipe::Action::PeriodicUpload(step)) = (done, action) {
+            if let (true, Ok(Step::PeriodicUpload(step))) = (done, planned.step) {
                 run::upload(&self.shared, &run.id, &path, step).await;
             }
         }
         if run.status.is_final() {
             return Some(Submitted::AlreadyEnded(run.status));
         }
-        if self.spawn(recipe).await {
+        if self.spawn(plan).await {
             Some(Submitted::Started)
         } else {
             Some(Submitted::AlreadyRunning)
@@ -224,11 +224,11 @@ impl Engine {
             self.shared.config.require_signatures && delivery.source == RecipeSource::Twin,
         )
         .and_then(|()| {
-            Recipe::from_change_spec(&delivery.spec, Some(&delivery.order))
+            Plan::from_value(&delivery.spec, Some(&delivery.order))
                 .map_err(|e| ("bad_recipe".to_owned(), e.to_string()))
         });
-        let recipe = match check {
-            Ok(recipe) => recipe,
+        let plan = match check {
+            Ok(plan) => plan,
             Err((code, text)) if delivery.source == RecipeSource::Local => {
                 // The caller hears why; the recipe the twin assigned keeps running and
                 // keeps its report.
@@ -242,7 +242,7 @@ impl Engine {
                 if let Err(error) = self.shared.journal.lock().await.start(run) {
                     tracing::error!(%error, "failed to journal a refused recipe");
                 }
-                *self.shared.recipe.lock().await = None;
+                *self.shared.plan.lock().await = None;
                 self.shared.publish().await;
                 return Submitted::Refused(code, text);
             }
@@ -254,9 +254,9 @@ impl Engine {
         if let Some(transfers) = &self.shared.transfers {
             transfers.stop_uploads_except(&id).await;
         }
-        *self.shared.recipe.lock().await = Some(Arc::new(recipe.clone()));
+        *self.shared.plan.lock().await = Some(Arc::new(plan.clone()));
         self.shared.publish().await;
-        self.spawn(recipe).await;
+        self.spawn(plan).await;
         Submitted::Started
     }
 
@@ -311,19 +311,19 @@ impl Engine {
 
     /// Starts the runner unless one already runs this recipe (the startup resume and a
     /// twin delivery may race: only one of them starts it).
-    async fn spawn(&self, recipe: Recipe) -> bool {
+    async fn spawn(&self, plan: Plan) -> bool {
         let mut running = self.running.lock().await;
         if running
             .as_ref()
-            .is_some_and(|(id, token)| *id == recipe.id && !token.is_cancelled())
+            .is_some_and(|(id, token)| *id == plan.id && !token.is_cancelled())
         {
             return false;
         }
         let token = CancellationToken::new();
-        *running = Some((recipe.id.clone(), token.clone()));
+        *running = Some((plan.id.clone(), token.clone()));
         tokio::spawn(run::run_recipe(
             Arc::clone(&self.shared),
-            Arc::new(recipe),
+            Arc::new(plan),
             token,
         ));
         true

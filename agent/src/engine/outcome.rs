@@ -1,5 +1,6 @@
 //! The result of one recipe step, before it becomes a reported status.
 
+pub use cloudpillar_protocol::reported::StepStatus;
 use serde::{Deserialize, Serialize};
 
 /// Result codes the agent itself produces (shell steps report their exit code).
@@ -38,21 +39,6 @@ pub mod codes {
     pub const UNKNOWN_ACTION: &str = "unknown_action";
     /// Local I/O failed.
     pub const IO_ERROR: &str = "io_error";
-}
-
-/// Status of a step as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StepStatus {
-    /// Not started.
-    Pending,
-    /// Running.
-    InProgress,
-    /// Finished well.
-    Success,
-    /// Finished badly.
-    Failure,
-    /// Stopped by a cancel.
-    Cancelled,
 }
 
 /// What running a step produced.

@@ -7,12 +7,12 @@
 
 use cloudpillar_protocol::keys::encode_key;
 use cloudpillar_protocol::limits::{TwinLimits, twin_size};
+use cloudpillar_protocol::recipe::{Plan, action_path};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::journal::{RecipeStatus, Run};
-use super::outcome::{StepOutcome, StepStatus};
-use super::recipe::Recipe;
+use super::outcome::StepOutcome;
 
 /// Bytes of the reported section left for everything but `changeSpec`.
 const OTHER_REPORTED_BYTES: usize = 4 * 1024;
@@ -30,16 +30,6 @@ pub struct LiveStep {
     pub chunks: Option<(u64, u64)>,
     /// A short line about what it is doing.
     pub text: Option<String>,
-}
-
-fn status_name(status: StepStatus) -> &'static str {
-    match status {
-        StepStatus::Pending => "Pending",
-        StepStatus::InProgress => "InProgress",
-        StepStatus::Success => "Success",
-        StepStatus::Failure => "Failure",
-        StepStatus::Cancelled => "Cancelled",
-    }
 }
 
 fn recipe_status_name(status: RecipeStatus) -> &'static str {
@@ -61,7 +51,7 @@ fn finished_entry(outcome: &StepOutcome, max_text: usize) -> Value {
         }
         text.truncate(cut);
     }
-    json!({ "status": status_name(outcome.status), "ResultCode": outcome.code, "ResultText": text })
+    json!({ "status": outcome.status.as_str(), "ResultCode": outcome.code, "ResultText": text })
 }
 
 fn live_entry(live: &LiveStep, counters: bool) -> Value {
@@ -97,7 +87,7 @@ struct Detail {
 /// Builds `reported.changeSpec` for `run`, within the reported budget of `limits`.
 pub fn build(
     run: &Run,
-    recipe: Option<&Recipe>,
+    plan: Option<&Plan>,
     live: Option<&LiveStep>,
     limits: &TwinLimits,
 ) -> Value {
@@ -126,7 +116,7 @@ pub fn build(
     ];
     let mut doc = Value::Null;
     for detail in levels {
-        doc = build_with(run, recipe, live, detail);
+        doc = build_with(run, plan, live, detail);
         let wrapped = json!({ "changeSpec": doc });
         if twin_size(&wrapped) <= budget && limits.check_reported(&wrapped).is_ok() {
             return doc;
@@ -135,24 +125,22 @@ pub fn build(
     doc
 }
 
-fn build_with(run: &Run, recipe: Option<&Recipe>, live: Option<&LiveStep>, d: Detail) -> Value {
+fn build_with(run: &Run, plan: Option<&Plan>, live: Option<&LiveStep>, d: Detail) -> Value {
     let mut top = Map::new();
     top.insert("id".into(), json!(run.id));
-    let mut action_path = None;
-    if let Some(recipe) = recipe {
-        for section in &recipe.sections {
+    let mut last_path = None;
+    if let Some(plan) = plan {
+        for section in &plan.sections {
             let mut stages = Map::new();
-            for (stage, actions) in &section.stages {
-                let entries: Vec<Value> = actions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, _)| {
-                        let path = super::recipe::action_path(&section.name, stage, i);
+            for (stage, steps) in &section.stages {
+                let entries: Vec<Value> = (0..steps.len())
+                    .map(|i| {
+                        let path = action_path(&section.name, *stage, i);
                         if let Some(outcome) = run.steps.get(&path) {
-                            action_path = Some(path);
+                            last_path = Some(path);
                             finished_entry(outcome, d.max_text)
                         } else if let Some(live) = live.filter(|l| l.path == path) {
-                            action_path = Some(path);
+                            last_path = Some(path);
                             live_entry(live, d.counters)
                         } else {
                             json!({ "status": "Pending" })
@@ -164,12 +152,12 @@ fn build_with(run: &Run, recipe: Option<&Recipe>, live: Option<&LiveStep>, d: De
                 } else {
                     Value::Array(entries)
                 };
-                stages.insert((*stage).to_owned(), value);
+                stages.insert(stage.name().to_owned(), value);
             }
             top.insert(encode_key(&section.name), Value::Object(stages));
         }
     }
-    if let Some(path) = live.map(|l| l.path.clone()).or(action_path) {
+    if let Some(path) = live.map(|l| l.path.clone()).or(last_path) {
         top.insert("actionPath".into(), json!(path));
     }
     top.insert("Status".into(), json!(recipe_status_name(run.status)));

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cloudpillar_protocol::recipe::{
+    DownloadStep, Plan, ShellStep, Stage, Step, StepError, UploadStep,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::journal::RecipeStatus;
 use super::outcome::{StepOutcome, codes};
-use super::recipe::{Action, DownloadAction, Recipe, ShellAction, UploadAction};
 use super::report::LiveStep;
 use super::shell::{self, ShellRun};
 use crate::config::ZoneAction;
@@ -16,8 +18,8 @@ use crate::state::{Command, DeviceState, PackageKind};
 use crate::transfer::DownloadJob;
 use crate::zones;
 
-/// Runs `recipe` from its first unfinished step; returns when it ended or was cancelled.
-pub async fn run_recipe(shared: Arc<Shared>, recipe: Arc<Recipe>, cancel: CancellationToken) {
+/// Runs `plan` from its first unfinished step; returns when it ended or was cancelled.
+pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: CancellationToken) {
     let finished = {
         let journal = shared.journal.lock().await;
         journal
@@ -27,7 +29,8 @@ pub async fn run_recipe(shared: Arc<Shared>, recipe: Arc<Recipe>, cancel: Cancel
     };
     let mut status = RecipeStatus::Success;
     let mut stage_seen = None;
-    for (path, section, stage, action) in recipe.steps() {
+    for planned in plan.steps() {
+        let (path, section, stage) = (planned.path(), planned.section, planned.stage);
         if let Some(outcome) = finished.get(&path) {
             if outcome.is_success() {
                 continue;
@@ -49,8 +52,8 @@ pub async fn run_recipe(shared: Arc<Shared>, recipe: Arc<Recipe>, cancel: Cancel
                 ..LiveStep::default()
             }))
             .await;
-        tracing::info!(recipe = %recipe.id, step = %path, "step started");
-        let outcome = execute(&shared, &recipe.id, &path, action, &cancel).await;
+        tracing::info!(recipe = %plan.id, step = %path, "step started");
+        let outcome = execute(&shared, &plan.id, &path, planned.step, &cancel).await;
         if cancel.is_cancelled() && !outcome.is_success() {
             // Superseded or cancelled: the new owner of the journal reports.
             return;
@@ -72,7 +75,7 @@ pub async fn run_recipe(shared: Arc<Shared>, recipe: Arc<Recipe>, cancel: Cancel
     }
     shared.publish().await;
     shared.device.try_apply(Command::Finish);
-    tracing::info!(recipe = %recipe.id, ?status, "recipe ended");
+    tracing::info!(recipe = %plan.id, ?status, "recipe ended");
 }
 
 fn package_kind(section: &str) -> PackageKind {
@@ -83,14 +86,14 @@ fn package_kind(section: &str) -> PackageKind {
     }
 }
 
-fn enter_stage(shared: &Shared, section: &str, stage: &str, previous: Option<&str>) {
+fn enter_stage(shared: &Shared, section: &str, stage: Stage, previous: Option<Stage>) {
     let kind = package_kind(section);
-    if previous == Some("transitPackage") {
+    if previous == Some(Stage::TransitPackage) {
         shared.device.try_apply(Command::TransitDone);
     }
     let command = match stage {
-        "preTransitConfig" => Command::StartAction,
-        "transitPackage" => Command::StartTransit(kind),
+        Stage::PreTransitConfig => Command::StartAction,
+        Stage::TransitPackage => Command::StartTransit(kind),
         _ => Command::StartApply(kind),
     };
     if shared.device.state() == DeviceState::Ready || previous.is_some() {
@@ -102,22 +105,22 @@ async fn execute(
     shared: &Arc<Shared>,
     recipe_id: &str,
     path: &str,
-    action: &Action,
+    step: &Result<Step, StepError>,
     cancel: &CancellationToken,
 ) -> StepOutcome {
     if crate::mode::communication_only(&shared.config) {
         let text = "the device is in communication-only mode; no recipe step runs";
         return StepOutcome::failed(codes::COMMUNICATION_ONLY, text);
     }
-    match action {
-        Action::ExecuteOnce(step) => run_shell(shared, step, cancel).await,
-        Action::SingularDownload(step) => download(shared, recipe_id, path, step, cancel).await,
-        Action::PeriodicUpload(step) => upload(shared, recipe_id, path, step).await,
-        Action::Unknown(reason) => StepOutcome::failed(codes::UNKNOWN_ACTION, reason.clone()),
+    match step {
+        Ok(Step::Shell(step)) => run_shell(shared, step, cancel).await,
+        Ok(Step::Download(step)) => download(shared, recipe_id, path, step, cancel).await,
+        Ok(Step::PeriodicUpload(step)) => upload(shared, recipe_id, path, step).await,
+        Err(reason) => StepOutcome::failed(codes::UNKNOWN_ACTION, reason.to_string()),
     }
 }
 
-async fn run_shell(shared: &Shared, step: &ShellAction, cancel: &CancellationToken) -> StepOutcome {
+async fn run_shell(shared: &Shared, step: &ShellStep, cancel: &CancellationToken) -> StepOutcome {
     if crate::mode::strict(&shared.config) {
         return StepOutcome::failed(
             codes::STRICT_MODE,
@@ -184,7 +187,7 @@ async fn download(
     shared: &Arc<Shared>,
     recipe_id: &str,
     path: &str,
-    step: &DownloadAction,
+    step: &DownloadStep,
     cancel: &CancellationToken,
 ) -> StepOutcome {
     let destination = match zones::resolve(
@@ -225,7 +228,7 @@ pub(super) async fn upload(
     shared: &Shared,
     recipe_id: &str,
     path: &str,
-    step: &UploadAction,
+    step: &UploadStep,
 ) -> StepOutcome {
     if !step.enabled {
         return StepOutcome::succeeded("Done", "upload disabled by the recipe");

@@ -1,39 +1,16 @@
 //! Shared access signature tokens for IoT Hub and DPS, and the renewal policy (F10).
 //!
-//! A token signs `url_encode(resource_uri) + "\n" + expiry` with HMAC-SHA256 under the
-//! base64-decoded key. The policy renews at 80 % of the lifetime, never connects with a
+//! Tokens are signed by [`cloudpillar_protocol::sas`], as the hub checks them. The policy renews at 80 % of the lifetime, never connects with a
 //! token that expires within five minutes, and treats an authentication failure while
 //! the clock is before this release's date as a wrong clock, not a wrong key.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use sha2::Sha256;
+pub use cloudpillar_protocol::sas::{SasError, derive_device_key};
 
 /// Skew the service tolerates; a token must outlive `now` by more than this.
 pub const MIN_REMAINING_SECS: u64 = 300;
 
 /// No correct clock shows a time before this release was built (2026-01-01T00:00:00Z).
 pub const CLOCK_FLOOR_UNIX: u64 = 1_767_225_600;
-
-/// Characters left unescaped in token fields: RFC 3986 unreserved.
-const FIELD: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Errors building a token.
-#[derive(Debug, thiserror::Error)]
-pub enum SasError {
-    /// The key is not base64.
-    #[error("failed to decode the shared access key")]
-    DecodeKey(#[source] base64::DecodeError),
-    /// HMAC refused the key length (it accepts any; kept for completeness).
-    #[error("failed to initialise HMAC with the shared access key")]
-    Hmac,
-}
 
 /// A generated token and its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,26 +23,6 @@ pub struct SasToken {
     pub issued_at: u64,
 }
 
-/// Percent-encodes a token field.
-pub fn url_encode(text: &str) -> String {
-    utf8_percent_encode(text, FIELD).to_string()
-}
-
-/// Base64 HMAC-SHA256 of `message` under the base64 `key`.
-pub fn sign(key_b64: &str, message: &[u8]) -> Result<String, SasError> {
-    let key = STANDARD
-        .decode(key_b64.trim())
-        .map_err(SasError::DecodeKey)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::Hmac)?;
-    mac.update(message);
-    Ok(STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// Derives a device key from an enrollment-group key: HMAC-SHA256(group key, registration id).
-pub fn derive_device_key(group_key_b64: &str, registration_id: &str) -> Result<String, SasError> {
-    sign(group_key_b64, registration_id.as_bytes())
-}
-
 /// Builds a token for `resource_uri` valid for `ttl_secs` from `now`.
 pub fn token(
     resource_uri: &str,
@@ -75,15 +32,7 @@ pub fn token(
     ttl_secs: u64,
 ) -> Result<SasToken, SasError> {
     let expiry = now + ttl_secs;
-    let encoded_uri = url_encode(resource_uri);
-    let signature = sign(key_b64, format!("{encoded_uri}\n{expiry}").as_bytes())?;
-    let mut token = format!(
-        "SharedAccessSignature sr={encoded_uri}&sig={}&se={expiry}",
-        url_encode(&signature)
-    );
-    if let Some(name) = key_name {
-        token.push_str(&format!("&skn={}", url_encode(name)));
-    }
+    let token = cloudpillar_protocol::sas::token(key_b64, resource_uri, expiry, key_name)?;
     Ok(SasToken {
         token,
         expiry,
@@ -146,33 +95,21 @@ mod tests {
     }
 
     #[test]
-    fn token_fields_are_url_encoded_and_signed_over_the_encoded_uri() {
+    fn token_names_the_encoded_resource_its_expiry_and_policy() {
         let t = token("hub.local/devices/dev 1", KEY, Some("registration"), 10, 20).expect("tok");
+        let expected = cloudpillar_protocol::sas::token(
+            KEY,
+            "hub.local/devices/dev 1",
+            30,
+            Some("registration"),
+        )
+        .expect("token");
+        assert_eq!(t.token, expected);
         assert!(
             t.token
                 .starts_with("SharedAccessSignature sr=hub.local%2Fdevices%2Fdev%201&sig=")
         );
         assert!(t.token.ends_with("&se=30&skn=registration"));
-        let expected = sign(KEY, b"hub.local%2Fdevices%2Fdev%201\n30").expect("sig");
-        assert!(t.token.contains(&format!("sig={}", url_encode(&expected))));
-    }
-
-    #[test]
-    fn hmac_matches_rfc_4231_case_2() {
-        // Key "Jefe", data "what do ya want for nothing?".
-        let sig = sign(&STANDARD.encode("Jefe"), b"what do ya want for nothing?").expect("sig");
-        let bytes = STANDARD.decode(sig).expect("b64");
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
-
-    #[test]
-    fn group_key_derivation_is_hmac_of_the_registration_id() {
-        let derived = derive_device_key(KEY, "dev-1").expect("derive");
-        assert_eq!(derived, sign(KEY, b"dev-1").expect("sig"));
-        assert!(derive_device_key("not base64!", "dev-1").is_err());
+        assert!(token("x", "not base64!", None, 0, 1).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cloudpillar_protocol::recipe::section_order;
 use rumqttc::{AsyncClient, Publish, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 
@@ -12,7 +13,6 @@ use super::topics::{self, Incoming};
 use super::{Link, Outgoing};
 use crate::engine::Delivery;
 use crate::engine::journal::RecipeSource;
-use crate::engine::recipe::section_order;
 
 /// Per-connection synchronisation state.
 pub(super) struct Sync {

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use cloudpillar_protocol::sas::encode_field as url_encode;
 use percent_encoding::percent_decode_str;
-
-use super::sas::url_encode;
 
 /// API version sent in the MQTT user name.
 pub const HUB_API_VERSION: &str = "2021-04-12";

@@ -1,18 +1,15 @@
 //! Device state: the machine, its persistence and the reported `deviceState`.
 
 mod device;
-mod device_state;
 mod machine;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use cloudpillar_protocol::reported::DeviceState;
 pub use device::Device;
 pub use machine::{Command, IllegalTransition, Machine, PackageKind};
-
-// The protocol crate does not define the state enum yet; it moves there once it does.
-pub use device_state::DeviceState;
 
 use crate::durable::{self, DurableError};
 

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use cloudpillar_protocol::recipe::{ZoneExpandError, ZoneSyntaxError, expand_zone_variables};
+
 /// Why a recipe path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -21,6 +23,12 @@ pub enum PathError {
     /// A `${` without its closing brace.
     #[error("path \"{path}\" has an unterminated zone variable")]
     Unterminated {
+        /// The recipe path.
+        path: String,
+    },
+    /// A `${...}` whose name is not a zone name (letters, digits and `_`).
+    #[error("path \"{path}\" has a zone variable with an invalid name")]
+    BadZoneName {
         /// The recipe path.
         path: String,
     },
@@ -43,24 +51,23 @@ pub enum PathError {
 
 /// Replaces every `${Name}` with the root of zone `Name`.
 pub fn expand_variables(raw: &str, roots: &BTreeMap<String, PathBuf>) -> Result<String, PathError> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| PathError::Unterminated { path: raw.into() })?;
-        let name = &after[..end];
-        let root = roots.get(name).ok_or_else(|| PathError::UnknownZone {
-            path: raw.into(),
-            name: name.into(),
-        })?;
-        out.push_str(&root.to_string_lossy());
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    let root = |name: &str| {
+        roots
+            .get(name)
+            .map(|root| root.to_string_lossy().into_owned())
+    };
+    expand_zone_variables(raw, root).map_err(|error| {
+        let path = raw.to_owned();
+        match error {
+            ZoneExpandError::UnknownZone { name } => PathError::UnknownZone { path, name },
+            ZoneExpandError::Syntax(ZoneSyntaxError::Unclosed { .. }) => {
+                PathError::Unterminated { path }
+            }
+            ZoneExpandError::Syntax(ZoneSyntaxError::BadName { .. }) => {
+                PathError::BadZoneName { path }
+            }
+        }
+    })
 }
 
 /// Resolves a recipe path to an absolute path inside `work_dir` or one of `roots`.
