@@ -197,9 +197,12 @@ async fn controllers(
     let drive = |stream: std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>| {
         tokio::spawn(stream.for_each(|()| async {}))
     };
+    let device_lists = triggers::Lists::default();
+    let lists = device_lists.clone();
     let feeds = [
         drive(
             watch::<Device>(&client, &config, "devices", &metrics)
+                .inspect(move |event| lists.note(event))
                 .reflect_shared(device_writer)
                 .map(|_| ())
                 .boxed(),
@@ -277,7 +280,7 @@ async fn controllers(
     };
     // Device reconciles follow spec changes, deletions, twin events and the resync; status
     // and finalizer writes alone do not call for one.
-    let device_triggers = triggers::spec_or_deletion(device_events.clone());
+    let device_triggers = triggers::spec_or_deletion(device_events.clone(), device_lists);
     let device_controller = Controller::for_shared_stream(device_triggers, devices.clone())
         .with_config(settings.clone())
         .reconcile_on(twin_events)

@@ -5,16 +5,19 @@
 //! comes back from the watch as a new version of the object. Passing those on would cost a
 //! twin read per write, and a reconcile started from a cache that has not yet seen the status
 //! just written would register the device a second time. Twin events and the periodic resync
-//! still reach every Device; they do not pass through here.
+//! still reach every Device; they do not pass through here. After every (re)list the filter
+//! starts afresh, so that each listed Device is reconciled once more (field case F20).
 
 use std::collections::HashMap;
 use std::future::ready;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudpillar_crds::Device;
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
+use kube::runtime::watcher;
 
 /// An object not seen for this long is forgotten; its next version passes again.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -26,16 +29,48 @@ struct Relevant {
     deleting: bool,
 }
 
-/// Remembers the relevant state of every Device passed on.
+/// Counts the lists a watch made; shared by the watch and the filter.
+#[derive(Debug, Clone, Default)]
+pub struct Lists(Arc<AtomicU64>);
+
+impl Lists {
+    /// Notes a watch event; the start of a (re)list counts.
+    pub fn note<K>(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        if matches!(event, Ok(watcher::Event::Init)) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Remembers the relevant state of every Device passed on since the last list.
 #[derive(Debug, Default)]
 pub struct SpecFilter {
     seen: HashMap<String, (Relevant, Instant)>,
     swept: Option<Instant>,
+    lists: Lists,
+    listed: u64,
 }
 
 impl SpecFilter {
+    /// A filter that starts afresh whenever `lists` counts a new list.
+    pub fn new(lists: Lists) -> Self {
+        Self {
+            lists,
+            ..Self::default()
+        }
+    }
+
     /// Whether `device` differs from the last version passed in spec or deletion.
     pub fn passes(&mut self, device: &Device, now: Instant) -> bool {
+        let listed = self.lists.count();
+        if listed != self.listed {
+            self.seen.clear();
+            self.listed = listed;
+        }
         if self
             .swept
             .is_none_or(|at| now.duration_since(at) >= FORGET_AFTER)
@@ -60,13 +95,16 @@ impl SpecFilter {
     }
 }
 
-/// The versions of `devices` that change a spec or start a deletion (every first version
-/// of an object passes).
-pub fn spec_or_deletion<S>(devices: S) -> impl Stream<Item = Arc<Device>> + Send + 'static
+/// The versions of `devices` that change a spec or start a deletion (the first version of an
+/// object after each list passes).
+pub fn spec_or_deletion<S>(
+    devices: S,
+    lists: Lists,
+) -> impl Stream<Item = Arc<Device>> + Send + 'static
 where
     S: Stream<Item = Arc<Device>> + Send + 'static,
 {
-    let mut filter = SpecFilter::default();
+    let mut filter = SpecFilter::new(lists);
     devices.filter(move |device| ready(filter.passes(device, Instant::now())))
 }
 
@@ -101,6 +139,20 @@ mod tests {
         let mut deleting = device(2);
         deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert!(filter.passes(&deleting, now), "a deletion passes");
+    }
+
+    #[test]
+    fn every_device_passes_once_more_after_a_relist() {
+        let lists = Lists::default();
+        let mut filter = SpecFilter::new(lists.clone());
+        let now = Instant::now();
+        lists.note::<Device>(&Ok(watcher::Event::Init));
+        assert!(filter.passes(&device(1), now));
+        assert!(!filter.passes(&device(1), now));
+        lists.note::<Device>(&Ok(watcher::Event::InitDone));
+        assert!(!filter.passes(&device(1), now));
+        lists.note::<Device>(&Ok(watcher::Event::Init));
+        assert!(filter.passes(&device(1), now), "listed again");
     }
 
     #[test]
