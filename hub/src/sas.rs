@@ -1,25 +1,18 @@
 //! Shared access signatures as IoT Hub and DPS use them.
 //!
 //! Token: `SharedAccessSignature sr={url-encoded resource URI}&sig={url-encoded base64
-//! signature}&se={expiry, seconds since 1970}[&skn={policy name}]`. The signature is
-//! HMAC-SHA256, keyed with the base64-decoded key, over `{url-encoded resource URI}\n{se}`.
+//! signature}&se={expiry, seconds since 1970}[&skn={policy name}]`. Signing is
+//! [`cloudpillar_protocol::sas`], shared with the agent and the operator; this module parses
+//! tokens and decides what they grant.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use sha2::Sha256;
+use cloudpillar_protocol::sas as signing;
+use percent_encoding::percent_decode_str;
 use thiserror::Error;
 
 /// Clock skew Azure tolerates past a token's expiry, in seconds.
 pub const EXPIRY_TOLERANCE_SECS: u64 = 300;
-
-/// Characters left as they are when URL-encoding a resource URI or signature.
-const URI_KEEP: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Why a token was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -68,22 +61,12 @@ pub struct SasToken {
 
 /// URL-encodes a resource URI the way the signing string expects.
 pub fn encode_uri(uri: &str) -> String {
-    utf8_percent_encode(uri, URI_KEEP).to_string()
+    signing::encode_field(uri)
 }
 
 /// Computes the base64 signature of `{encoded_resource}\n{expiry}` with a base64 key.
 pub fn signature(key_b64: &str, encoded_resource: &str, expiry: u64) -> Result<String, SasError> {
-    let mac = mac_for(key_b64, encoded_resource, expiry)?;
-    Ok(STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-fn mac_for(key_b64: &str, encoded_resource: &str, expiry: u64) -> Result<Hmac<Sha256>, SasError> {
-    let key = STANDARD
-        .decode(key_b64.trim())
-        .map_err(|_| SasError::BadKey)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)?;
-    mac.update(format!("{encoded_resource}\n{expiry}").as_bytes());
-    Ok(mac)
+    signing::signature(key_b64, encoded_resource, expiry).map_err(|_| SasError::BadKey)
 }
 
 /// Builds a token for `resource` (unencoded, e.g. `host/devices/dev1`) valid until `expiry`.
@@ -93,17 +76,7 @@ pub fn generate(
     expiry: u64,
     key_name: Option<&str>,
 ) -> Result<String, SasError> {
-    let sr = encode_uri(resource);
-    let sig = signature(key_b64, &sr, expiry)?;
-    let mut token = format!(
-        "SharedAccessSignature sr={sr}&sig={}&se={expiry}",
-        encode_uri(&sig)
-    );
-    if let Some(name) = key_name {
-        token.push_str("&skn=");
-        token.push_str(&encode_uri(name));
-    }
-    Ok(token)
+    signing::token(key_b64, resource, expiry, key_name).map_err(|_| SasError::BadKey)
 }
 
 /// Parses a token.
@@ -163,8 +136,9 @@ impl SasToken {
             .decode(self.signature.as_bytes())
             .map_err(|_| SasError::BadSignature)?;
         for key in keys.iter().filter(|k| !k.is_empty()) {
-            let mac = mac_for(key, &self.resource_raw, self.expiry)?;
-            if mac.verify_slice(&given).is_ok() {
+            let matches = signing::signature_matches(key, &self.resource_raw, self.expiry, &given)
+                .map_err(|_| SasError::BadKey)?;
+            if matches {
                 return Ok(());
             }
         }
@@ -187,12 +161,7 @@ fn grants(resource: &str, wanted: &str) -> bool {
 /// Derives a device key from a DPS group enrollment key:
 /// base64(HMAC-SHA256(base64-decoded group key, registration id)).
 pub fn derive_device_key(group_key_b64: &str, registration_id: &str) -> Result<String, SasError> {
-    let key = STANDARD
-        .decode(group_key_b64.trim())
-        .map_err(|_| SasError::BadKey)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SasError::BadKey)?;
-    mac.update(registration_id.as_bytes());
-    Ok(STANDARD.encode(mac.finalize().into_bytes()))
+    signing::derive_device_key(group_key_b64, registration_id).map_err(|_| SasError::BadKey)
 }
 
 /// Generates a fresh random 32-byte base64 key.
@@ -257,12 +226,12 @@ mod tests {
     }
 
     #[test]
-    fn group_key_derivation_is_hmac_of_registration_id() {
-        let derived = derive_device_key(KEY, "reg-01").unwrap();
-        let raw = STANDARD.decode(KEY).unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(&raw).unwrap();
-        mac.update(b"reg-01");
-        assert_eq!(derived, STANDARD.encode(mac.finalize().into_bytes()));
-        assert_ne!(derived, derive_device_key(KEY, "reg-02").unwrap());
+    fn group_key_derivation_matches_the_known_answer() {
+        // Computed with Python's hmac and base64.
+        let key = "Y2xvdWRwaWxsYXIta25vd24tYW5zd2VyLWtleS0zMmI=";
+        let derived = derive_device_key(key, "reg-01").unwrap();
+        assert_eq!(derived, "HAekvuDpTdjDxRdE3je00oAIt7EBIIOGCOOFkOSa2U4=");
+        assert_ne!(derived, derive_device_key(key, "reg-02").unwrap());
+        assert_eq!(derive_device_key("***", "reg-01"), Err(SasError::BadKey));
     }
 }

@@ -1,23 +1,11 @@
 //! Service SAS tokens signed from a shared access policy key.
 //!
-//! `SharedAccessSignature sr=<url-encoded host>&sig=<url-encoded base64 HMAC-SHA256>&se=<expiry
-//! seconds>&skn=<policy>`; the HMAC is keyed with the base64-decoded policy key and covers
-//! `<url-encoded host>\n<expiry>`.
+//! The token format and signature are those of [`cloudpillar_protocol::sas`]; the service
+//! side signs the hub's host name in lower case and always names its policy.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use sha2::Sha256;
+use cloudpillar_protocol::sas;
 
 use super::TwinError;
-
-/// Characters kept as they are when URL-encoding (RFC 3986 unreserved).
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// A token for `resource` (for example the hub host) valid until `expiry` (seconds since 1970).
 pub fn service_token(
@@ -26,45 +14,37 @@ pub fn service_token(
     resource: &str,
     expiry: u64,
 ) -> Result<String, TwinError> {
-    let sr = utf8_percent_encode(&resource.to_lowercase(), UNRESERVED).to_string();
-    let key = STANDARD
-        .decode(policy_key_b64.trim())
-        .map_err(|_| TwinError::BadPolicyKey)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| TwinError::BadPolicyKey)?;
-    mac.update(format!("{sr}\n{expiry}").as_bytes());
-    let sig = STANDARD.encode(mac.finalize().into_bytes());
-    Ok(format!(
-        "SharedAccessSignature sr={sr}&sig={}&se={expiry}&skn={}",
-        utf8_percent_encode(&sig, UNRESERVED),
-        utf8_percent_encode(policy_name, UNRESERVED),
-    ))
+    let resource = resource.to_lowercase();
+    sas::token(policy_key_b64, &resource, expiry, Some(policy_name)).map_err(|error| {
+        tracing::warn!(%error, policy = policy_name, "shared access policy key refused");
+        TwinError::BadPolicyKey
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_carries_encoded_resource_signature_expiry_and_policy() {
-        let key = STANDARD.encode(b"0123456789abcdef0123456789abcdef");
-        let token =
-            service_token(&key, "iothubowner", "Hub.Example.net:8443", 1000).expect("valid key");
-        assert!(token.starts_with("SharedAccessSignature sr=hub.example.net%3A8443&sig="));
-        assert!(token.ends_with("&se=1000&skn=iothubowner"));
+    /// base64 of `cloudpillar-known-answer-key-32b`.
+    const KEY: &str = "Y2xvdWRwaWxsYXIta25vd24tYW5zd2VyLWtleS0zMmI=";
 
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef")
-            .expect("any key length");
-        mac.update(b"hub.example.net%3A8443\n1000");
-        let expected = STANDARD.encode(mac.finalize().into_bytes());
-        let sig = token
-            .split("&sig=")
-            .nth(1)
-            .and_then(|t| t.split('&').next())
-            .expect("sig");
-        let decoded = percent_encoding::percent_decode_str(sig)
-            .decode_utf8()
-            .expect("utf8");
-        assert_eq!(decoded, expected);
+    #[test]
+    fn token_signs_the_lowercased_host_and_names_its_policy() {
+        let token =
+            service_token(KEY, "iothubowner", "Hub.Example.NET", 1_800_000_000).expect("valid key");
+        // Computed with Python's hmac, base64 and urllib.parse.quote(safe="-_.~").
+        assert_eq!(
+            token,
+            "SharedAccessSignature sr=hub.example.net\
+             &sig=mDpxgDXUZpQcxFr2y5jObnyV280%2B9ZrgAwgTu%2FXcLFA%3D&se=1800000000\
+             &skn=iothubowner"
+        );
+    }
+
+    #[test]
+    fn a_port_in_the_resource_is_url_encoded() {
+        let token = service_token(KEY, "p", "h:8443", 1).expect("valid key");
+        assert!(token.starts_with("SharedAccessSignature sr=h%3A8443&sig="));
     }
 
     #[test]
