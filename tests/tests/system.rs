@@ -173,8 +173,19 @@ async fn an_agent_killed_mid_download_resumes_after_restart_and_succeeds() {
     wait_downloading(&system, "kill-01")
         .await
         .expect("download starts");
-    // About a third of the file arrives, then the process dies without a word.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // At least one CRC range is on disk, then the process dies without a word.
+    let partial = system
+        .agent("kill-01")
+        .expect("agent")
+        .work_dir()
+        .join(format!("{}.cppart", artifact.name));
+    system
+        .wait_for("part of the file on disk", LONG, || async {
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            Ok((len >= MIB as u64).then_some(()))
+        })
+        .await
+        .expect("partial file");
     system.kill_agent("kill-01").expect("kill -9");
     system.start_agent("kill-01").await.expect("restart");
 
@@ -188,21 +199,19 @@ async fn an_agent_killed_mid_download_resumes_after_restart_and_succeeds() {
         "byte-identical after resuming"
     );
     assert_eq!(runs(&system, "kill-01"), 1, "installed once");
-    // It resumed: the streamer served a range that started past the beginning.
-    let size = std::fs::metadata(&artifact.path).expect("archive").len();
-    let resumed = system.server_log().lines().any(|line| {
-        line.contains("range streamed")
-            && line.contains("device=kill-01")
+    // It resumed: the restarted agent asked for the file from past its beginning.
+    let resumed = agent.log().lines().any(|line| {
+        line.contains("requesting the file from its verified length")
             && line
-                .rsplit("bytes=")
-                .next()
-                .and_then(|b| b.trim().parse::<u64>().ok())
-                .is_some_and(|bytes| bytes < size)
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("from="))
+                .and_then(|from| from.parse::<u64>().ok())
+                .is_some_and(|from| from > 0)
     });
     assert!(
         resumed,
-        "no partial range was served:\n{}",
-        system.server_log()
+        "no resume from a verified length:\n{}",
+        agent.log()
     );
     system.shutdown().await.expect("shutdown");
 }
