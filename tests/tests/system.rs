@@ -450,3 +450,55 @@ async fn restarting_cloudpillar_mid_rollout_neither_repeats_nor_skips_a_device()
     }
     system.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_device_whose_hub_does_not_exist_fails_alone_and_the_rollout_can_be_deleted() {
+    let mut system = System::start("sys-orphan", SystemOptions::default())
+        .await
+        .expect("system");
+    system
+        .add_devices(&["real-01"], &[])
+        .await
+        .expect("devices");
+    let mut orphan = objects::device("orphan-01", &[]);
+    orphan["spec"]["hubRef"]["name"] = json!("no-such-hub");
+    system.apply(orphan).await.expect("orphan device");
+    let archive = PatchArchive::counting("patch-orphan-1.0.0", MIB, "");
+    roll_out(&system, "patch-orphan", &archive, one_wave()).await;
+
+    let rollout = system
+        .wait_for(
+            "the orphan to fail and the real device to succeed",
+            LONG,
+            || async {
+                let rollout = system.rollout("patch-orphan").await?;
+                let counts = rollout
+                    .status
+                    .as_ref()
+                    .map(|s| s.counts.clone())
+                    .unwrap_or_default();
+                Ok((counts.failed == 1 && counts.succeeded == 1).then_some(rollout))
+            },
+        )
+        .await
+        .expect("rollout goes on");
+    let status = rollout.status.expect("status");
+    let failed = &status.failed_devices[0];
+    assert_eq!(
+        (failed.name.as_str(), failed.reason.as_str()),
+        ("orphan-01", "HubUnusable")
+    );
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no-such-hub")),
+        "{failed:?}"
+    );
+    assert_eq!(runs(&system, "real-01"), 1);
+
+    system
+        .kubectl(&["delete", "rollout", "patch-orphan", "--timeout=60s"])
+        .expect("the rollout can be deleted");
+    system.shutdown().await.expect("shutdown");
+}

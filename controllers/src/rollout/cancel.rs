@@ -20,7 +20,7 @@ use serde_json::json;
 use super::CANCEL_KEY;
 use super::execute::{apply_assignment, write_desired};
 use super::waves::{self, Observed};
-use crate::error::{HubContext, Result};
+use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, key_of};
 
 /// Longest a deleted Rollout waits for its running devices to confirm the cancel.
@@ -109,10 +109,19 @@ pub async fn cancel(
 async fn request_cancel(device: &Device, recipe_id: &str, ctx: &Context) -> Result<()> {
     let object = key_of(device);
     let namespace = device.namespace().unwrap_or_default();
-    let hub = ctx
+    let hub = match ctx
         .hubs
         .service(&namespace, &device.spec.hub_ref.name, &object)
-        .await?;
+        .await
+    {
+        Ok(hub) => hub,
+        // No usable hub: no twin can hold the recipe through it, so there is nothing to cancel.
+        Err(error @ Error::HubUnusable { .. }) => {
+            tracing::warn!(device = %object, %error, "no cancel sent");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
     let device_id = device.device_id();
     let twin = hub.get_twin(&device_id).await.hub(&object)?;
     let holds = twin

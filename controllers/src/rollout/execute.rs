@@ -169,10 +169,25 @@ async fn start(
 ) -> Result<()> {
     let object = key_of(device);
     let namespace = device.namespace().unwrap_or_default();
-    let hub = ctx
+    let hub = match ctx
         .hubs
         .service(&namespace, &device.spec.hub_ref.name, &object)
-        .await?;
+        .await
+    {
+        Ok(hub) => hub,
+        // This device cannot receive the recipe; it fails with the reason, the others go on.
+        Err(error @ Error::HubUnusable { .. }) => {
+            tracing::warn!(device = %object, %error, "device cannot receive the recipe");
+            assignment.phase = DeviceRolloutPhase::Failed;
+            assignment.reason = Some(format!("HubUnusable: {error}"));
+            assignment.phase_time = Some(Time(crate::status::now()));
+            apply_assignment(api, device, Some(&assignment), None).await?;
+            ctx.expectations
+                .expect(uid, ObjectRef::from_obj(device), Some(assignment));
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
     let device_id = device.device_id();
     let desired = json!({ "changeSpec": recipe.form.value, "changeSign": recipe.signature });
     write_desired(hub.as_ref(), &device_id, &desired, ctx)
