@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::runtime::events::Reporter;
 
 use crate::hubs::{AzureConnector, HubConnector};
-use crate::recipe::Signer;
+use crate::recipe::{ArtifactStore, Signer};
 use crate::runtime::LeaderElection;
 
 /// Field manager of every write the operator makes, and its Event reporter name.
@@ -36,6 +36,10 @@ pub struct Config {
     pub signer: Option<Arc<dyn Signer>>,
     /// Builds hub clients.
     pub connector: Arc<dyn HubConnector>,
+    /// The blob container devices download recipe files from (for example
+    /// `recipe::BlobArtifacts` over the backend's patches container); when set, Recipe status
+    /// lists each file's size and hashes and a missing file holds the recipe back.
+    pub artifacts: Option<Arc<dyn ArtifactStore>>,
     /// This replica's name in Events (pod name, for example).
     pub instance: Option<String>,
 }
@@ -76,6 +80,7 @@ impl Default for Config {
             signing_key: None,
             signer: None,
             connector: Arc::new(AzureConnector),
+            artifacts: None,
             instance: None,
         }
     }

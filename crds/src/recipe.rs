@@ -9,7 +9,7 @@ mod status;
 
 pub use cloudpillar_protocol::recipe::{Action, ActionKind, ChangeSpec, Section, Stage};
 pub use schema::{MAX_ACTIONS_PER_STAGE, SECTIONS, change_spec_schema};
-pub use status::{Artifact, RecipeStatus};
+pub use status::{Artifact, RECIPE_ARTIFACTS_AVAILABLE, RecipeStatus};
 
 /// The recipe, written exactly as the device twin's `desired.changeSpec`.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -15,7 +15,8 @@
 //!
 //! The operator runs with the default settings of `Config` (`FLEET_CONCURRENCY` overrides the
 //! reconcile concurrency).
-#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a benchmark prints figures
+// A benchmark prints its figures and may stop at the first surprise.
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
 mod figures;
 
@@ -31,6 +32,7 @@ use cloudpillar_protocol::signing::SigningKey;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, CustomResourceExt, ResourceExt};
@@ -89,8 +91,7 @@ async fn operator(namespace: String) -> anyhow::Result<()> {
 
 async fn bench(count: usize) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crds.patch(
@@ -153,7 +154,10 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         "spec": {
             "kind": "edge",
             "endpoint": {"serviceHost": format!("localhost:{}", hub.http_addr().port())},
-            "accessPolicy": {"policyName": hub.policy_name(), "secretRef": {"name": "edge-policy", "key": "key"}},
+            "accessPolicy": {
+                "policyName": hub.policy_name(),
+                "secretRef": {"name": "edge-policy", "key": "key"},
+            },
             "caBundle": {"name": "edge-policy", "key": "ca.crt"},
             "twinWriteRateLimit": 100_000,
         },
@@ -176,7 +180,11 @@ async fn bench(count: usize) -> anyhow::Result<()> {
                 let device: Device = serde_json::from_value(json!({
                     "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
                     "metadata": {"name": format!("dev-{i:05}"), "labels": {"fleet": "bench"}},
-                    "spec": {"hubRef": {"name": "edge"}, "tags": {"site": "bench"}, "desired": {"logLevel": "info"}},
+                    "spec": {
+                        "hubRef": {"name": "edge"},
+                        "tags": {"site": "bench"},
+                        "desired": {"logLevel": "info"},
+                    },
                 }))?;
                 devices.create(&PostParams::default(), &device).await?;
                 Ok::<_, anyhow::Error>(())
@@ -265,7 +273,8 @@ async fn bench(count: usize) -> anyhow::Result<()> {
     let restart_cpu = figures::cpu_seconds(pid);
     let requests_after = figures::request_counts(&client).await;
     println!(
-        "fleet: restart, {count} Devices checked against their twins: {:.1} s (operator CPU {:.1} s)",
+        "fleet: restart, {count} Devices checked against their twins: {:.1} s \
+         (operator CPU {:.1} s)",
         restart.as_secs_f64(),
         restart_cpu
     );

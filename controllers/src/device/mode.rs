@@ -23,14 +23,16 @@ struct Provisioning {
     mode: ProvisioningMode,
 }
 
-/// `desired.provisioning` for `device`, whose hub devices reach at `device_host`.
+/// `desired.provisioning` for `device`, whose hub devices reach at `device_host` (the Hub's
+/// `endpoint.deviceHost`). The message names the hub by host name only, so a port is left out.
 pub fn provisioning(device: &Device, device_host: &str) -> Value {
+    let host = device_host.split(':').next().unwrap_or(device_host);
     let section = Provisioning {
         auth_method: match device.spec.authentication.permanent.method {
             AuthMethod::Sas => WireAuth::Sas,
             AuthMethod::X509 => WireAuth::X509,
         },
-        hub: device_host.to_owned(),
+        hub: host.to_owned(),
         mode: match device.spec.mode {
             DeviceMode::Full => ProvisioningMode::Full,
             DeviceMode::Strict => ProvisioningMode::Strict,
@@ -53,13 +55,14 @@ mod tests {
         device.spec.mode = DeviceMode::Strict;
         let upgrade = UpgradeProvisioning {
             auth_method: WireAuth::Sas,
-            hub: "hub.example:8883".into(),
+            hub: "hub.example".into(),
             mode: ProvisioningMode::Strict,
             key: "c2VjcmV0".into(),
         };
         let mut offered = serde_json::to_value(&upgrade).expect("message as JSON");
         offered.as_object_mut().map(|m| m.remove("key"));
         assert_eq!(provisioning(&device, "hub.example:8883"), offered);
+        assert_eq!(provisioning(&device, "hub.example"), offered);
     }
 
     #[test]

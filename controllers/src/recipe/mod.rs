@@ -1,12 +1,17 @@
 //! Recipe controller: validates the `changeSpec`, signs its canonical form and records digest,
-//! signature and key id in status. The spec is never changed.
+//! signature and key id in status, and looks the files it downloads up in the blob store. The
+//! spec is never changed.
 
+mod artifacts;
+mod availability;
 mod signer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use cloudpillar_crds::conditions::{RECIPE_SIGNED, RECIPE_VALID};
-use cloudpillar_crds::{Artifact, Recipe, RecipeSpec, RecipeStatus};
+use cloudpillar_crds::conditions::{FALSE, RECIPE_SIGNED, RECIPE_VALID};
+use cloudpillar_crds::recipe::RECIPE_ARTIFACTS_AVAILABLE;
+use cloudpillar_crds::{Recipe, RecipeSpec, RecipeStatus};
 use cloudpillar_protocol::recipe::{normalize_crlf, validate};
 use cloudpillar_protocol::signing::canonical_json;
 use kube::api::Api;
@@ -15,6 +20,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha512};
 
+pub use artifacts::{
+    ArtifactError, ArtifactFacts, ArtifactStore, BlobArtifacts, DEVICE_UPLOADS_PREFIX,
+    download_sources,
+};
+use availability::look_up_artifacts;
 pub use signer::{KeySigner, NoSigner, RecipeSignature, SecretSigner, SignError, Signer};
 
 use crate::error::{Error, Result};
@@ -26,6 +36,10 @@ pub const CONTROLLER: &str = "recipe";
 
 /// Issues listed in the `Valid` condition's message at most.
 const MAX_ISSUES_SHOWN: usize = 10;
+
+/// How soon a recipe with a missing or unreadable artifact is looked at again: the file may
+/// be published any moment, and the blob store sends no events.
+const ARTIFACT_RECHECK: Duration = Duration::from_secs(15);
 
 /// What gets signed and written to twins: the `changeSpec` with bash and sh scripts
 /// normalized to LF (F19), its canonical bytes and their SHA-512.
@@ -55,7 +69,8 @@ pub fn signed_form(spec: &RecipeSpec) -> SignedForm {
     }
 }
 
-/// Whether a Recipe may be rolled out now: Valid and Signed for its current spec.
+/// Whether a Recipe may be rolled out now: Valid and Signed for its current spec, and no file
+/// it downloads known to be missing.
 pub fn is_ready(recipe: &Recipe) -> bool {
     let Some(status) = &recipe.status else {
         return false;
@@ -65,7 +80,10 @@ pub fn is_ready(recipe: &Recipe) -> bool {
             c.status == "True" && c.observed_generation == recipe.meta().generation
         })
     };
-    current(RECIPE_VALID) && current(RECIPE_SIGNED) && status.signature.is_some()
+    let missing =
+        cloudpillar_crds::conditions::find(&status.conditions, RECIPE_ARTIFACTS_AVAILABLE)
+            .is_some_and(|c| c.status == FALSE);
+    current(RECIPE_VALID) && current(RECIPE_SIGNED) && status.signature.is_some() && !missing
 }
 
 /// Reconciles one Recipe.
@@ -83,7 +101,13 @@ pub async fn reconcile(recipe: Arc<Recipe>, ctx: Arc<Context>) -> Result<Action>
     let issues = validate(&form.value);
     let mut status = previous.clone();
     status.observed_generation = generation;
-    status.artifacts = artifacts(&form.value);
+    let mut lookup =
+        look_up_artifacts(&form.value, ctx.config.artifacts.as_deref(), generation).await;
+    status.artifacts = std::mem::take(&mut lookup.artifacts);
+    let recheck = match lookup.complete {
+        true => ctx.resync(),
+        false => Action::requeue(ARTIFACT_RECHECK),
+    };
     if !issues.is_empty() {
         let shown: Vec<String> = issues
             .iter()
@@ -115,6 +139,7 @@ pub async fn reconcile(recipe: Arc<Recipe>, ctx: Arc<Context>) -> Result<Action>
                     "invalid recipes are not signed",
                     generation,
                 ),
+                lookup.condition,
             ],
         );
         if cloudpillar_crds::conditions::is_true(&previous.conditions, RECIPE_VALID)
@@ -124,7 +149,7 @@ pub async fn reconcile(recipe: Arc<Recipe>, ctx: Arc<Context>) -> Result<Action>
                 .await;
         }
         write(&api, recipe.as_ref(), &previous, &status).await?;
-        return Ok(ctx.resync());
+        return Ok(recheck);
     }
 
     // Sign unless the current digest is already signed.
@@ -184,11 +209,21 @@ pub async fn reconcile(recipe: Arc<Recipe>, ctx: Arc<Context>) -> Result<Action>
             }
         }
     };
-    status.conditions = merge_conditions(&previous.conditions, vec![valid, signed]);
+    if lookup.newly_missing(&previous.conditions) {
+        ctx.publish(
+            recipe.as_ref(),
+            true,
+            "ArtifactsMissing",
+            lookup.condition.message.clone(),
+        )
+        .await;
+    }
+    status.conditions =
+        merge_conditions(&previous.conditions, vec![valid, signed, lookup.condition]);
     write(&api, recipe.as_ref(), &previous, &status).await?;
     match failure {
         Some(error) => Err(error),
-        None => Ok(ctx.resync()),
+        None => Ok(recheck),
     }
 }
 
@@ -209,37 +244,4 @@ async fn write(
         apply_status(api, recipe, &manager(CONTROLLER), status).await?;
     }
     Ok(())
-}
-
-/// The files a recipe downloads, by name.
-// Known gap: size and hashes stay empty because the operator does not read the blob store;
-// they matter once devices are to check downloads against status.
-fn artifacts(spec: &Value) -> Vec<Artifact> {
-    let mut names: Vec<String> = Vec::new();
-    let sections = spec
-        .as_object()
-        .into_iter()
-        .flat_map(|s| s.values())
-        .filter_map(Value::as_object);
-    for actions in sections
-        .flat_map(|s| s.values())
-        .filter_map(Value::as_array)
-    {
-        for action in actions {
-            if action.get("action").and_then(Value::as_str) == Some("singularDownload")
-                && let Some(source) = action.get("source").and_then(Value::as_str)
-                && !names.iter().any(|n| n == source)
-            {
-                names.push(source.to_owned());
-            }
-        }
-    }
-    names
-        .into_iter()
-        .take(500)
-        .map(|name| Artifact {
-            name,
-            ..Artifact::default()
-        })
-        .collect()
 }

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::Condition;
 use crate::common::conditions_list;
 
+/// `Recipe` condition: every file the recipe downloads is in the blob store devices download
+/// from (`False` names the missing ones; `Unknown` when the operator cannot look).
+pub const RECIPE_ARTIFACTS_AVAILABLE: &str = "ArtifactsAvailable";
+
 /// Observed state of a recipe.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -31,13 +35,16 @@ pub struct RecipeStatus {
     #[schemars(length(max = 512))]
     pub key_id: Option<String>,
 
-    /// Files the recipe downloads, with size and hashes once known.
+    /// Files the recipe downloads, with size and hashes once the operator found them in the
+    /// blob store devices download from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 500))]
     pub artifacts: Vec<Artifact>,
 
     /// Current state: `Valid` (the recipe may be rolled out; the reason and message say
-    /// what is wrong when not) and `Signed` (digest and signature are current).
+    /// what is wrong when not), `Signed` (digest and signature are current) and
+    /// `ArtifactsAvailable` (every downloaded file is in the blob store; a recipe with a
+    /// missing file is not rolled out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_list")]
     pub conditions: Vec<Condition>,
@@ -50,7 +57,7 @@ pub struct Artifact {
     /// The `source` of the singularDownload step.
     pub name: String,
 
-    /// Size in bytes.
+    /// Size in bytes, as stored in the blob store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
 
