@@ -44,6 +44,7 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
     );
     let work = tempfile::tempdir().expect("work directory");
     let namespace = format!("e2e-{}", std::process::id());
+    let _cleanup = ReleaseNamespace(namespace.clone());
 
     // A database of its own, so the history this run writes is told apart from others'.
     let database = format!("e2e_{}", std::process::id());
@@ -151,6 +152,37 @@ fn upload_history(database: &str) -> Option<Vec<serde_json::Value>> {
         }
         records
     }))
+}
+
+/// Deletes the demo's namespace when the test ends. `cloudpillar run` has stopped by then, so
+/// its finalizers are released first, as `k3s-dev/demo` does for a previous run.
+struct ReleaseNamespace(String);
+
+impl Drop for ReleaseNamespace {
+    fn drop(&mut self) {
+        let kubectl = |args: &[&str]| {
+            Command::new("kubectl")
+                .args(["-n", &self.0])
+                .args(args)
+                .output()
+                .ok()
+        };
+        let names = kubectl(&["get", "devices,rollouts,recipes,hubs", "-o", "name"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in names.lines() {
+            kubectl(&[
+                "patch",
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        let _ = Command::new("kubectl")
+            .args(["delete", "namespace", &self.0, "--wait=false"])
+            .output();
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
