@@ -271,9 +271,10 @@ impl Config {
             ));
         }
         for (name, zone) in &self.zones {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if !cloudpillar_protocol::recipe::is_zone_name(name) {
                 return Err(ConfigError::Invalid(format!(
-                    "zone name {name:?} must be ASCII letters, digits or '_'"
+                    "zone name {name:?} must be ASCII letters, digits or '_', not starting \
+                     with a digit"
                 )));
             }
             if !zone.root.is_absolute() {

@@ -2,7 +2,7 @@
 
 use cloudpillar_protocol::recipe::{
     ChangeSpec, Plan, PlanError, Stage, Step, StepError, ZoneExpandError, ZoneSyntaxError,
-    action_paths, expand_zone_variables, section_order,
+    action_paths, expand_zone_variables, is_zone_name, section_order,
 };
 use serde_json::{Value, json};
 
@@ -235,4 +235,10 @@ fn zone_variables_expand_to_their_roots() {
             offset: 0
         }))
     );
+}
+
+#[test]
+fn zone_names_start_with_a_letter_or_underscore() {
+    assert!(is_zone_name("LogUploadAllow") && is_zone_name("_x1"));
+    assert!(!is_zone_name("1abc") && !is_zone_name("") && !is_zone_name("a-b"));
 }

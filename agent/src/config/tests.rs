@@ -120,6 +120,11 @@ group = true
 fn bad_zone_names_are_refused() {
     let text = SAMPLE.replace("zones.LogUploadAllow", "zones.\"bad name\"");
     assert!(parse(&text, &[]).is_err());
+    let text = SAMPLE.replace("zones.LogUploadAllow", "zones.1Log");
+    assert!(
+        parse(&text, &[]).is_err(),
+        "a zone name must work as ${{Name}}"
+    );
 }
 
 #[test]

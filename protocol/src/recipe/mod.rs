@@ -31,7 +31,9 @@ pub use plan::{
 pub use validate::{
     Issue, KNOWN_PROTOCOLS, KNOWN_SHELLS, SIGNATURE_ALLOWANCE, validate, validate_with_limits,
 };
-pub use zone_vars::{ZoneExpandError, ZoneSyntaxError, expand_zone_variables, zone_variables};
+pub use zone_vars::{
+    ZoneExpandError, ZoneSyntaxError, expand_zone_variables, is_zone_name, zone_variables,
+};
 
 use serde_json::Value;
 

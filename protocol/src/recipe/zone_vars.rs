@@ -34,6 +34,15 @@ pub enum ZoneExpandError {
     },
 }
 
+/// Whether `name` can name a zone in a `${Name}` variable.
+pub fn is_zone_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Zone variables in `text` with the byte offsets of their `${`. Refuses a `${` that does
 /// not form one.
 pub fn zone_variables(text: &str) -> Result<Vec<(usize, &str)>, ZoneSyntaxError> {
@@ -44,12 +53,7 @@ pub fn zone_variables(text: &str) -> Result<Vec<(usize, &str)>, ZoneSyntaxError>
         let body = &text[offset + 2..];
         let end = body.find('}').ok_or(ZoneSyntaxError::Unclosed { offset })?;
         let name = &body[..end];
-        let mut chars = name.chars();
-        let well_formed = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !well_formed {
+        if !is_zone_name(name) {
             return Err(ZoneSyntaxError::BadName { offset });
         }
         found.push((offset, name));
