@@ -13,7 +13,8 @@ use crate::link::Link;
 use crate::link::desired::DesiredTracker;
 use crate::reported::Reported;
 use crate::state::{Device, StateStore};
-use crate::transfer::Transfers;
+use crate::transfer::https::HttpsDownloads;
+use crate::transfer::{Router, Transfers};
 use crate::zones::Zones;
 
 /// A running agent.
@@ -60,7 +61,7 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
     } else {
         None
     };
-    let transfers: Option<Arc<dyn Transfers>> = match &link {
+    let hub_transfers: Option<Arc<dyn Transfers>> = match &link {
         Some(link) => Some(crate::transfer::hub::HubTransfers::start(
             Arc::clone(&config),
             Arc::clone(&zones),
@@ -68,6 +69,13 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
         )?),
         None => None,
     };
+    let https = HttpsDownloads::new(
+        Arc::clone(&config),
+        Arc::clone(&zones),
+        Arc::clone(&device),
+        trust.clone(),
+    );
+    let transfers: Arc<dyn Transfers> = Arc::new(Router::new(hub_transfers, https));
     let journal = Journal::open(&config.state_dir).context("failed to open the journal")?;
     let engine = Arc::new(Engine::new(
         Arc::clone(&config),
@@ -75,7 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
         journal,
         Arc::clone(&reported),
         Arc::clone(&device),
-        transfers,
+        Some(transfers),
         trust,
     ));
     if let Some(link) = &link {

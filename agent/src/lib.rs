@@ -2,6 +2,7 @@
 //! clinical work, and reports every step.
 
 pub mod api;
+pub mod causes;
 pub mod config;
 pub mod daemon;
 pub mod durable;

@@ -1,5 +1,6 @@
-//! `kill -9` of the agent binary mid-download and mid-recipe: nothing finished is lost or
-//! repeated, the partial file resumes from its verified length.
+//! `kill -9` of the agent binary mid-download (through the hub and over HTTPS) and
+//! mid-recipe: nothing finished is lost or repeated, the partial file resumes from its
+//! verified length.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,6 +15,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use common::TestHub;
+use common::files::{ETAG, FileServer, Knobs};
 use common::streamer::{self, Script};
 
 fn spawn_agent(config: &Path, log: &Path) -> Child {
@@ -114,6 +116,78 @@ async fn kill_9_mid_download_resumes_from_verified_bytes_and_the_file_hash_match
         0,
         "resume at a verified chunk boundary"
     );
+    assert_eq!(
+        after["changeSpec"]["patch"]["transitPackage"][0]["ResultCode"],
+        "FinishedTransit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_https_download_resumes_from_the_recorded_length() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = vec![0u8; 1_500_000];
+    rand::fill(&mut file[..]);
+    let file = Arc::new(file);
+    let knobs = Knobs {
+        hold_at: Some(768 * 1024),
+        ..Knobs::default()
+    };
+    let files = FileServer::start(dir.path(), &[("fw.bin", Arc::clone(&file))], knobs).await;
+    let config_path = dir.path().join("agent.toml");
+    let mut text = hub.agent_config("k9-4", dir.path(), "").await;
+    text.push_str(&format!(
+        "https_ca_file = {:?}\n",
+        files.ca_file.display().to_string()
+    ));
+    std::fs::write(&config_path, text).unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = spawn_agent(&config_path, &log);
+    hub.wait_reported("k9-4", "connected", |r| r["health"] == "connected")
+        .await;
+
+    let sign = cloudpillar_protocol::signing::SignedText::new(&hub.signer, &hub.signer.sign(&file))
+        .to_string();
+    let spec = json!({"id": "k9-https", "patch": {"transitPackage": [{"action": "singularDownload",
+        "source": files.url("fw.bin"), "protocol": "https", "destinationPath": "./fw.bin",
+        "sign": sign}]}});
+    hub.patch_desired(
+        "k9-4",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    // The server holds the body at 768 KiB; what reached the disk is reported.
+    let before = hub
+        .wait_reported("k9-4", "half a megabyte on disk", |r| {
+            r["changeSpec"]["patch"]["transitPackage"][0]["BytesDone"]
+                .as_u64()
+                .is_some_and(|done| done >= 512 * 1024)
+        })
+        .await;
+    kill9(&mut agent);
+    files.knobs.release.notify_one();
+    let done_before = before["changeSpec"]["patch"]["transitPackage"][0]["BytesDone"]
+        .as_u64()
+        .unwrap();
+
+    let mut agent = spawn_agent(&config_path, &log);
+    let after = hub
+        .wait_reported("k9-4", "recipe success", |r| {
+            r["changeSpec"]["Status"] == "Success"
+        })
+        .await;
+    kill9(&mut agent);
+
+    let on_disk = std::fs::read(dir.path().join("state/work/fw.bin")).unwrap();
+    assert_eq!(Sha256::digest(&on_disk), Sha256::digest(&file[..]));
+    let seen = files.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let resumed_from = seen[1].range_start().unwrap();
+    assert!(
+        resumed_from >= done_before && resumed_from <= 768 * 1024,
+        "resume from {resumed_from}, reported {done_before}"
+    );
+    assert_eq!(seen[1].if_range.as_deref(), Some(ETAG));
     assert_eq!(
         after["changeSpec"]["patch"]["transitPackage"][0]["ResultCode"],
         "FinishedTransit"

@@ -60,6 +60,10 @@ pub struct TransferConfig {
     /// Seconds without a chunk before a range is requested again.
     #[serde(default = "default_stall")]
     pub stall_secs: u64,
+    /// PEM bundle of the CAs trusted for HTTPS downloads. Default:
+    /// `/etc/ssl/certs/ca-certificates.crt`.
+    #[serde(default)]
+    pub https_ca_file: Option<PathBuf>,
 }
 
 /// Shell step defaults.
@@ -94,6 +98,7 @@ impl Default for TransferConfig {
             upload_chunk_bytes: default_chunk(),
             offline_queue_limit: default_queue(),
             stall_secs: default_stall(),
+            https_ca_file: None,
         }
     }
 }

@@ -39,6 +39,10 @@ pub mod codes {
     pub const UNKNOWN_ACTION: &str = "unknown_action";
     /// Local I/O failed.
     pub const IO_ERROR: &str = "io_error";
+    /// The download server refused the file, or the connection kept failing.
+    pub const DOWNLOAD_FAILED: &str = "download_failed";
+    /// `source` cannot be fetched over any transport the step allows.
+    pub const BAD_SOURCE: &str = "bad_source";
 }
 
 /// What running a step produced.

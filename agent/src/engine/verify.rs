@@ -6,6 +6,7 @@ use cloudpillar_protocol::signing::{TrustStore, VerifyingKey};
 use serde_json::Value;
 
 use super::outcome::codes;
+use crate::causes::with_causes;
 
 /// Errors loading trusted keys.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +72,7 @@ pub fn check_change_sign(
             Ok(())
         }
         Err(error) if required || !trust.is_empty() => {
-            let mut text = format!("changeSign refused: {error}");
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
+            let text = format!("changeSign refused: {}", with_causes(&error));
             Err((error.code().to_owned(), text))
         }
         Err(error) => {

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 pub use self::error::DiagnosticsError;
 use super::Link;
 use crate::api::run_diagnostics::DiagnosticsFailed;
+use crate::causes::with_causes;
 use crate::transfer::Transfers;
 
 /// Size of the test file.
@@ -158,18 +159,6 @@ pub(super) async fn run(link: &Link) -> Result<Value, DiagnosticsFailed> {
 /// Milliseconds with a tenth of a millisecond of precision.
 fn millis(elapsed: Duration) -> f64 {
     (elapsed.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
-/// An error and its causes on one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudpillar_protocol::messages::{DownloadFileChunk, VerifyRangeCrc};
-use cloudpillar_protocol::signing::{SignatureError, TrustStore};
-use sha2::{Digest, Sha512};
+use cloudpillar_protocol::signing::TrustStore;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use super::finish::partial_path;
+use super::finish::{Finish, cancelled, failed_io, finish, give_up, live};
 use super::progress::{Partial, PartialError};
 use super::{DownloadJob, ProgressSink};
 use crate::engine::outcome::{StepOutcome, codes};
-use crate::engine::report::LiveStep;
 use crate::state::{Device, DeviceState};
 
 /// A C2D message for a running download; `done` fires once its effect is on disk.
@@ -50,23 +50,6 @@ pub struct DownloadContext {
     pub requester: Arc<dyn RangeRequester>,
 }
 
-fn failed_io(e: PartialError) -> StepOutcome {
-    StepOutcome::failed(codes::IO_ERROR, e.to_string())
-}
-
-fn live(job: &DownloadJob, partial: &Partial) -> LiveStep {
-    let total = partial.progress.total;
-    LiveStep {
-        path: job.step.clone(),
-        progress: total.filter(|t| *t > 0).map(|t| {
-            u8::try_from(partial.progress.verified.saturating_mul(100) / t).unwrap_or(100)
-        }),
-        bytes: total.map(|t| (partial.progress.verified, t)),
-        chunks: partial.chunk_counts(),
-        text: Some(format!("downloading {}", job.source)),
-    }
-}
-
 /// Runs the download until it succeeds, fails or is cancelled.
 pub async fn run(
     ctx: DownloadContext,
@@ -95,11 +78,7 @@ pub async fn run(
 
     loop {
         let event = tokio::select! {
-            () = cancel.cancelled() => {
-                // F22: stop within one chunk, keep what is verified for a later resume.
-                let text = "download cancelled; verified bytes kept";
-                return StepOutcome::failed(codes::CANCELLED, text);
-            }
+            () = cancel.cancelled() => return cancelled(),
             changed = states.changed() => {
                 if changed.is_ok() && *states.borrow_and_update() != DeviceState::Busy {
                     ctx.requester.request(&file_id, partial.progress.verified).await;
@@ -169,22 +148,12 @@ pub async fn run(
             .total
             .is_some_and(|t| partial.progress.verified >= t)
         {
-            match finish(&ctx, &job, &mut partial) {
+            match finish(&ctx.trust, ctx.max_attempts, &job, &mut partial) {
                 Finish::Done(outcome) => return outcome,
                 Finish::Again => ctx.requester.request(&file_id, 0).await,
             }
         }
     }
-}
-
-/// The partial file beside the destination.
-pub fn partial_path(destination: &std::path::Path) -> PathBuf {
-    let mut name = destination
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".cppart");
-    destination.with_file_name(name)
 }
 
 fn check_range(partial: &mut Partial, range: &VerifyRangeCrc) -> Result<bool, PartialError> {
@@ -202,83 +171,4 @@ fn check_range(partial: &mut Partial, range: &VerifyRangeCrc) -> Result<bool, Pa
     } else {
         Ok(false)
     }
-}
-
-enum Finish {
-    Done(StepOutcome),
-    Again,
-}
-
-fn give_up(partial: &Partial, why: &str) -> StepOutcome {
-    let _ = std::fs::remove_file(partial.data_path());
-    partial.discard_record();
-    StepOutcome::failed(codes::INTEGRITY_MISMATCH, why)
-}
-
-fn finish(ctx: &DownloadContext, job: &DownloadJob, partial: &mut Partial) -> Finish {
-    if let Some(sign) = &job.sign {
-        match verify_file(&ctx.trust, partial.data_path(), sign) {
-            Ok(()) => {}
-            Err(Ok(error @ SignatureError::BadSignatureEncoding { .. })) => {
-                let _ = std::fs::remove_file(partial.data_path());
-                partial.discard_record();
-                return Finish::Done(StepOutcome::failed(
-                    error.code(),
-                    format!("file sign refused: {error}"),
-                ));
-            }
-            Err(Ok(error)) => {
-                partial.progress.attempts += 1;
-                let attempts = partial.progress.attempts;
-                tracing::warn!(%error, attempts, "file signature does not verify");
-                if partial.progress.attempts >= ctx.max_attempts {
-                    return Finish::Done(give_up(partial, "file signature does not verify"));
-                }
-                return match partial.restart() {
-                    Ok(()) => Finish::Again,
-                    Err(e) => Finish::Done(failed_io(e)),
-                };
-            }
-            Err(Err(e)) => {
-                return Finish::Done(StepOutcome::failed(codes::IO_ERROR, e.to_string()));
-            }
-        }
-    }
-    let placed = std::fs::rename(partial.data_path(), &job.destination).and_then(|()| {
-        crate::durable::sync_dir(
-            job.destination
-                .parent()
-                .unwrap_or(std::path::Path::new("/")),
-        )
-    });
-    if let Err(e) = placed {
-        return Finish::Done(StepOutcome::failed(
-            codes::IO_ERROR,
-            format!("failed to place the file: {e}"),
-        ));
-    }
-    partial.discard_record();
-    Finish::Done(StepOutcome::succeeded(
-        "FinishedTransit",
-        "Finished streaming as the last chunk arrived.",
-    ))
-}
-
-fn verify_file(
-    trust: &TrustStore,
-    path: &std::path::Path,
-    sign: &str,
-) -> Result<(), Result<SignatureError, std::io::Error>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(Err)?;
-    let mut hasher = Sha512::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(Err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    trust.verify_digest(hasher, sign).map(|_| ()).map_err(Ok)
 }

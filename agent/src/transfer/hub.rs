@@ -9,7 +9,6 @@ use std::time::Duration;
 use cloudpillar_protocol::messages::{
     C2dMessage, D2cMessage, MESSAGE_TYPE_PROPERTY, StreamRangeRequest,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -92,12 +91,7 @@ impl HubTransfers {
     }
 
     fn record_path(&self, key: &str) -> PathBuf {
-        let digest = Sha256::digest(key.as_bytes());
-        let name: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        self.config
-            .state_dir
-            .join("transfers")
-            .join(format!("{name}.json"))
+        super::record_path(&self.config.state_dir, key)
     }
 
     async fn route(&self, file_id: &str, event: impl FnOnce(oneshot::Sender<()>) -> ChunkEvent) {

@@ -1,11 +1,19 @@
-//! File transfers over the hub: chunked downloads as C2D messages and uploads as D2C.
+//! File transfers: chunked downloads as C2D messages and uploads as D2C over the hub,
+//! downloads over HTTPS where the recipe allows them.
 
 pub mod download;
+mod finish;
+pub mod https;
 pub mod hub;
 pub mod progress;
+mod router;
 pub mod upload;
 
-use std::path::PathBuf;
+pub use router::Router;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +37,13 @@ pub struct DownloadJob {
     pub rewind: Option<u64>,
     /// Transports allowed (`https|iotmqtt|...`).
     pub protocol: String,
+}
+
+/// Where the progress record of transfer `key` lives below the state directory.
+pub fn record_path(state_dir: &Path, key: &str) -> PathBuf {
+    let digest = Sha256::digest(key.as_bytes());
+    let name: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    state_dir.join("transfers").join(format!("{name}.json"))
 }
 
 /// Receives progress of a running transfer.

@@ -26,6 +26,24 @@ pub struct Progress {
     pub chunk_size: Option<u64>,
     /// Integrity failures so far (F12).
     pub attempts: u32,
+    /// HTTPS: the ETag or Last-Modified of the file the verified bytes came from, sent as
+    /// `If-Range` on resume so a changed file starts again from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
+}
+
+impl Progress {
+    /// Nothing downloaded yet.
+    fn fresh(file_id: &str) -> Self {
+        Self {
+            file_id: file_id.to_owned(),
+            verified: 0,
+            total: None,
+            chunk_size: None,
+            attempts: 0,
+            validator: None,
+        }
+    }
 }
 
 /// A download's files: progress record and partial data.
@@ -64,22 +82,9 @@ impl Partial {
             path: data_path.to_owned(),
             source,
         };
-        let mut progress: Progress = durable::read_json(record)?.unwrap_or(Progress {
-            file_id: file_id.to_owned(),
-            verified: 0,
-            total: None,
-            chunk_size: None,
-            attempts: 0,
-        });
-        if progress.file_id != file_id {
-            progress = Progress {
-                file_id: file_id.to_owned(),
-                verified: 0,
-                total: None,
-                chunk_size: None,
-                attempts: 0,
-            };
-        }
+        let mut progress: Progress = durable::read_json(record)?
+            .filter(|progress: &Progress| progress.file_id == file_id)
+            .unwrap_or_else(|| Progress::fresh(file_id));
         if let Some(dir) = data_path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

@@ -203,6 +203,7 @@ stall_secs = 2
 pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
+pub mod files;
 pub mod streamer;
 
 /// Like [`parse_config`] with `CP_AGENT_*` overrides.
