@@ -237,6 +237,8 @@ impl HttpsDownloads {
                 )));
             }
         }
+        // Known gap: a server sending neither ETag nor Last-Modified gets no If-Range, so a
+        // resume cannot notice a changed file; the file's `sign` still refuses the result.
         if partial.progress.verified == 0 {
             partial.progress.validator = validator(response.headers());
         }
