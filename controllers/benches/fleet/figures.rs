@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use kube::Client;
 
 /// `apiserver_request_total` by `verb resource[/subresource] code`, for the resources the
-/// operator writes. Empty when the server does not let the caller read `/metrics`.
+/// operator writes, and the server's `process_cpu_seconds_total` (key `cpu`). Empty when the
+/// server does not let the caller read `/metrics`.
 pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
     let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
         return BTreeMap::new();
@@ -16,6 +17,10 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
     };
     let mut counts = BTreeMap::new();
     for line in text.lines() {
+        if let Some(value) = line.strip_prefix("process_cpu_seconds_total ") {
+            counts.insert("cpu".to_owned(), value.trim().parse::<f64>().unwrap_or(0.0));
+            continue;
+        }
         let Some(labels) = line
             .strip_prefix("apiserver_request_total{")
             .and_then(|rest| rest.split_once("} "))
@@ -56,7 +61,9 @@ pub fn print_request_delta(
     }
     for (key, value) in after {
         let delta = value - before.get(key).copied().unwrap_or(0.0);
-        if delta >= 1.0 {
+        if key == "cpu" {
+            println!("fleet: {what}: API server used {delta:.1} s of CPU");
+        } else if delta >= 1.0 {
             println!("fleet: {what}: API server answered {delta:.0} x {key}");
         }
     }
