@@ -24,6 +24,58 @@ fn rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// The 1-minute load average, to judge how much the machine was shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// CPU time (ns) of every thread of `pid` so far, summed by thread name.
+fn cpu_by_thread(pid: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(dir.join("schedstat"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // Worker threads of one pool share a name prefix (`hub-mqtt:worker`, `tokio-runtime-w`).
+        *out.entry(name.trim().to_string()).or_insert(0) += ns;
+    }
+    out
+}
+
+/// Microseconds of CPU per item between two `cpu_by_thread` readings: total, then by thread.
+fn cpu_per_item(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    items: u64,
+) -> String {
+    let per = |ns: u64| ns as f64 / 1000.0 / items.max(1) as f64;
+    let spent: Vec<(String, u64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let total: u64 = spent.iter().map(|(_, v)| v).sum();
+    let parts: Vec<String> = spent
+        .iter()
+        .filter(|(_, v)| *v * 50 > total)
+        .map(|(k, v)| format!("{k} {:.1}", per(*v)))
+        .collect();
+    format!("{:.1} us ({})", per(total), parts.join(", "))
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
@@ -201,6 +253,7 @@ async fn main() {
     // Durable reported patches: 500 devices keep 8 patches each in flight for 10 s.
     let acked = Arc::new(AtomicU64::new(0));
     let window = Duration::from_secs(10);
+    let (hub_cpu, own_cpu) = (cpu_by_thread(&pid.to_string()), cpu_by_thread("self"));
     let start = Instant::now();
     for (i, client) in clients.iter().enumerate().take(devices.min(500)) {
         for k in 0..8 {
@@ -222,10 +275,18 @@ async fn main() {
             let _ = clients[i].try_publish(topic, QoS::AtMostOnce, false, PATCH);
         }
     }
-    let rate = acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let done = acked.load(Ordering::Relaxed);
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let (hub_cpu_after, own_cpu_after) = (cpu_by_thread(&pid.to_string()), cpu_by_thread("self"));
     println!(
         "durable reported patches: {rate:.0}/s (each 204 after the fsync of its batch); hub RSS {:.0} MiB",
         rss_mib(pid)
+    );
+    println!(
+        "CPU per acknowledged patch: hub {}; bench clients {}; load average {}",
+        cpu_per_item(&hub_cpu, &hub_cpu_after, done),
+        cpu_per_item(&own_cpu, &own_cpu_after, done),
+        load_average()
     );
     let _ = child.kill();
     let _ = child.wait();

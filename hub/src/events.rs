@@ -49,20 +49,26 @@ pub struct HubEvent {
 impl HubEvent {
     /// A new event (sequence number assigned on append).
     pub fn new(device_id: &str, source: &str, body: &[u8]) -> Self {
+        Self::with_body(device_id, source, body, serde_json::from_slice(body).ok())
+    }
+
+    /// A new event whose body bytes are already known to parse as `json`.
+    fn with_body(device_id: &str, source: &str, body: &[u8], json: Option<Value>) -> Self {
         let now = chrono::Utc::now();
         let mut system_properties = BTreeMap::new();
         system_properties.insert("iothub-connection-device-id".into(), device_id.to_string());
         system_properties.insert("iothub-message-source".into(), source.to_string());
-        system_properties.insert("iothub-enqueuedtime".into(), rfc3339(now));
+        let enqueued = rfc3339(now);
+        system_properties.insert("iothub-enqueuedtime".into(), enqueued.clone());
         Self {
             sequence_number: 0,
-            enqueued_time_utc: rfc3339(now),
+            enqueued_time_utc: enqueued,
             enqueued_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
             device_id: device_id.to_string(),
             source: source.to_string(),
             properties: BTreeMap::new(),
             system_properties,
-            body: serde_json::from_slice(body).ok(),
+            body: json,
             body_base64: STANDARD.encode(body),
         }
     }
@@ -71,9 +77,9 @@ impl HubEvent {
     /// `replaceTwin`), `hubName`, `deviceId`, `operationTimestamp`, `iothub-message-schema`;
     /// body `{"version": <twin version>, "tags"?: .., "properties": {"desired"|"reported": ..}}`
     /// holding only what changed.
-    pub fn twin_change(hub: &str, device_id: &str, op_type: &str, body: &Value) -> Self {
-        let bytes = serde_json::to_vec(body).unwrap_or_default();
-        let mut event = Self::new(device_id, SOURCE_TWIN, &bytes);
+    pub fn twin_change(hub: &str, device_id: &str, op_type: &str, body: Value) -> Self {
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut event = Self::with_body(device_id, SOURCE_TWIN, &bytes, Some(body));
         event.notification_properties(hub, op_type, "twinChangeNotification");
         event
     }
@@ -120,13 +126,14 @@ impl EventBus {
         }
     }
 
-    /// Called by the store writer after a commit, in sequence order.
-    pub(crate) fn publish(&self, events: Vec<HubEvent>) {
-        let Some(last) = events.last().map(|e| e.sequence_number) else {
-            return;
-        };
-        for event in events {
-            let _ = self.live.send(Arc::new(event));
+    /// Called by the store writer after a commit, in sequence order, with the batch's events
+    /// and its last sequence number.
+    pub(crate) fn publish(&self, events: Vec<HubEvent>, last: u64) {
+        // Without live subscribers the events are only in the log.
+        if self.live.receiver_count() > 0 {
+            for event in events {
+                let _ = self.live.send(Arc::new(event));
+            }
         }
         self.last.send_replace(last);
     }

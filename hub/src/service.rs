@@ -12,7 +12,7 @@ use crate::core::{Core, Outbound};
 use crate::error::{HubError, Refusal};
 use crate::events::{HubEvent, SOURCE_TELEMETRY, now_ms};
 use crate::registry::{self, DeviceRecord, if_match};
-use crate::store::{DEVICES, SESSIONS, TWINS, txn_delete, txn_get, txn_put};
+use crate::store::{DEVICES, Pending, SESSIONS, TWINS, txn_delete, txn_get, txn_put};
 use crate::twins::{self, StoredTwin};
 use crate::validate::D2C_MAX_BYTES;
 
@@ -47,7 +47,7 @@ impl Core {
                 let (device, created) =
                     registry::put_device(b, &id_owned, wanted, if_match_header.as_deref())?;
                 if created {
-                    twins::create(b, &id_owned)?;
+                    twins::create(b, &id_owned);
                 }
                 Ok((device, created))
             })
@@ -85,7 +85,7 @@ impl Core {
                     return Err(Refusal::precondition_failed("device etag changed").into());
                 }
                 txn_delete(b.txn, DEVICES, &id_owned)?;
-                txn_delete(b.txn, TWINS, &id_owned)?;
+                b.delete_twin(&id_owned)?;
                 txn_delete(b.txn, SESSIONS, &id_owned)?;
                 c2d::purge(b, &id_owned)
             })
@@ -164,11 +164,16 @@ impl Core {
 
     /// A device's reported-properties patch; returns the new reported `$version`.
     pub async fn patch_reported(&self, id: &str, patch: Value) -> Result<u64, HubError> {
+        self.queue_reported(id, patch)?.wait().await
+    }
+
+    /// Queues a device's reported-properties patch behind the writes queued before it and
+    /// returns a handle to its durable result (the new reported `$version`).
+    pub fn queue_reported(&self, id: &str, patch: Value) -> Result<Pending<u64>, HubError> {
         let (hub, id_owned) = (self.config.hostname.clone(), id.to_string());
         self.store
             .writer()
-            .write(move |b| twins::patch_reported(b, &hub, &id_owned, &patch))
-            .await
+            .submit(move |b| twins::patch_reported(b, &hub, &id_owned, patch))
     }
 
     /// A device-to-cloud message, appended to the event stream once durable.
@@ -189,10 +194,13 @@ impl Core {
         let mut event = HubEvent::new(id, SOURCE_TELEMETRY, &body);
         event.properties = properties;
         event.system_properties.extend(system);
-        self.store
+        let mut committed = event.clone();
+        committed.sequence_number = self
+            .store
             .writer()
             .write(move |b| b.append_event(event))
-            .await
+            .await?;
+        Ok(committed)
     }
 
     /// Queues a C2D message (REST extension); returns its message id.

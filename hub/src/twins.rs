@@ -8,7 +8,7 @@ use cloudpillar_protocol::twin::merge_patch;
 use crate::error::{HubError, Refusal};
 use crate::events::{HubEvent, rfc3339};
 use crate::registry::{DeviceRecord, etag_for, if_match};
-use crate::store::{Batch, DEVICES, TWINS, txn_get, txn_put};
+use crate::store::{Batch, DEVICES, txn_get};
 use crate::validate::{Section, check_patch, check_section};
 
 /// A twin as stored.
@@ -143,10 +143,10 @@ pub struct ServiceWrite {
 }
 
 /// Loads a twin and its device inside a write batch, or 404.
-pub fn load(batch: &Batch<'_>, id: &str) -> Result<(DeviceRecord, StoredTwin), HubError> {
+pub fn load(batch: &mut Batch<'_>, id: &str) -> Result<(DeviceRecord, StoredTwin), HubError> {
     let device: DeviceRecord =
         txn_get(batch.txn, DEVICES, id)?.ok_or_else(|| Refusal::device_not_found(id))?;
-    let twin = txn_get(batch.txn, TWINS, id)?.unwrap_or_else(StoredTwin::new);
+    let twin = batch.twin(id)?.cloned().unwrap_or_else(StoredTwin::new);
     Ok((device, twin))
 }
 
@@ -204,43 +204,52 @@ pub fn service_write(
         change["properties"] = json!({ "desired": pushed });
         notification = Some((twin.desired_version, Value::Object(pushed)));
     }
-    txn_put(batch.txn, TWINS, id, &twin)?;
+    let view = twin.service_view(&device);
+    batch.put_twin(id, twin);
     let op = if replace { "replaceTwin" } else { "updateTwin" };
-    batch.append_event(HubEvent::twin_change(hub, id, op, &change))?;
+    batch.append_event(HubEvent::twin_change(hub, id, op, change))?;
     Ok(ServiceWrite {
-        twin: twin.service_view(&device),
+        twin: view,
         desired_notification: notification,
     })
 }
 
 /// Applies a device's reported-properties patch; returns the new reported `$version`.
+///
+/// The patch is checked, and merged into a copy of the reported section that is checked
+/// again, before the cached twin changes: a refused patch changes nothing.
 pub fn patch_reported(
     batch: &mut Batch<'_>,
     hub: &str,
     id: &str,
-    patch: &Value,
+    patch: Value,
 ) -> Result<u64, HubError> {
     // Only the twin is read: a device that is connected is registered.
-    let mut twin: StoredTwin =
-        txn_get(batch.txn, TWINS, id)?.ok_or_else(|| Refusal::device_not_found(id))?;
+    let twin = batch
+        .twin(id)?
+        .ok_or_else(|| Refusal::device_not_found(id))?;
     if !patch.is_object() {
         return Err(Refusal::bad_request("reported patch must be a JSON object").into());
     }
-    check_patch(Section::Reported, patch)?;
+    check_patch(Section::Reported, &patch)?;
     let mut next = twin.reported.clone();
-    merge_patch(&mut next, patch);
+    merge_patch(&mut next, &patch);
     check_section(Section::Reported, &next)?;
 
     twin.reported = next;
     twin.reported_version += 1;
     twin.version += 1;
-    touch_meta(&mut twin.reported_meta, patch, &now(), None);
-    txn_put(batch.txn, TWINS, id, &twin)?;
-    let mut changed = patch.as_object().cloned().unwrap_or_default();
-    changed.insert("$version".into(), json!(twin.reported_version));
-    let change = json!({ "version": twin.version, "properties": { "reported": changed } });
-    batch.append_event(HubEvent::twin_change(hub, id, "updateTwin", &change))?;
-    Ok(twin.reported_version)
+    touch_meta(&mut twin.reported_meta, &patch, &now(), None);
+    let (version, reported_version) = (twin.version, twin.reported_version);
+    batch.twin_changed(id);
+    let mut changed = match patch {
+        Value::Object(members) => members,
+        _ => Map::new(),
+    };
+    changed.insert("$version".into(), json!(reported_version));
+    let change = json!({ "version": version, "properties": { "reported": changed } });
+    batch.append_event(HubEvent::twin_change(hub, id, "updateTwin", change))?;
+    Ok(reported_version)
 }
 
 /// The new section and the patch that describes the change, or `None` when the request did
@@ -290,7 +299,6 @@ impl PointerIn for Map<String, Value> {
 }
 
 /// Stores a fresh twin for a newly created device.
-pub fn create(batch: &Batch<'_>, id: &str) -> Result<(), HubError> {
-    txn_put(batch.txn, TWINS, id, &StoredTwin::new())?;
-    Ok(())
+pub fn create(batch: &mut Batch<'_>, id: &str) {
+    batch.put_twin(id, StoredTwin::new());
 }

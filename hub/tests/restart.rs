@@ -207,3 +207,103 @@ async fn acknowledged_writes_survive_kill_9() {
     hub.child.kill().unwrap();
     hub.child.wait().unwrap();
 }
+
+/// Devices keep reported patches in flight while the hub is killed: every patch answered 204
+/// is found after the restart, and each device's patches took versions in the order sent.
+#[tokio::test]
+async fn pipelined_reported_patches_acknowledged_before_kill_9_survive_in_order() {
+    const DEVICES: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, http) = (free_port(), free_port());
+    let mut hub = spawn(dir.path(), mqtt, http);
+    let key = std::fs::read_to_string(dir.path().join("policy.key")).unwrap();
+    let key = key.trim();
+
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<(usize, u64, u64)>();
+    let (mut devices, mut clients) = (Vec::new(), Vec::new());
+    for d in 0..DEVICES {
+        let id = format!("p{d}");
+        let body = Some(json!({ "deviceId": id }));
+        let (s, dev) = call(&hub, key, Method::PUT, &format!("/devices/{id}"), body).await;
+        assert_eq!(s, 200);
+        let dkey = dev["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap();
+        let resource = format!("edgehub.local/devices/{id}");
+        let token = cloudpillar_hub::sas::generate(dkey, &resource, now() + 3600, None).unwrap();
+        let mut opts = MqttOptions::new(id.clone(), "127.0.0.1", hub.mqtt);
+        opts.set_credentials(format!("edgehub.local/{id}/?api-version=2021-04-12"), token);
+        opts.set_transport(Transport::Tcp);
+        let mut device = Device::connect(opts).await.unwrap();
+        device
+            .client
+            .subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
+        let acks_tx = acks_tx.clone();
+        clients.push(device.client.clone());
+        // Record each 204 as (device, n, $version).
+        tokio::spawn(async move {
+            while let Some(common::Ev::Msg(p)) = device.rx.recv().await {
+                let Some(q) = p.topic.strip_prefix("$iothub/twin/res/204/?$rid=") else {
+                    continue;
+                };
+                let (n, v) = q.split_once("&$version=").unwrap();
+                let _ = acks_tx.send((d, n.parse().unwrap(), v.parse().unwrap()));
+            }
+        });
+        devices.push(id);
+    }
+    // Every device publishes without waiting for answers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for client in clients {
+        tokio::spawn(async move {
+            for n in 0..5_000u64 {
+                let topic = format!("$iothub/twin/PATCH/properties/reported/?$rid={n}");
+                let body = json!({ "n": n }).to_string();
+                if client
+                    .publish(topic, QoS::AtMostOnce, false, body)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    // Kill the hub while patches are still arriving, once a good number were acknowledged.
+    let mut last = vec![None::<(u64, u64)>; DEVICES];
+    let mut acked = 0;
+    while acked < 2_000 {
+        let (d, n, v) = tokio::time::timeout(Duration::from_secs(20), acks.recv())
+            .await
+            .expect("acknowledgements stopped")
+            .unwrap();
+        // A fresh twin has reported $version 1; patch n is the device's (n + 1)th.
+        assert_eq!(v, n + 2, "device {d}: patch {n} got version {v}");
+        last[d] = Some((n, v));
+        acked += 1;
+    }
+    hub.child.kill().unwrap();
+    hub.child.wait().unwrap();
+    while let Ok((d, n, v)) = acks.try_recv() {
+        assert_eq!(v, n + 2, "device {d}: patch {n} got version {v}");
+        last[d] = Some((n, v));
+    }
+
+    let hub = spawn(dir.path(), mqtt, http);
+    for (d, id) in devices.iter().enumerate() {
+        let (s, twin) = call(&hub, key, Method::GET, &format!("/twins/{id}"), None).await;
+        assert_eq!(s, 200);
+        let reported = &twin["properties"]["reported"];
+        let Some((n, v)) = last[d] else { continue };
+        let stored_n = reported["n"].as_u64().unwrap();
+        assert!(
+            stored_n >= n,
+            "{id}: acknowledged n={n} but stored n={stored_n}"
+        );
+        assert_eq!(reported["$version"].as_u64().unwrap(), stored_n + 2, "{id}");
+        assert!(reported["$version"].as_u64().unwrap() >= v, "{id}");
+    }
+}

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use ntex_mqtt::v3;
 use ntex_tls::rustls::PeerCertChain;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::MqttFault;
-use super::session::{Connection, Peer, deliver_c2d, outbound};
+use super::session::{Connection, Peer, TWIN_IN_FLIGHT, deliver_c2d, outbound};
 use super::topics::device_feed;
 use crate::core::Core;
 use crate::dps::attest::CERTIFICATE_AUTHORITY;
@@ -122,6 +122,7 @@ pub(super) async fn connect(
         sink: handshake.sink(),
         c2d_wake: Arc::new(Notify::new()),
         x509_chain: if x509 { chain } else { None },
+        twin_slots: Arc::new(Semaphore::new(TWIN_IN_FLIGHT)),
     });
     ntex_rt::spawn(outbound(conn.clone(), rx));
     ntex_rt::spawn(deliver_c2d(conn.clone()));

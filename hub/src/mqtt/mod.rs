@@ -4,6 +4,7 @@
 //! reaches the shared [`Core`] through thread-safe channels.
 
 mod connect;
+mod ordered;
 mod session;
 pub mod topics;
 
@@ -72,6 +73,10 @@ fn service_cfg() -> SharedCfg {
 }
 
 /// Builds the v3 server for one connection.
+///
+/// Each connection hands the hub one request at a time, in arrival order (see [`ordered`]), so
+/// a device's writes apply in the order it sent them. Twin requests still pipeline, because
+/// their handler only queues the write and answers once it is durable.
 macro_rules! mqtt_service {
     ($core:expr) => {{
         let core: Arc<Core> = $core;
@@ -95,6 +100,7 @@ macro_rules! mqtt_service {
                 Ok::<_, MqttFault>(None)
             },
         )
+        .middleware(ordered::Ordered)
         .build(async move |handshake: v3::Connect| connect::connect(core.clone(), handshake).await)
     }};
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ntex_bytes::Bytes;
 use ntex_mqtt::v3::{self, MqttSink};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::MqttFault;
 use super::topics::{Feed, Inbound, classify, device_feed, encode_bag, parse_bag};
@@ -36,7 +36,12 @@ pub struct Connection {
     pub(crate) c2d_wake: Arc<Notify>,
     /// The client certificate chain (end entity first) of a DPS client attesting with X.509.
     pub(crate) x509_chain: Option<Vec<Vec<u8>>>,
+    /// Reported patches queued and not yet answered (at most [`TWIN_IN_FLIGHT`]).
+    pub(crate) twin_slots: Arc<Semaphore>,
 }
+
+/// Reported patches one connection may have queued before the hub stops reading from it.
+pub(crate) const TWIN_IN_FLIGHT: usize = 16;
 
 impl Connection {
     fn has(&self, feed: Feed) -> bool {
@@ -144,19 +149,33 @@ pub async fn publish(conn: &Rc<Connection>, publish: v3::Publish) -> Result<(), 
             Err(e) => conn.twin_response(e.status(), &rid, None, error_body(&e)),
         },
         Inbound::TwinReported(rid) => {
-            let result = match serde_json::from_slice::<Value>(&payload) {
-                Ok(patch) => core.patch_reported(&device, patch).await,
+            // The connection hands the hub one request at a time (see `mqtt_service!`), so
+            // queueing the write here keeps the device's patches in the order it sent them.
+            // The answer follows once the write is durable, while further requests are read.
+            let Ok(slot) = conn.twin_slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let queued = match serde_json::from_slice::<Value>(&payload) {
+                Ok(patch) => core.queue_reported(&device, patch),
                 Err(e) => {
                     Err(crate::error::Refusal::bad_request(format!("malformed JSON: {e}")).into())
                 }
             };
-            match result {
-                Ok(version) => conn.twin_response(204, &rid, Some(version), Vec::new()),
-                Err(e) => {
-                    tracing::info!(device, status = e.status(), reason = %e, "reported patch refused");
-                    conn.twin_response(e.status(), &rid, None, error_body(&e));
+            let conn = conn.clone();
+            ntex_rt::spawn(async move {
+                let result = match queued {
+                    Ok(pending) => pending.wait().await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(version) => conn.twin_response(204, &rid, Some(version), Vec::new()),
+                    Err(e) => {
+                        tracing::info!(device, status = e.status(), reason = %e, "reported patch refused");
+                        conn.twin_response(e.status(), &rid, None, error_body(&e));
+                    }
                 }
-            }
+                drop(slot);
+            });
         }
         Inbound::MethodResponse(status, rid) => {
             core.method_response(&rid, status, payload.to_vec());

@@ -4,6 +4,7 @@
 //! closures that arrive together into one write transaction and commits it with fsync before
 //! any of them is acknowledged (group commit). Reads use their own read transactions.
 
+mod twin_cache;
 pub mod writer;
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::error::StoreError;
 
 use crate::events::EventBus;
-pub use writer::{Batch, Retention, Writer};
+pub use writer::{Batch, Pending, Retention, Writer};
 
 /// Devices by id: JSON [`crate::registry::DeviceRecord`].
 pub const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");

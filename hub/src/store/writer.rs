@@ -3,6 +3,11 @@
 //! Invariant: a closure's result is handed back only after the transaction holding its writes
 //! has committed durably, so an acknowledged write survives `kill -9`. A closure that refuses
 //! (returns `Err`) must do so before it writes anything, because its batch still commits.
+//!
+//! Closures run in the order they were queued, so writes of one device (whose connection
+//! queues them in arrival order) apply in that order. Twins are read and changed through the
+//! batch ([`Batch::twin`]), which keeps them decoded between batches and encodes each changed
+//! twin once per batch.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -13,7 +18,9 @@ use tokio::sync::oneshot;
 use crate::error::{HubError, StoreError};
 use crate::events::{EventBus, HubEvent};
 
+use super::twin_cache::TwinCache;
 use super::{COUNTERS, EVENTS, decode, encode, table_err};
+use crate::twins::StoredTwin;
 
 /// Counter of the last assigned event sequence number.
 const EVENT_SEQ: &str = "event_seq";
@@ -30,12 +37,34 @@ pub struct Batch<'a> {
     events: Vec<HubEvent>,
     /// Last event sequence number handed out in this batch; stored once, at commit.
     last_seq: Option<u64>,
+    twins: &'a mut TwinCache,
 }
 
 impl Batch<'_> {
-    /// Appends an event to the log, assigning its sequence number. It reaches subscribers
+    /// The stored twin of `id`, to read or change in place. After changing it, call
+    /// [`Batch::twin_changed`]; the twin is written when the batch commits.
+    pub fn twin(&mut self, id: &str) -> Result<Option<&mut StoredTwin>, HubError> {
+        Ok(self.twins.get_mut(self.txn, id)?)
+    }
+
+    /// Notes that the twin of `id` obtained from [`Batch::twin`] changed.
+    pub fn twin_changed(&mut self, id: &str) {
+        self.twins.changed(id);
+    }
+
+    /// Stores `twin` as the twin of `id`, replacing any.
+    pub fn put_twin(&mut self, id: &str, twin: StoredTwin) {
+        self.twins.put(id, twin);
+    }
+
+    /// Deletes the twin of `id`; true when it existed.
+    pub fn delete_twin(&mut self, id: &str) -> Result<bool, HubError> {
+        Ok(self.twins.delete(self.txn, id)?)
+    }
+
+    /// Appends an event to the log and returns its sequence number. It reaches subscribers
     /// only if the batch commits.
-    pub fn append_event(&mut self, mut event: HubEvent) -> Result<HubEvent, HubError> {
+    pub fn append_event(&mut self, mut event: HubEvent) -> Result<u64, HubError> {
         let last = match self.last_seq {
             Some(last) => last,
             None => {
@@ -54,9 +83,10 @@ impl Batch<'_> {
             .map_err(|source| table_err(EVENTS, source))?;
         t.insert(event.sequence_number, encode(&event).as_slice())
             .map_err(StoreError::from)?;
-        self.last_seq = Some(event.sequence_number);
-        self.events.push(event.clone());
-        Ok(event)
+        let seq = event.sequence_number;
+        self.last_seq = Some(seq);
+        self.events.push(event);
+        Ok(seq)
     }
 
     /// Stores the event counter once for the whole batch.
@@ -114,6 +144,16 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
     {
+        self.submit(op)?.wait().await
+    }
+
+    /// Queues `op` for the next write transaction right away (so writes submitted one after
+    /// another apply in that order) and returns a handle to await its durable result.
+    pub fn submit<T, F>(&self, op: F) -> Result<Pending<T>, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, HubError>>();
         let job: Job = Box::new(move |batch| {
             let result = op(batch);
@@ -126,7 +166,18 @@ impl Writer {
             })
         });
         self.tx.send(job).map_err(|_| StoreError::WriterGone)?;
-        done_rx
+        Ok(Pending(done_rx))
+    }
+}
+
+/// A queued write whose result arrives once its transaction has committed.
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<Result<T, HubError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the write's durable result.
+    pub async fn wait(self) -> Result<T, HubError> {
+        self.0
             .await
             .map_err(|_| HubError::Store(StoreError::WriterGone))?
     }
@@ -134,6 +185,7 @@ impl Writer {
 
 fn run(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, retention: Retention) {
     let mut batches = 0u64;
+    let mut twins = TwinCache::default();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -143,12 +195,19 @@ fn run(db: &Database, rx: &mpsc::Receiver<Job>, bus: &EventBus, retention: Reten
             }
         }
         batches += 1;
-        commit_batch(db, jobs, bus, (batches % 256 == 1).then_some(retention));
+        let retention = (batches % 256 == 1).then_some(retention);
+        commit_batch(db, jobs, bus, retention, &mut twins);
     }
     tracing::debug!("store writer stopped");
 }
 
-fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option<Retention>) {
+fn commit_batch(
+    db: &Database,
+    jobs: Vec<Job>,
+    bus: &EventBus,
+    retention: Option<Retention>,
+    twins: &mut TwinCache,
+) {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => {
@@ -156,15 +215,19 @@ fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option
             return;
         }
     };
+    twins.begin();
     let mut batch = Batch {
         txn: &txn,
         events: Vec::new(),
         last_seq: None,
+        twins,
     };
     let completions: Vec<_> = jobs.into_iter().map(|job| job(&mut batch)).collect();
-    if let Err(error) = batch.store_counter() {
-        // Without the counter the batch must not commit: fail every job in it.
-        tracing::error!(%error, "event counter not stored; batch abandoned");
+    let finished = batch.twins.flush(&txn).and_then(|()| batch.store_counter());
+    if let Err(error) = finished {
+        // Without its twins or the counter the batch must not commit: fail every job in it.
+        tracing::error!(%error, "batch writes not stored; batch abandoned");
+        batch.twins.end(false);
         drop(txn);
         for done in completions {
             done(false);
@@ -172,6 +235,7 @@ fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option
         return;
     }
     let events = std::mem::take(&mut batch.events);
+    let last_seq = batch.last_seq;
     if let Some(retention) = retention
         && let Err(error) = prune_events(&txn, retention)
     {
@@ -184,8 +248,9 @@ fn commit_batch(db: &Database, jobs: Vec<Job>, bus: &EventBus, retention: Option
             false
         }
     };
-    if committed {
-        bus.publish(events);
+    twins.end(committed);
+    if committed && let Some(last) = last_seq {
+        bus.publish(events, last);
     }
     for done in completions {
         done(committed);
