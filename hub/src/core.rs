@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::HubConfig;
 use crate::error::{HubError, Refusal};
-use crate::events::{EventBus, HubEvent, rfc3339};
+use crate::events::{EventBus, HubEvent, now_ms, rfc3339};
 use crate::store::Store;
 
 /// Something the hub pushes to a connected device.
@@ -43,7 +43,8 @@ type MethodWaiter = oneshot::Sender<(u16, Vec<u8>)>;
 struct SessionEntry {
     conn_id: u64,
     tx: mpsc::UnboundedSender<Outbound>,
-    last_activity: String,
+    /// Milliseconds since 1970 of the last publish (formatted only when asked for).
+    last_activity_ms: u64,
 }
 
 /// The state every endpoint shares.
@@ -95,7 +96,7 @@ impl Core {
         let entry = SessionEntry {
             conn_id,
             tx,
-            last_activity: rfc3339(chrono::Utc::now()),
+            last_activity_ms: now_ms(),
         };
         let old = lock(&self.sessions).insert(device.to_string(), entry);
         if let Some(old) = old {
@@ -135,15 +136,17 @@ impl Core {
 
     /// Whether the device has a live connection, and its last activity time.
     pub fn live(&self, device: &str) -> Option<String> {
-        lock(&self.sessions)
-            .get(device)
-            .map(|e| e.last_activity.clone())
+        let ms = lock(&self.sessions).get(device)?.last_activity_ms;
+        let at = i64::try_from(ms)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        Some(at.map(rfc3339).unwrap_or_default())
     }
 
     /// Notes device activity.
     pub fn touch(&self, device: &str) {
         if let Some(e) = lock(&self.sessions).get_mut(device) {
-            e.last_activity = rfc3339(chrono::Utc::now());
+            e.last_activity_ms = now_ms();
         }
     }
 

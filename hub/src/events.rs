@@ -54,7 +54,16 @@ impl HubEvent {
 
     /// A new event whose body bytes are already known to parse as `json`.
     fn with_body(device_id: &str, source: &str, body: &[u8], json: Option<Value>) -> Self {
-        let now = chrono::Utc::now();
+        Self::with_body_at(device_id, source, body, json, chrono::Utc::now())
+    }
+
+    fn with_body_at(
+        device_id: &str,
+        source: &str,
+        body: &[u8],
+        json: Option<Value>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
         let mut system_properties = BTreeMap::new();
         system_properties.insert("iothub-connection-device-id".into(), device_id.to_string());
         system_properties.insert("iothub-message-source".into(), source.to_string());
@@ -78,8 +87,18 @@ impl HubEvent {
     /// body `{"version": <twin version>, "tags"?: .., "properties": {"desired"|"reported": ..}}`
     /// holding only what changed.
     pub fn twin_change(hub: &str, device_id: &str, op_type: &str, body: Value) -> Self {
+        Self::twin_change_at(hub, device_id, op_type, body, chrono::Utc::now())
+    }
+
+    fn twin_change_at(
+        hub: &str,
+        device_id: &str,
+        op_type: &str,
+        body: Value,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut event = Self::with_body(device_id, SOURCE_TWIN, &bytes, Some(body));
+        let mut event = Self::with_body_at(device_id, SOURCE_TWIN, &bytes, Some(body), now);
         event.notification_properties(hub, op_type, "twinChangeNotification");
         event
     }
@@ -109,6 +128,79 @@ impl HubEvent {
     }
 }
 
+/// A committed event on its way to live subscribers: built, or only encoded (decoded when
+/// someone listens).
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// The event itself.
+    Built(Box<HubEvent>),
+    /// The event as stored in the log.
+    Encoded(Vec<u8>),
+}
+
+/// Keys and values of a small JSON object, written in the order given (sorted, as the
+/// `BTreeMap`s of [`HubEvent`] write them).
+struct Pairs<'a, const N: usize>([(&'a str, &'a str); N]);
+
+impl<const N: usize> Serialize for Pairs<'_, N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// A twin change notification with borrowed parts, serialized exactly like the [`HubEvent`]
+/// that [`HubEvent::twin_change`] builds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TwinChangeRecord<'a> {
+    sequence_number: u64,
+    enqueued_time_utc: &'a str,
+    enqueued_ms: u64,
+    device_id: &'a str,
+    source: &'a str,
+    properties: Pairs<'a, 5>,
+    system_properties: Pairs<'a, 3>,
+    body: &'a Value,
+    body_base64: &'a str,
+}
+
+/// Encodes the twin change notification `HubEvent::twin_change(hub, device_id, op_type, body)`
+/// with sequence number `seq`, committed `now`, as the event log stores it, without building
+/// the event.
+pub(crate) fn encode_twin_change(
+    seq: u64,
+    hub: &str,
+    device_id: &str,
+    op_type: &str,
+    body: &Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let at = rfc3339(now);
+    let record = TwinChangeRecord {
+        sequence_number: seq,
+        enqueued_time_utc: &at,
+        enqueued_ms: u64::try_from(now.timestamp_millis()).unwrap_or(0),
+        device_id,
+        source: SOURCE_TWIN,
+        properties: Pairs([
+            ("deviceId", device_id),
+            ("hubName", hub),
+            ("iothub-message-schema", "twinChangeNotification"),
+            ("opType", op_type),
+            ("operationTimestamp", &at),
+        ]),
+        system_properties: Pairs([
+            ("iothub-connection-device-id", device_id),
+            ("iothub-enqueuedtime", &at),
+            ("iothub-message-source", SOURCE_TWIN),
+        ]),
+        body,
+        body_base64: &STANDARD.encode(&bytes),
+    };
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
 /// Fans committed events out to in-process subscribers and long-polling readers.
 #[derive(Debug, Clone)]
 pub struct EventBus {
@@ -128,10 +220,20 @@ impl EventBus {
 
     /// Called by the store writer after a commit, in sequence order, with the batch's events
     /// and its last sequence number.
-    pub(crate) fn publish(&self, events: Vec<HubEvent>, last: u64) {
+    pub(crate) fn publish(&self, events: Vec<Committed>, last: u64) {
         // Without live subscribers the events are only in the log.
         if self.live.receiver_count() > 0 {
             for event in events {
+                let event = match event {
+                    Committed::Built(e) => *e,
+                    Committed::Encoded(bytes) => match serde_json::from_slice(&bytes) {
+                        Ok(e) => e,
+                        Err(error) => {
+                            tracing::error!(%error, "committed event not readable");
+                            continue;
+                        }
+                    },
+                };
                 let _ = self.live.send(Arc::new(event));
             }
         }
@@ -163,4 +265,23 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 UTC with milliseconds and `Z`, as Azure writes timestamps.
 pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_encoded_twin_change_is_the_event_it_stands_for_byte_for_byte() {
+        let now = chrono::Utc::now();
+        let body = json!({ "version": 7, "properties": { "reported": { "a.b": [1, null], "$version": 3 } } });
+        let mut built =
+            HubEvent::twin_change_at("hub.local", "dev-1", "updateTwin", body.clone(), now);
+        built.sequence_number = 42;
+        let encoded = encode_twin_change(42, "hub.local", "dev-1", "updateTwin", &body, now);
+        assert_eq!(encoded, serde_json::to_vec(&built).unwrap());
+    }
 }

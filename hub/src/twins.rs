@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use cloudpillar_protocol::twin::merge_patch;
 
 use crate::error::{HubError, Refusal};
-use crate::events::{HubEvent, rfc3339};
+use crate::events::rfc3339;
 use crate::registry::{DeviceRecord, etag_for, if_match};
 use crate::store::{Batch, DEVICES, txn_get};
 use crate::validate::{Section, check_patch, check_section};
@@ -207,7 +207,7 @@ pub fn service_write(
     let view = twin.service_view(&device);
     batch.put_twin(id, twin);
     let op = if replace { "replaceTwin" } else { "updateTwin" };
-    batch.append_event(HubEvent::twin_change(hub, id, op, change))?;
+    batch.append_twin_change(hub, id, op, &change)?;
     Ok(ServiceWrite {
         twin: view,
         desired_notification: notification,
@@ -248,7 +248,7 @@ pub fn patch_reported(
     };
     changed.insert("$version".into(), json!(reported_version));
     let change = json!({ "version": version, "properties": { "reported": changed } });
-    batch.append_event(HubEvent::twin_change(hub, id, "updateTwin", change))?;
+    batch.append_twin_change(hub, id, "updateTwin", &change)?;
     Ok(reported_version)
 }
 

@@ -71,20 +71,38 @@ pub fn parse_bag(bag: &str) -> BTreeMap<String, String> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| {
-                percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (dec(k), dec(v))
+            (decode(k), decode(v))
         })
         .collect()
 }
 
+/// Decodes one URL-encoded component (`+` is a space).
+fn decode(s: &str) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_string();
+    }
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The decoded value of one query parameter of a topic (`?$rid=1&...`), empty when absent.
+fn query_param(topic: &str, key: &str) -> String {
+    let Some((_, query)) = topic.split_once('?') else {
+        return String::new();
+    };
+    query
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k) == key).then(|| decode(v))
+        })
+        .unwrap_or_default()
+}
+
 /// Classifies a published topic.
 pub fn classify(topic: &str) -> Inbound {
-    let q = query_of(topic);
-    let rid = || q.get("$rid").cloned().unwrap_or_default();
+    let rid = || query_param(topic, "$rid");
     if let Some(rest) = topic.strip_prefix("devices/")
         && let Some((device, tail)) = rest.split_once('/')
         && let Some(bag) = tail.strip_prefix("messages/events")
@@ -100,7 +118,7 @@ pub fn classify(topic: &str) -> Inbound {
         "$iothub/twin/PATCH/properties/reported/" => return Inbound::TwinReported(rid()),
         "$dps/registrations/PUT/iotdps-register/" => return Inbound::DpsRegister(rid()),
         "$dps/registrations/GET/iotdps-get-operationstatus/" => {
-            return Inbound::DpsStatus(rid(), q.get("operationId").cloned().unwrap_or_default());
+            return Inbound::DpsStatus(rid(), query_param(topic, "operationId"));
         }
         _ => {}
     }
@@ -149,6 +167,14 @@ mod tests {
             Inbound::MethodResponse(200, "ab".into())
         );
         assert_eq!(classify("$iothub/other"), Inbound::Unknown);
+        assert_eq!(
+            classify("$iothub/twin/GET/?x=1&%24rid=a%20b+c"),
+            Inbound::TwinGet("a b c".into())
+        );
+        assert_eq!(
+            classify("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=3&operationId=4.x"),
+            Inbound::DpsStatus("3".into(), "4.x".into())
+        );
         let bag = parse_bag("$.ct=application%2Fjson&a=b+c");
         assert_eq!(bag["$.ct"], "application/json");
         assert_eq!(bag["a"], "b c");

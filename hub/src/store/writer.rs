@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use redb::{Database, ReadableTable, WriteTransaction};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::{HubError, StoreError};
-use crate::events::{EventBus, HubEvent};
+use crate::events::{Committed, EventBus, HubEvent, encode_twin_change};
 
 use super::twin_cache::TwinCache;
 use super::{COUNTERS, EVENTS, decode, encode, table_err};
@@ -34,7 +35,7 @@ type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn FnOnce(bool) + Send> + Send
 pub struct Batch<'a> {
     /// The transaction.
     pub txn: &'a WriteTransaction,
-    events: Vec<HubEvent>,
+    events: Vec<Committed>,
     /// Last event sequence number handed out in this batch; stored once, at commit.
     last_seq: Option<u64>,
     twins: &'a mut TwinCache,
@@ -65,6 +66,31 @@ impl Batch<'_> {
     /// Appends an event to the log and returns its sequence number. It reaches subscribers
     /// only if the batch commits.
     pub fn append_event(&mut self, mut event: HubEvent) -> Result<u64, HubError> {
+        let seq = self.next_seq()?;
+        event.sequence_number = seq;
+        self.insert_event(seq, &encode(&event))?;
+        self.events.push(Committed::Built(Box::new(event)));
+        Ok(seq)
+    }
+
+    /// Appends the twin change notification `HubEvent::twin_change(hub, device, op, body)`,
+    /// encoded straight from its parts; returns its sequence number.
+    pub fn append_twin_change(
+        &mut self,
+        hub: &str,
+        device: &str,
+        op: &str,
+        body: &Value,
+    ) -> Result<u64, HubError> {
+        let seq = self.next_seq()?;
+        let bytes = encode_twin_change(seq, hub, device, op, body, chrono::Utc::now());
+        self.insert_event(seq, &bytes)?;
+        self.events.push(Committed::Encoded(bytes));
+        Ok(seq)
+    }
+
+    /// Takes the next event sequence number.
+    fn next_seq(&mut self) -> Result<u64, HubError> {
         let last = match self.last_seq {
             Some(last) => last,
             None => {
@@ -76,17 +102,17 @@ impl Batch<'_> {
                 stored.map(|v| v.value()).unwrap_or(0)
             }
         };
-        event.sequence_number = last + 1;
+        self.last_seq = Some(last + 1);
+        Ok(last + 1)
+    }
+
+    fn insert_event(&self, seq: u64, bytes: &[u8]) -> Result<(), HubError> {
         let mut t = self
             .txn
             .open_table(EVENTS)
             .map_err(|source| table_err(EVENTS, source))?;
-        t.insert(event.sequence_number, encode(&event).as_slice())
-            .map_err(StoreError::from)?;
-        let seq = event.sequence_number;
-        self.last_seq = Some(seq);
-        self.events.push(event);
-        Ok(seq)
+        t.insert(seq, bytes).map_err(StoreError::from)?;
+        Ok(())
     }
 
     /// Stores the event counter once for the whole batch.
