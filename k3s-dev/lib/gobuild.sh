@@ -19,7 +19,9 @@ wrapper_module() {
     echo "replace ("
     # Local replaces (`x => ./staging/...` or `x => ../api`) become the
     # module's published release of the same line.
-    awk '/=> *\.\.?\// && $1 !~ /FORBIDDEN/ {print $1}' "$gomod" | sort -u |
+    # Both forms count: a line inside a `replace (...)` block and a single-line
+    # `replace x => ./y`; placeholders such as `./FORBIDDEN_DEPENDENCY` are skipped.
+    awk '/=> *\.\.?\// && !/FORBIDDEN/ {print ($1 == "replace" ? $2 : $1)}' "$gomod" | sort -u |
       while read -r dep; do echo "	$dep => $dep $replace_version"; done
     echo ")"
   } >"$dir/go.mod"
