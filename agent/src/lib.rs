@@ -7,6 +7,8 @@ pub mod config;
 pub mod daemon;
 pub mod durable;
 pub mod engine;
+#[cfg(test)]
+mod fixtures;
 pub mod link;
 pub mod mode;
 pub mod reported;

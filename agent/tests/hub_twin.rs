@@ -136,9 +136,8 @@ async fn security_fixture_from_desired_is_refused_with_the_reason_in_reported() 
     hub.wait_reported("dev-3", "connected", |r| r["health"] == "connected")
         .await;
 
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/recipes/security-update-desired.json");
-    let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let fixture: Value =
+        serde_json::from_slice(&common::fixture("security-update-desired.json")).unwrap();
     hub.patch_desired("dev-3", fixture["desired"].clone()).await;
     let reported = hub
         .wait_reported("dev-3", "refusal", |r| {

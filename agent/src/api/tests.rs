@@ -250,9 +250,7 @@ async fn reported_props_are_patched_with_encoded_keys() {
 #[tokio::test]
 async fn add_recipe_runs_the_windows_fixture_and_reports_it() {
     let api = start().await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/recipes/windows-update-recipe.json");
-    let body = std::fs::read(path).expect("fixture");
+    let body = crate::fixtures::read("windows-update-recipe.json");
     let answer = api
         .call(Method::POST, "AddRecipe")
         .header("content-type", "application/json")

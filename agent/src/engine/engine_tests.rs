@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::journal::{Journal, RecipeSource, RecipeStatus};
 use super::*;
 use crate::config::Config;
+use crate::fixtures::read as fixture;
 use crate::reported::Reported;
 use crate::state::{Device, StateStore};
 use crate::zones::Zones;
@@ -56,13 +57,6 @@ async fn wait_final(engine: &Engine) -> RecipeStatus {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("recipe did not end");
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/recipes")
-        .join(name);
-    std::fs::read(path).expect("fixture")
 }
 
 fn local(spec: Value) -> Delivery {

@@ -4,13 +4,7 @@ use serde_json::{Value, json};
 use super::journal::{Journal, RecipeSource, RecipeStatus, Run};
 use super::outcome::StepOutcome;
 use super::report;
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/recipes")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use crate::fixtures::read as fixture;
 
 fn run_for(plan: &Plan) -> Run {
     Run {

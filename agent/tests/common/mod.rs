@@ -200,6 +200,16 @@ stall_secs = 2
     }
 }
 
+/// A field recipe fixture: from `CLOUDPILLAR_FIXTURES`, or `shared/fixtures/recipes` next
+/// to the repository.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recipes"),
+        PathBuf::from,
+    );
+    std::fs::read(dir.join(name)).unwrap()
+}
+
 pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
