@@ -283,7 +283,9 @@ async fn a_step_allowing_only_https_refuses_a_source_that_is_not_an_https_url() 
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let files = FileServer::start(dir.path(), &[], Knobs::default()).await;
-    let (_agent, _work) = start_agent(&hub, &files, "https-6", dir.path(), "", &[]).await;
+    // No `sign` here: the local setting lets the step reach the routing it is about.
+    let unsigned = [("CP_AGENT_TRANSFER__ALLOW_UNSIGNED_DOWNLOADS", "true")];
+    let (_agent, _work) = start_agent(&hub, &files, "https-6", dir.path(), "", &unsigned).await;
 
     let spec = json!({"id": "h-6", "patch": {"transitPackage": [{"action": "singularDownload",
         "source": "fw.bin", "protocol": "https", "destinationPath": "./fw.bin"}]}});

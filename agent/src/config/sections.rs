@@ -64,6 +64,10 @@ pub struct TransferConfig {
     /// `/etc/ssl/certs/ca-certificates.crt`.
     #[serde(default)]
     pub https_ca_file: Option<PathBuf>,
+    /// Run downloads whose step has no `sign` even while `require_signatures` is on. Only
+    /// this file can allow it.
+    #[serde(default)]
+    pub allow_unsigned_downloads: bool,
 }
 
 /// Shell step defaults.
@@ -99,6 +103,7 @@ impl Default for TransferConfig {
             offline_queue_limit: default_queue(),
             stall_secs: default_stall(),
             https_ca_file: None,
+            allow_unsigned_downloads: false,
         }
     }
 }

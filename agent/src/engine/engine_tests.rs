@@ -382,7 +382,8 @@ async fn strict_mode_download_outside_every_zone_is_denied_with_the_exact_text()
     let extra = format!(
         "strict_mode = true\n[zones.SecretDeny]\naction = \"download\"\nkind = \"deny\"\n\
          root = {:?}\n\
-         [zones.PackagesAllow]\naction = \"download\"\nroot = {:?}\npatterns = [\"*.zip\"]\n",
+         [zones.PackagesAllow]\naction = \"download\"\nroot = {:?}\npatterns = [\"*.zip\"]\n\
+         [transfer]\nallow_unsigned_downloads = true\n",
         deny_root.display().to_string(),
         dir.path().join("work").display().to_string()
     );
@@ -531,4 +532,40 @@ async fn upgraded_strict_and_comm_modes_restrict_recipes_beyond_local_config() {
     let step = &rig.reported.wanted()["changeSpec"]["patch"]["preInstallConfig"][0];
     assert_eq!(step["ResultCode"], "communication_only");
     assert!(!counter.exists());
+}
+
+#[tokio::test]
+async fn f12_a_download_without_sign_fails_while_signatures_are_required() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("count");
+    let spec = |id: &str| {
+        json!({"id": id, "patch": {
+            "transitPackage": [{"action": "singularDownload", "source": "fw.zip",
+                "destinationPath": "./fw.zip"}],
+            "installSteps": [{"shell": "bash",
+                "command": format!("echo ran >> {}", counter.display())}]}})
+    };
+    let required = rig(dir.path(), "", TrustStore::new());
+    required.engine.submit(local(spec("u-1"))).await;
+    assert_eq!(wait_final(&required.engine).await, RecipeStatus::Failure);
+    let reported = required.reported.wanted();
+    let step = &reported["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(step["status"], "Failure");
+    assert_eq!(step["ResultCode"], "unsigned_download");
+    assert!(
+        step["ResultText"]
+            .as_str()
+            .is_some_and(|t| t.contains("no sign") && t.contains("allow_unsigned_downloads")),
+        "{step}"
+    );
+    assert!(!counter.exists(), "nothing runs after the refused download");
+
+    // The local setting lets the step through to the transfer (no link in this rig).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[transfer]\nallow_unsigned_downloads = true\n";
+    let allowed = rig(dir.path(), extra, TrustStore::new());
+    allowed.engine.submit(local(spec("u-2"))).await;
+    wait_final(&allowed.engine).await;
+    let step = &allowed.reported.wanted()["changeSpec"]["patch"]["transitPackage"][0];
+    assert_eq!(step["ResultText"], "no hub link to download over");
 }

@@ -35,6 +35,8 @@ pub mod codes {
     pub const BAD_SIGNATURE: &str = "bad_signature";
     /// The recipe carries no `changeSign` but signatures are required.
     pub const MISSING_SIGNATURE: &str = "missing_signature";
+    /// A download step has no `sign` but signatures are required.
+    pub const UNSIGNED_DOWNLOAD: &str = "unsigned_download";
     /// The action is not known to this agent.
     pub const UNKNOWN_ACTION: &str = "unknown_action";
     /// Local I/O failed.

@@ -205,6 +205,16 @@ async fn download(
     {
         return StepOutcome::failed(codes::ZONE_DENIED, denial.to_string());
     }
+    // F12: a file nobody signed cannot be checked, so it never counts as a success while
+    // signatures are required.
+    if step.sign.is_none()
+        && shared.config.require_signatures
+        && !shared.config.transfer.allow_unsigned_downloads
+    {
+        let text = "the download has no sign and this device requires signed files \
+                    (transfer.allow_unsigned_downloads is off); nothing was downloaded";
+        return StepOutcome::failed(codes::UNSIGNED_DOWNLOAD, text);
+    }
     let Some(transfers) = shared.transfers.clone() else {
         return StepOutcome::failed(codes::IO_ERROR, "no hub link to download over");
     };
