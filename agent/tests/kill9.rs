@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,29 +14,8 @@ use sha2::{Digest, Sha256};
 
 use common::TestHub;
 use common::files::{ETAG, FileServer, Knobs};
+use common::process::{kill9, spawn_agent};
 use common::streamer::{self, Script};
-
-fn spawn_agent(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_cloudpillar-agent"))
-        .arg("--config")
-        .arg(config)
-        .env("CP_AGENT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn kill9(child: &mut Child) {
-    // std's kill sends SIGKILL on Unix.
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_download_resumes_from_verified_bytes_and_the_file_hash_matches() {

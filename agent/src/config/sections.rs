@@ -77,6 +77,10 @@ pub struct ShellConfig {
     /// Seconds before a step is killed.
     #[serde(default = "default_step_timeout")]
     pub timeout_secs: u64,
+    /// Seconds a step's process group left by a killed agent gets between SIGTERM and
+    /// SIGKILL when the agent starts again.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
 }
 
 fn default_attempts() -> u32 {
@@ -93,6 +97,9 @@ fn default_stall() -> u64 {
 }
 fn default_step_timeout() -> u64 {
     3600
+}
+fn default_stop_grace() -> u64 {
+    10
 }
 
 impl Default for TransferConfig {
@@ -112,6 +119,7 @@ impl Default for ShellConfig {
     fn default() -> Self {
         Self {
             timeout_secs: default_step_timeout(),
+            stop_grace_secs: default_stop_grace(),
         }
     }
 }

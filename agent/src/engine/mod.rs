@@ -4,6 +4,7 @@
 //! one (its task is cancelled, its journal entry closed as cancelled); a delivery of an id
 //! already seen never runs a finished step again (F07).
 
+pub mod groups;
 pub mod journal;
 pub mod outcome;
 pub mod report;
@@ -13,6 +14,8 @@ pub mod verify;
 
 #[cfg(test)]
 mod engine_tests;
+#[cfg(test)]
+mod groups_tests;
 #[cfg(test)]
 mod report_tests;
 #[cfg(test)]
@@ -70,6 +73,7 @@ pub struct Shared {
     pub(crate) reported: Arc<Reported>,
     pub(crate) device: Arc<Device>,
     pub(crate) transfers: Option<Arc<dyn Transfers>>,
+    pub(crate) groups: groups::Groups,
     live: Mutex<Option<LiveStep>>,
     plan: Mutex<Option<Arc<Plan>>>,
     limits: TwinLimits,
@@ -124,6 +128,7 @@ impl Engine {
         trust: TrustStore,
     ) -> Self {
         let shared = Arc::new(Shared {
+            groups: groups::Groups::new(&config.state_dir),
             config,
             zones,
             journal: Mutex::new(journal),

@@ -1,5 +1,6 @@
 //! One recipe run: every step in order, each result journaled before it is reported.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use super::Shared;
 use super::journal::RecipeStatus;
 use super::outcome::{StepOutcome, codes};
 use super::report::LiveStep;
-use super::shell::{self, ShellRun};
+use super::shell::{self, ShellRun, StepGroup};
 use crate::config::ZoneAction;
 use crate::state::{Command, DeviceState, PackageKind};
 use crate::transfer::DownloadJob;
@@ -27,6 +28,20 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
             .map(|r| r.steps.clone())
             .unwrap_or_default()
     };
+    // Before any step runs again, end what a killed agent left running (one note a step).
+    let grace = Duration::from_secs(shared.config.shell.stop_grace_secs);
+    let mut leftovers: BTreeMap<String, String> = BTreeMap::new();
+    for leftover in shared.groups.end_leftovers(grace).await {
+        if leftover.recipe == plan.id {
+            let step = leftover
+                .step
+                .split('#')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            leftovers.insert(step, leftover.text);
+        }
+    }
     let mut status = RecipeStatus::Success;
     let mut stage_seen = None;
     for planned in plan.steps() {
@@ -53,7 +68,10 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
             }))
             .await;
         tracing::info!(recipe = %plan.id, step = %path, "step started");
-        let outcome = execute(&shared, &plan.id, &path, planned.step, &cancel).await;
+        let mut outcome = execute(&shared, &plan.id, &path, planned.step, &cancel).await;
+        if let Some(note) = leftovers.remove(&path) {
+            outcome.text = format!("{note}; {}", outcome.text);
+        }
         if cancel.is_cancelled() && !outcome.is_success() {
             // Superseded or cancelled: the new owner of the journal reports.
             return;
@@ -113,14 +131,20 @@ async fn execute(
         return StepOutcome::failed(codes::COMMUNICATION_ONLY, text);
     }
     match step {
-        Ok(Step::Shell(step)) => run_shell(shared, step, cancel).await,
+        Ok(Step::Shell(step)) => run_shell(shared, recipe_id, path, step, cancel).await,
         Ok(Step::Download(step)) => download(shared, recipe_id, path, step, cancel).await,
         Ok(Step::PeriodicUpload(step)) => upload(shared, recipe_id, path, step).await,
         Err(reason) => StepOutcome::failed(codes::UNKNOWN_ACTION, reason.to_string()),
     }
 }
 
-async fn run_shell(shared: &Shared, step: &ShellStep, cancel: &CancellationToken) -> StepOutcome {
+async fn run_shell(
+    shared: &Shared,
+    recipe_id: &str,
+    path: &str,
+    step: &ShellStep,
+    cancel: &CancellationToken,
+) -> StepOutcome {
     if crate::mode::strict(&shared.config) {
         return StepOutcome::failed(
             codes::STRICT_MODE,
@@ -144,6 +168,11 @@ async fn run_shell(shared: &Shared, step: &ShellStep, cancel: &CancellationToken
             env: &env,
             timeout,
             success_codes: &step.success_codes,
+            group: Some(StepGroup {
+                groups: &shared.groups,
+                recipe: recipe_id,
+                step: path,
+            }),
         },
         cancel,
     );
@@ -167,6 +196,7 @@ async fn run_shell(shared: &Shared, step: &ShellStep, cancel: &CancellationToken
                 };
                 paused = busy;
                 if let Some(body) = hook {
+                    let hook_step = format!("{path}#{}", if busy { "onPause" } else { "onResume" });
                     let hook_run = ShellRun {
                         shell: &step.shell,
                         body,
@@ -174,6 +204,11 @@ async fn run_shell(shared: &Shared, step: &ShellStep, cancel: &CancellationToken
                         env: &env,
                         timeout: Duration::from_secs(300),
                         success_codes: &[],
+                        group: Some(StepGroup {
+                            groups: &shared.groups,
+                            recipe: recipe_id,
+                            step: &hook_step,
+                        }),
                     };
                     let result = shell::run(hook_run, cancel).await;
                     tracing::info!(busy, code = %result.code, "pause hook ran");

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use super::groups::Groups;
 use super::outcome::{StepOutcome, codes};
 
 /// Bytes of output kept for `ResultText`.
@@ -42,12 +43,13 @@ impl Shell {
         }
     }
 
-    fn is_posix(self) -> bool {
+    /// Whether the body is given to the shell with `-c`.
+    pub fn is_posix(self) -> bool {
         matches!(self, Self::Bash | Self::Sh)
     }
 
     /// Executable names to look for, in order of preference.
-    fn candidates(self) -> &'static [&'static str] {
+    pub fn candidates(self) -> &'static [&'static str] {
         match self {
             Self::Bash => &["bash"],
             Self::Sh => &["sh"],
@@ -72,11 +74,44 @@ pub struct ShellRun<'a> {
     pub timeout: Duration,
     /// Exit codes that count as success besides 0.
     pub success_codes: &'a [i64],
+    /// Where the step's process group is recorded while it runs (recipe steps and hooks).
+    pub group: Option<StepGroup<'a>>,
 }
 
-/// Wraps a PowerShell body so the process exits with the code of the failure (F18):
-/// cmdlet errors become terminating and trap to 1, and the last native program's
-/// `$LASTEXITCODE` is passed on.
+/// The record of a recipe step's process group: which step, and where records live.
+#[derive(Debug, Clone, Copy)]
+pub struct StepGroup<'a> {
+    /// The records.
+    pub groups: &'a Groups,
+    /// `changeSpec.id`.
+    pub recipe: &'a str,
+    /// Action path (with a `#hook` suffix for hooks).
+    pub step: &'a str,
+}
+
+/// Removes the record of a step's group once the agent stopped waiting on it.
+struct Recorded<'a>(Option<StepGroup<'a>>);
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            group.groups.clear(group.recipe, group.step);
+        }
+    }
+}
+
+/// Wraps a PowerShell body so the process exits with the code of the failure (F18).
+///
+/// - A cmdlet error stops the script (`Stop`) and the trap exits with 1, the error on
+///   stderr (and so in `ResultText`).
+/// - A native program's failure does not throw (PowerShell 7.3+ would with
+///   `$PSNativeCommandUseErrorActionPreference`); its code is kept in `$LASTEXITCODE`, reset
+///   to 0 before the body, and the wrapper exits with it when it is not 0. That is the code
+///   of the last native program the body ran, even when cmdlets ran after it.
+/// - An `exit N` in the body ends the script with N before the wrapper's own lines.
+/// - Otherwise the script exits with 0.
+///
+/// On Linux the kernel keeps the low 8 bits of the code (`exit 3010` reports 194).
 pub fn powershell_wrapper(body: &str) -> String {
     format!(
         "$ErrorActionPreference = 'Stop'\n\
@@ -114,25 +149,10 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         );
     };
 
-    let mut command = Command::new(&program);
-    let _script_file;
-    if shell.is_posix() {
-        command.arg("-c").arg(step.body);
-    } else {
-        let file = match write_script(step.work_dir, &powershell_wrapper(step.body)) {
-            Ok(file) => file,
-            Err(e) => return StepOutcome::failed(codes::SPAWN_FAILED, e.to_string()),
-        };
-        command.args([
-            "-NoProfile",
-            "-NonInteractive",
-            "-ExecutionPolicy",
-            "Bypass",
-            "-File",
-        ]);
-        command.arg(file.path());
-        _script_file = file;
-    }
+    let (mut command, _script_file) = match prepare(shell, &program, step.body, step.work_dir) {
+        Ok(prepared) => prepared,
+        Err(e) => return StepOutcome::failed(codes::SPAWN_FAILED, e.to_string()),
+    };
     command
         .current_dir(step.work_dir)
         .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())))
@@ -149,6 +169,15 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         }
     };
     let pid = child.id();
+    // Recorded before waiting, so a restart after `kill -9` can end what is left.
+    let recorded = Recorded(step.group);
+    if let (Some(group), Some(id)) = (step.group, pid)
+        && let Err(error) = group.groups.record(group.recipe, group.step, id)
+    {
+        kill_group(pid);
+        let _ = child.wait().await;
+        return StepOutcome::failed(codes::IO_ERROR, format!("{error}; the step was stopped"));
+    }
     let tail = Tail::default();
     let readers = [
         child
@@ -180,6 +209,7 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
             return StepOutcome::failed(codes::CANCELLED, "cancelled");
         }
     };
+    drop(recorded);
     // A background grandchild may hold the pipes open: wait briefly, then take the tail.
     let _ = tokio::time::timeout(Duration::from_secs(2), futures_join(pumps)).await;
     let tail = tail.text();
@@ -205,6 +235,39 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
     }
 }
 
+/// The command that runs `body` with `program`: bash and sh take it with `-c`; PowerShell
+/// runs the wrapped body from a script file in `work_dir`, returned so that it lives as long
+/// as the step.
+pub fn prepare(
+    shell: Shell,
+    program: &Path,
+    body: &str,
+    work_dir: &Path,
+) -> std::io::Result<(Command, Option<tempfile::NamedTempFile>)> {
+    let mut command = Command::new(program);
+    if shell.is_posix() {
+        command.arg("-c").arg(body);
+        return Ok((command, None));
+    }
+    let file = write_script(work_dir, &powershell_wrapper(body))?;
+    command.args(POWERSHELL_ARGS).arg(file.path());
+    Ok((command, Some(file)))
+}
+
+/// What PowerShell is started with, before the script path: no profile, no prompts, no
+/// execution policy in the way of the agent's own script file.
+pub const POWERSHELL_ARGS: [&str; 5] = [
+    "-NoProfile",
+    "-NonInteractive",
+    "-ExecutionPolicy",
+    "Bypass",
+    "-File",
+];
+
+/// A UTF-8 byte order mark: Windows PowerShell 5.1 reads a `.ps1` file without one in the
+/// legacy code page, which garbles any non-ASCII text in the body; `pwsh` accepts both.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 fn write_script(dir: &Path, text: &str) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
@@ -212,6 +275,7 @@ fn write_script(dir: &Path, text: &str) -> std::io::Result<tempfile::NamedTempFi
         .prefix(".cp-step-")
         .suffix(".ps1")
         .tempfile_in(dir)?;
+    file.write_all(UTF8_BOM)?;
     file.write_all(text.as_bytes())?;
     file.flush()?;
     Ok(file)

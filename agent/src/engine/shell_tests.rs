@@ -21,6 +21,7 @@ async fn run_in(
         env: &env,
         timeout: Duration::from_secs(20),
         success_codes: success,
+        group: None,
     };
     run(step, &CancellationToken::new()).await
 }
@@ -84,17 +85,21 @@ async fn f19_crlf_bash_step_is_refused_before_running() {
 }
 
 #[tokio::test]
-async fn missing_powershell_fails_with_a_clear_reason() {
+async fn missing_powershell_fails_with_a_clear_reason_and_leaves_no_script() {
     if find_in_path("pwsh").is_some() || find_in_path("powershell").is_some() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let outcome = run_in(dir.path(), "powershell", "Get-Item .", &[]).await;
-    assert_eq!(outcome.code, codes::SHELL_MISSING);
-    assert_eq!(
-        outcome.text,
-        "shell \"powershell\" is not installed on this device"
-    );
+    for shell in ["powershell", "pwsh"] {
+        let outcome = run_in(dir.path(), shell, "Get-Item .", &[]).await;
+        assert_eq!(outcome.status, StepStatus::Failure);
+        assert_eq!(outcome.code, codes::SHELL_MISSING);
+        assert_eq!(
+            outcome.text,
+            format!("shell \"{shell}\" is not installed on this device")
+        );
+    }
+    assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
 }
 
 #[tokio::test]
@@ -117,6 +122,7 @@ async fn timeout_kills_the_whole_process_group() {
         env: &env,
         timeout: Duration::from_millis(300),
         success_codes: &[],
+        group: None,
     };
     let outcome = run(step, &CancellationToken::new()).await;
     assert_eq!(outcome.code, codes::TIMEOUT);
@@ -139,6 +145,7 @@ async fn cancel_stops_a_running_step() {
         env: &env,
         timeout: Duration::from_secs(60),
         success_codes: &[],
+        group: None,
     };
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -160,17 +167,70 @@ async fn zone_roots_are_exported_to_shell_steps() {
 }
 
 #[test]
-fn f18_powershell_wrapper_keeps_the_real_exit_code() {
-    let script = powershell_wrapper("& ./tool.exe --flag");
-    assert!(script.starts_with("$ErrorActionPreference = 'Stop'\n"));
-    assert!(script.contains("$PSNativeCommandUseErrorActionPreference = $false"));
-    assert!(script.contains("trap { [Console]::Error.WriteLine($_); exit 1 }"));
-    let body_at = script.find("& ./tool.exe --flag").expect("body");
-    let exit_at = script
-        .find("if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }")
-        .expect("exit");
-    assert!(body_at < exit_at, "the exit code check follows the body");
-    assert!(script.ends_with("exit 0\n"));
+fn f18_powershell_wrapper_is_exactly_this_script() {
+    let body = "& ./tool.exe --flag\nWrite-Output \"done\"";
+    assert_eq!(
+        powershell_wrapper(body),
+        "$ErrorActionPreference = 'Stop'\n\
+         $PSNativeCommandUseErrorActionPreference = $false\n\
+         trap { [Console]::Error.WriteLine($_); exit 1 }\n\
+         $global:LASTEXITCODE = 0\n\
+         & ./tool.exe --flag\n\
+         Write-Output \"done\"\n\
+         if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }\n\
+         exit 0\n"
+    );
+    // A body ending in a comment cannot swallow the exit code check: it starts a new line.
+    let commented = powershell_wrapper("Get-Item . # look");
+    assert!(commented.contains("# look\nif ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }\n"));
+}
+
+#[test]
+fn f18_powershell_runs_the_wrapper_from_a_bom_script_file_with_fixed_arguments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = std::path::Path::new("/opt/microsoft/powershell/7/pwsh");
+    let body = "Write-Output 'Grüße'; & ./tool.exe";
+    let (command, script) = prepare(Shell::Pwsh, program, body, dir.path()).expect("prepare");
+    let script = script.expect("a script file");
+    let command = command.as_std();
+    assert_eq!(command.get_program(), program.as_os_str());
+    let args: Vec<&std::ffi::OsStr> = command.get_args().collect();
+    let mut expected: Vec<&std::ffi::OsStr> =
+        POWERSHELL_ARGS.iter().map(std::ffi::OsStr::new).collect();
+    expected.push(script.path().as_os_str());
+    assert_eq!(args, expected);
+    assert_eq!(script.path().parent(), Some(dir.path()));
+    assert!(script.path().extension().is_some_and(|e| e == "ps1"));
+    let bytes = std::fs::read(script.path()).expect("script");
+    let (bom, text) = bytes.split_at(UTF8_BOM.len());
+    assert_eq!(bom, UTF8_BOM);
+    assert_eq!(
+        std::str::from_utf8(text).expect("utf-8"),
+        powershell_wrapper(body)
+    );
+    let path = script.path().to_owned();
+    drop(script);
+    assert!(!path.exists(), "the script file goes with the step");
+
+    let (bash, none) = prepare(
+        Shell::Bash,
+        std::path::Path::new("/bin/bash"),
+        "exit 4",
+        dir.path(),
+    )
+    .expect("prepare");
+    assert!(none.is_none());
+    let args: Vec<&std::ffi::OsStr> = bash.as_std().get_args().collect();
+    assert_eq!(args, ["-c", "exit 4"]);
+}
+
+#[test]
+fn powershell_is_looked_up_before_pwsh_and_pwsh_alone_for_pwsh() {
+    assert_eq!(Shell::parse("PowerShell"), Some(Shell::PowerShell));
+    assert_eq!(Shell::PowerShell.candidates(), ["powershell", "pwsh"]);
+    assert_eq!(Shell::parse("pwsh"), Some(Shell::Pwsh));
+    assert_eq!(Shell::Pwsh.candidates(), ["pwsh"]);
+    assert!(!Shell::Pwsh.is_posix() && Shell::Sh.is_posix());
 }
 
 #[test]

@@ -214,6 +214,7 @@ pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
 pub mod files;
+pub mod process;
 pub mod streamer;
 
 /// Like [`parse_config`] with `CP_AGENT_*` overrides.

@@ -1,0 +1,130 @@
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::groups::*;
+
+fn spawn_group(script: &str) -> Child {
+    Command::new("bash")
+        .args(["-c", script])
+        .process_group(0)
+        .spawn()
+        .expect("spawn")
+}
+
+/// Writes a record as a previous agent process (another owner) would have.
+fn left_by_a_previous_agent(groups_dir: &std::path::Path, child: &Child, start_ticks: u64) {
+    let pgid = i32::try_from(child.id()).expect("pid");
+    let record = GroupRecord {
+        recipe: "r1".into(),
+        step: "changeSpec.patch.installSteps[0]".into(),
+        pgid,
+        start_ticks,
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .expect("boot id")
+            .trim()
+            .to_owned(),
+        owner: 0,
+    };
+    crate::durable::write_json(&groups_dir.join("steps/left.json"), &record).expect("record");
+}
+
+fn running(child: &Child) -> bool {
+    let pid = i32::try_from(child.id()).expect("pid");
+    stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+#[test]
+fn stat_lines_parse_with_spaces_and_parentheses_in_the_name() {
+    let line = "4242 (my (odd) name) S 1 4240 4240 0 -1 4194560 90 0 0 0 1 2 0 0 20 0 1 0 \
+                987654 2359296 200 18446744073709551615";
+    let parsed = parse_stat(line).expect("parses");
+    assert_eq!(
+        parsed,
+        ProcStat {
+            state: 'S',
+            pgrp: 4240,
+            start_ticks: 987_654
+        }
+    );
+    assert_eq!(parse_stat("4242 (truncated) S 1"), None);
+}
+
+#[tokio::test]
+async fn a_leftover_group_is_stopped_with_sigterm_and_its_record_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_group("sleep 30 & sleep 30; wait");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let start = stat(pid).expect("stat").start_ticks;
+    left_by_a_previous_agent(dir.path(), &child, start);
+
+    let groups = Groups::new(dir.path());
+    let found = groups.end_leftovers(Duration::from_secs(5)).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].recipe, "r1");
+    assert_eq!(found[0].step, "changeSpec.patch.installSteps[0]");
+    assert!(found[0].text.contains("stopped with SIGTERM"), "{found:?}");
+    assert!(!running(&child));
+    let _ = child.wait();
+    assert!(!dir.path().join("steps/left.json").exists());
+}
+
+#[tokio::test]
+async fn a_group_that_ignores_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_group("trap '' TERM; sleep 30");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = i32::try_from(child.id()).expect("pid");
+    left_by_a_previous_agent(dir.path(), &child, stat(pid).expect("stat").start_ticks);
+
+    let found = Groups::new(dir.path())
+        .end_leftovers(Duration::from_millis(300))
+        .await;
+    assert!(found[0].text.contains("was killed"), "{found:?}");
+    assert!(!running(&child));
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn a_pid_with_another_start_time_is_never_signalled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_group("sleep 30");
+    let pid = i32::try_from(child.id()).expect("pid");
+    // The recorded leader started earlier: this pid now belongs to another process.
+    let start = stat(pid).expect("stat").start_ticks;
+    left_by_a_previous_agent(dir.path(), &child, start.saturating_sub(1));
+
+    let found = Groups::new(dir.path())
+        .end_leftovers(Duration::from_millis(300))
+        .await;
+    assert!(found[0].text.contains("another process"), "{found:?}");
+    assert!(running(&child), "a stranger's process is left alone");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn records_of_this_agent_process_are_left_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_group("sleep 30");
+    let groups = Groups::new(dir.path());
+    groups
+        .record("r1", "changeSpec.patch.installSteps[0]", child.id())
+        .expect("record");
+    assert!(
+        groups
+            .end_leftovers(Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    assert!(running(&child));
+    groups.clear("r1", "changeSpec.patch.installSteps[0]");
+    assert!(
+        std::fs::read_dir(dir.path().join("steps"))
+            .expect("dir")
+            .next()
+            .is_none()
+    );
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

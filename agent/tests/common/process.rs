@@ -1,0 +1,28 @@
+//! The agent binary as a separate process, for tests that kill it with SIGKILL.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts the agent binary with `config`, appending its log to `log`.
+pub fn spawn_agent(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cloudpillar-agent"))
+        .arg("--config")
+        .arg(config)
+        .env("CP_AGENT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `kill -9` of the agent, then reaps it.
+pub fn kill9(child: &mut Child) {
+    // std's kill sends SIGKILL on Unix.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
