@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::download::{self, ChunkEvent, DownloadContext, RangeRequester};
-use super::upload::{self, UploadContext};
+use super::periodic::{self, UploadContext};
 use super::{DownloadJob, ProgressSink, Transfers};
 use crate::config::Config;
 use crate::engine::outcome::StepOutcome;
@@ -187,8 +187,9 @@ impl Transfers for HubTransfers {
             zones: Arc::clone(&self.zones),
             link: Arc::clone(&self.link),
             record: self.record_path(&format!("upload|{key}")),
+            scope: key.clone(),
         };
-        tokio::spawn(upload::run_periodic(ctx, pattern, interval_secs, token));
+        tokio::spawn(periodic::run_periodic(ctx, pattern, interval_secs, token));
         let (h, m, s) = (
             interval_secs / 3600,
             interval_secs / 60 % 60,

@@ -5,6 +5,7 @@ pub mod download;
 mod finish;
 pub mod https;
 pub mod hub;
+pub mod periodic;
 pub mod progress;
 mod router;
 pub mod upload;

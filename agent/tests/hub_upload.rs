@@ -1,0 +1,132 @@
+//! Periodic log uploads through the edge hub: every recipe run and every new content of a
+//! file is an upload of its own, and no upload is ever written over by a later one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudpillar_hub::HubEvent;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::Receiver;
+
+use common::{TestHub, parse_config};
+
+/// Uploads seen on the hub's event stream, assembled by offset.
+#[derive(Debug, Default)]
+struct Uploads {
+    files: BTreeMap<String, Vec<u8>>,
+    /// Ids in the order their first chunk came.
+    order: Vec<String>,
+}
+
+impl Uploads {
+    fn add(&mut self, chunk: &Value) {
+        let id = chunk["fileId"].as_str().unwrap().to_owned();
+        let offset = usize::try_from(chunk["offset"].as_u64().unwrap()).unwrap();
+        let data = cloudpillar_protocol::encoding::decode_base64_strict(
+            "data",
+            chunk["data"].as_str().unwrap(),
+        )
+        .unwrap();
+        if !self.files.contains_key(&id) {
+            self.order.push(id.clone());
+        }
+        let file = self.files.entry(id.clone()).or_default();
+        // Chunks may come again (at least once), but never with other bytes.
+        let overlap = file.len().saturating_sub(offset).min(data.len());
+        assert_eq!(
+            &file[offset..offset + overlap],
+            &data[..overlap],
+            "upload {id} written over at {offset}"
+        );
+        file.resize(file.len().max(offset + data.len()), 0);
+        file[offset..offset + data.len()].copy_from_slice(&data);
+    }
+
+    /// Waits until an upload holds exactly `content`; returns its id.
+    async fn wait_for(&mut self, events: &mut Receiver<Arc<HubEvent>>, content: &[u8]) -> String {
+        let wanted = String::from_utf8_lossy(content).into_owned();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some((id, _)) = self.files.iter().find(|(_, c)| c.as_slice() == content) {
+                    return id.clone();
+                }
+                let event = events.recv().await.unwrap();
+                if event.properties.get("messageType").map(String::as_str)
+                    == Some("UploadFileChunk")
+                {
+                    self.add(event.body.as_ref().unwrap());
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no upload of {wanted:?}: {self:?}"))
+    }
+}
+
+fn log_recipe(id: &str, log: &Path, content: &str) -> Value {
+    json!({"id": id, "patch": {
+        "installSteps": [{"shell": "bash",
+            "command": format!("printf '{content}' > {}", log.display())}],
+        "postInstallConfig": [{"action": "periodicUpload",
+            "filename": log.display().to_string(), "interval": 1, "enabled": true}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_recipe_run_and_every_new_content_of_a_log_is_an_upload_of_its_own() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("up-1", dir.path(), "").await);
+    let log = config.work_dir().join("install.log");
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("up-1", "connected", |r| r["health"] == "connected")
+        .await;
+    let mut events = hub.hub.events();
+    let mut uploads = Uploads::default();
+
+    // Two recipes write a log of the same path and size: two uploads.
+    let mut ids = Vec::new();
+    for (recipe, content) in [("log-1", "run one\n"), ("log-2", "run two\n")] {
+        let spec = log_recipe(recipe, &log, &content.replace('\n', "\\n"));
+        hub.patch_desired(
+            "up-1",
+            json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+        )
+        .await;
+        hub.wait_reported("up-1", "recipe success", |r| {
+            r["changeSpec"]["id"] == recipe && r["changeSpec"]["Status"] == "Success"
+        })
+        .await;
+        ids.push(uploads.wait_for(&mut events, content.as_bytes()).await);
+    }
+    let (first, second) = (ids[0].clone(), ids[1].clone());
+    assert_ne!(first, second);
+    assert!(first.ends_with("-install.log") && second.ends_with("-install.log"));
+
+    // The watcher of the running recipe: a rewrite of the same size, then a shorter one,
+    // are new uploads; what is appended continues the current one.
+    std::fs::write(&log, "run TWO\n").unwrap();
+    let third = uploads.wait_for(&mut events, b"run TWO\n").await;
+    std::fs::write(&log, "short\n").unwrap();
+    let fourth = uploads.wait_for(&mut events, b"short\n").await;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n"))
+        .unwrap();
+    assert_eq!(
+        uploads.wait_for(&mut events, b"short\nmore\n").await,
+        fourth
+    );
+
+    assert_eq!(uploads.order, [first, second, third, fourth]);
+    let contents: Vec<&[u8]> = uploads.files.values().map(Vec::as_slice).collect();
+    assert_eq!(contents.len(), 4, "{uploads:?}");
+    for kept in [&b"run one\n"[..], b"run two\n", b"run TWO\n"] {
+        assert!(contents.contains(&kept), "{kept:?} kept: {uploads:?}");
+    }
+}
