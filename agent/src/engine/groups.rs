@@ -89,12 +89,7 @@ impl Groups {
 
     /// Forgets the group of a step that ended.
     pub fn clear(&self, recipe: &str, step: &str) {
-        let path = self.path(recipe, step);
-        if let Err(error) = std::fs::remove_file(&path)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, path = %path.display(), "failed to remove a step group record");
-        }
+        remove_record(&self.path(recipe, step));
     }
 
     /// Ends every group recorded by another agent process; returns what was found.
@@ -108,9 +103,7 @@ impl Groups {
             tracing::warn!(recipe = %record.recipe, step = %record.step, pgid = record.pgid,
                 %text, "process group left by a previous agent");
             // The record goes only once the group is gone or known not to be ours.
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(%error, path = %path.display(), "failed to remove a step group record");
-            }
+            remove_record(&path);
             found.push(Leftover {
                 recipe: record.recipe,
                 step: record.step,
@@ -138,6 +131,15 @@ impl Groups {
             }
         }
         records
+    }
+}
+
+fn remove_record(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        let path = path.display();
+        tracing::warn!(%error, %path, "failed to remove a step group record");
     }
 }
 
@@ -176,11 +178,8 @@ async fn end_group(record: &GroupRecord, grace: Duration) -> String {
     }
     signal(pgid, Signal::SIGKILL);
     let gone = wait_empty(record, KILL_WAIT).await;
-    let secs = grace.as_secs();
     if gone {
-        format!(
-            "process group {pgid} of the interrupted run ignored SIGTERM for {secs} s and was killed"
-        )
+        format!("process group {pgid} of the interrupted run was killed {grace:?} after SIGTERM")
     } else {
         format!("process group {pgid} of the interrupted run survived SIGKILL")
     }

@@ -80,7 +80,10 @@ async fn a_group_that_ignores_sigterm_is_killed_after_the_grace() {
     let found = Groups::new(dir.path())
         .end_leftovers(Duration::from_millis(300))
         .await;
-    assert!(found[0].text.contains("was killed"), "{found:?}");
+    assert!(
+        found[0].text.contains("was killed 300ms after SIGTERM"),
+        "{found:?}"
+    );
     assert!(!running(&child));
     let _ = child.wait();
 }
