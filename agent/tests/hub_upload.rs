@@ -21,6 +21,8 @@ struct Uploads {
     files: BTreeMap<String, Vec<u8>>,
     /// Ids in the order their first chunk came.
     order: Vec<String>,
+    /// Ids whose `last` chunk came (the backend commits them), each time it came.
+    committed: Vec<String>,
 }
 
 impl Uploads {
@@ -45,6 +47,9 @@ impl Uploads {
         );
         file.resize(file.len().max(offset + data.len()), 0);
         file[offset..offset + data.len()].copy_from_slice(&data);
+        if chunk["last"] == true {
+            self.committed.push(id);
+        }
     }
 
     /// Waits until an upload holds exactly `content`; returns its id.
@@ -64,7 +69,14 @@ impl Uploads {
             }
         })
         .await;
-        found.unwrap_or_else(|_| panic!("no upload of {wanted:?}: {self:?}"))
+        found.unwrap_or_else(|_| panic!("no upload of {:.80?}: {}", wanted, self.summary()))
+    }
+
+    fn summary(&self) -> String {
+        let lengths: Vec<String> = (self.files.iter())
+            .map(|(id, content)| format!("{id} ({} bytes)", content.len()))
+            .collect();
+        format!("{lengths:?}, completed {:?}", self.committed)
     }
 }
 
@@ -128,5 +140,59 @@ async fn every_recipe_run_and_every_new_content_of_a_log_is_an_upload_of_its_own
     assert_eq!(contents.len(), 4, "{uploads:?}");
     for kept in [&b"run one\n"[..], b"run two\n", b"run TWO\n"] {
         assert!(contents.contains(&kept), "{kept:?} kept: {uploads:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_while_it_is_read_never_completes_an_upload_with_mixed_bytes() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = hub.agent_config("up-2", dir.path(), "").await;
+    // Small chunks: reading the file takes long enough for the rewrite to land mid-way.
+    let config =
+        parse_config(&text.replace("[transfer]\n", "[transfer]\nupload_chunk_bytes = 2048\n"));
+    let log = config.work_dir().join("app.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let (old, new) = (vec![b'a'; 256 * 1024], vec![b'b'; 256 * 1024]);
+    std::fs::write(&log, &old).unwrap();
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("up-2", "connected", |r| r["health"] == "connected")
+        .await;
+    let mut events = hub.hub.events();
+    let spec = json!({"id": "rewrite", "patch": {"transitPackage": [{"action": "periodicUpload",
+        "filename": log.display().to_string(), "interval": 1, "enabled": true}]}});
+    hub.patch_desired(
+        "up-2",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+
+    // The first chunk is out: the file is written over in place, same size, other bytes.
+    let mut uploads = Uploads::default();
+    while uploads.order.is_empty() {
+        let event = events.recv().await.unwrap();
+        if event.properties.get("messageType").map(String::as_str) == Some("UploadFileChunk") {
+            uploads.add(event.body.as_ref().unwrap());
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &new))
+        .unwrap();
+
+    let second = uploads.wait_for(&mut events, &new).await;
+    let first = uploads.order[0].clone();
+    assert_ne!(first, second);
+    assert!(
+        !uploads.committed.contains(&first),
+        "the upload read across the rewrite was completed"
+    );
+    for id in &uploads.committed {
+        let content = &uploads.files[id];
+        assert!(
+            content == &old || content == &new,
+            "{id} completed with bytes of both"
+        );
     }
 }

@@ -164,6 +164,8 @@ async fn upload_round(
         return Ok(());
     }
 
+    // Whether the file can have changed since `seen` without a new mtime (see `SETTLED`).
+    let settled = seen.settled();
     upload.seen = None;
     let mut hasher = Sha256::new();
     let continues = upload.sent > 0
@@ -188,11 +190,19 @@ async fn upload_round(
         let want = usize::try_from((seen.size - offset).min(chunk as u64)).unwrap_or(chunk);
         reader.read_exact(&mut buf[..want])?;
         hasher.update(&buf[..want]);
+        let last = offset + want as u64 >= seen.size;
+        // The last chunk completes the upload on the backend: never for bytes read from a
+        // file rewritten while it was read, which would be content the file never had.
+        if last && !still_holds(&mut reader, seen, settled, &hasher)? {
+            tracing::warn!(file = %file.display(), id = %upload.id,
+                "file changed while it was read; it starts again as a new upload");
+            return Ok(());
+        }
         let message = D2cMessage::UploadFileChunk(UploadFileChunk {
             file_id: upload.id.clone(),
             offset,
             data: buf[..want].to_vec(),
-            last: offset + want as u64 >= seen.size,
+            last,
         });
         super::hub::send(&ctx.link, &message, true).await;
         upload.sent += want as u64;
@@ -204,6 +214,26 @@ async fn upload_round(
         save(upload)?;
     }
     Ok(())
+}
+
+/// Whether the file open as `reader` still holds the bytes `read` covers (all of it up to
+/// `seen.size`): unchanged metadata of a file that had settled when the round began, else the
+/// same bytes read again.
+fn still_holds(
+    reader: &mut File,
+    seen: Seen,
+    settled: bool,
+    read: &Sha256,
+) -> std::io::Result<bool> {
+    if settled && Seen::of(&reader.metadata()?) == seen {
+        return Ok(true);
+    }
+    reader.seek(SeekFrom::Start(0))?;
+    match hash_prefix(reader, &mut Sha256::new(), seen.size) {
+        Ok(again) => Ok(again == hex::encode(read.clone().finalize())),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// Feeds the first `len` bytes of `reader` to `hasher`; returns their digest in hex.
