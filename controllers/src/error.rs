@@ -96,6 +96,7 @@ impl Error {
                 | TwinError::BadPolicyKey => "HubUnauthorized",
                 TwinError::Refused { .. } | TwinError::Decode { .. } => "HubRefused",
                 TwinError::EventsUnsupported { .. } => "HubEvents",
+                TwinError::Encode { .. } => "MessageInvalid",
             },
             Self::HubUnusable { .. } => "HubUnusable",
             Self::SecretMissing { .. } => "SecretMissing",

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::error::{Error, HubContext, Result};
-use crate::runtime::{Context, key_of};
+use crate::runtime::{Context, ErrorChain, key_of};
 use crate::status::{apply_status, condition, manager, merge_conditions, now};
 
 /// Controller name in metrics and logs.
@@ -49,11 +49,12 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action> {
             "the service API answers with the policy key",
             generation,
         ),
+        // The whole cause chain: a TLS refusal names the certificate problem, not just the call.
         Err(error) => condition(
             HUB_READY,
             false,
             error.category(),
-            error.to_string(),
+            ErrorChain(error).to_string(),
             generation,
         ),
     };
@@ -70,13 +71,11 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action> {
             } else {
                 (true, "Unreachable")
             };
-            ctx.publish(
-                hub.as_ref(),
-                warning,
-                reason,
-                format!("hub {} is {}", hub.name_any(), reason.to_lowercase()),
-            )
-            .await;
+            let mut note = format!("hub {} is {}", hub.name_any(), reason.to_lowercase());
+            if let Err(error) = &probe {
+                note.push_str(&format!(": {}", ErrorChain(error)));
+            }
+            ctx.publish(hub.as_ref(), warning, reason, note).await;
         }
     }
     probe.map(|()| ctx.resync())

@@ -1,19 +1,18 @@
 //! `Device.spec.mode` reaches the agent: the operator keeps `desired.provisioning` in the twin
-//! (real API server, embedded edge hub), and the real agent accepts an UpgradeProvisioning
-//! message that carries that mode and switches to it.
+//! (real API server, embedded edge hub) and sends one UpgradeProvisioning message per change
+//! through the hub, which the real agent applies; status and Events tell each step.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use cloudpillar_crds::Device;
-use cloudpillar_protocol::messages::{
-    AuthMethod, C2dMessage, ProvisioningMode, UpgradeProvisioning,
-};
 use cloudpillar_protocol::signing::SigningKey;
 use cloudpillar_tests::controllers::{
     EdgeHub, Operator, apply, device_key, eventually, test_config,
 };
 use cloudpillar_tests::{install_crds, kube_client, test_namespace};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -75,33 +74,25 @@ secret_key_file = "{api}"
     ))
 }
 
-/// Queues a C2D message through the hub's service API, as the backend does.
-async fn send_c2d(hub: &EdgeHub, device_id: &str, message: &C2dMessage) -> anyhow::Result<()> {
-    let pem = std::fs::read(hub.handle.ca_cert_path().expect("development CA"))?;
-    let http = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?)
-        .build()?;
-    let url = format!(
-        "https://localhost:{}/devices/{device_id}/messages/deviceBound?api-version=2021-04-12",
-        hub.handle.http_addr().port()
-    );
-    let response = http
-        .post(url)
-        .header(
-            "Authorization",
-            hub.handle.service_token(Duration::from_secs(600)),
-        )
-        .header("content-type", "application/json")
-        .header("iothub-app-messageType", message.message_type())
-        .body(message.encode()?)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "C2D refused: {}",
-        response.status()
-    );
-    Ok(())
+/// `status.provisioningUpgrade` of `mode-1`: mode and state.
+async fn upgrade_record(api: &Api<Device>) -> anyhow::Result<Option<(String, String)>> {
+    let device = api.get("mode-1").await?;
+    Ok(device
+        .status
+        .and_then(|s| s.provisioning_upgrade)
+        .map(|u| (u.mode, u.state)))
+}
+
+/// Reasons of the Events about `mode-1`, oldest first.
+async fn event_reasons(client: &kube::Client, ns: &str) -> anyhow::Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut listed = events.list(&ListParams::default()).await?.items;
+    listed.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    Ok(listed
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("mode-1"))
+        .filter_map(|e| e.reason)
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,8 +112,16 @@ async fn the_device_mode_reaches_the_twin_and_the_agent_switches_to_it() -> anyh
     })
     .await?;
 
-    // The real agent, with the operator's key, sees that section and accepts an upgrade
-    // message that agrees with it.
+    // Before the agent runs nothing is sent: it could not match a message with the section.
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        upgrade_record(&devices).await?,
+        None,
+        "sent before the agent ran"
+    );
+
+    // The real agent, with the operator's key, takes that section.
     let key = device_key(&client, &ns, "mode-1").await?;
     let dir = tempfile::tempdir()?;
     let text = agent_config(&hub, dir.path(), &key)?;
@@ -137,24 +136,9 @@ async fn the_device_mode_reaches_the_twin_and_the_agent_switches_to_it() -> anyh
             .and_then(|t| t.pointer(pointer).cloned())
             .unwrap_or(Value::Null)
     };
-    eventually("agent connected and desired applied", WAIT, || async {
-        let desired = reported("/properties/desired/$version");
-        let applied = reported("/properties/reported/desiredVersionApplied");
-        Ok((desired != Value::Null && applied == desired).then_some(()))
-    })
-    .await?;
-    assert!(
-        !cloudpillar_agent::mode::strict(&config),
-        "strict before any upgrade"
-    );
 
-    let upgrade = C2dMessage::UpgradeProvisioning(UpgradeProvisioning {
-        auth_method: AuthMethod::Sas,
-        hub: "localhost".into(),
-        mode: ProvisioningMode::Strict,
-        key: key.clone(),
-    });
-    send_c2d(&hub, "mode-1", &upgrade).await?;
+    // The operator queues the UpgradeProvisioning message once the agent took the section,
+    // and records it; the agent applies it.
     eventually("upgrade applied", WAIT, || async {
         let applied = reported("/properties/reported/provisioning");
         Ok((applied["status"] == "applied" && applied["mode"] == "STRICT").then_some(()))
@@ -164,29 +148,37 @@ async fn the_device_mode_reaches_the_twin_and_the_agent_switches_to_it() -> anyh
         cloudpillar_agent::mode::strict(&config),
         "the agent did not switch to STRICT"
     );
-
-    // A new mode replaces the section; the agent follows the next upgrade.
-    apply::<Device>(&client, &ns, device("COMM")).await?;
-    eventually("COMM in desired.provisioning", WAIT, || async {
-        let mode = provisioning(&hub).map(|p| p["mode"].clone());
-        Ok((mode == Some(json!("COMM"))).then_some(()))
+    let applied = Some(("STRICT".to_owned(), "Applied".to_owned()));
+    eventually("the upgrade recorded as applied", WAIT, || async {
+        Ok((upgrade_record(&devices).await? == applied).then_some(()))
     })
     .await?;
-    let upgrade = C2dMessage::UpgradeProvisioning(UpgradeProvisioning {
-        auth_method: AuthMethod::Sas,
-        hub: "localhost".into(),
-        mode: ProvisioningMode::Comm,
-        key,
-    });
+
+    // A restarted operator sends nothing again for the same mode.
+    operator.stop().await?;
+    let operator = Operator::start(&client, test_config(&ns));
+
+    // A new mode replaces the section; the operator sends the next upgrade and the agent
+    // follows it.
+    apply::<Device>(&client, &ns, device("COMM")).await?;
     eventually("COMM upgrade applied", WAIT, || async {
-        // The agent may still be reconnecting after the first upgrade; resend until applied.
-        send_c2d(&hub, "mode-1", &upgrade).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let applied = reported("/properties/reported/provisioning");
         Ok((applied["status"] == "applied" && applied["mode"] == "COMM").then_some(()))
     })
     .await?;
     assert!(cloudpillar_agent::mode::communication_only(&config));
+    let applied = Some(("COMM".to_owned(), "Applied".to_owned()));
+    eventually("the COMM upgrade recorded as applied", WAIT, || async {
+        Ok((upgrade_record(&devices).await? == applied).then_some(()))
+    })
+    .await?;
+
+    // One message per change, each with its Events.
+    let reasons = event_reasons(&client, &ns).await?;
+    let count = |reason: &str| reasons.iter().filter(|r| *r == reason).count();
+    assert_eq!(count("ProvisioningUpgradeSent"), 2, "{reasons:?}");
+    assert_eq!(count("ProvisioningUpgradeApplied"), 2, "{reasons:?}");
+    assert_eq!(count("ProvisioningUpgradeFailed"), 0, "{reasons:?}");
 
     drop(agent);
     cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;

@@ -12,7 +12,7 @@ mod status;
 
 pub use status::{
     Connection, ConnectionState, DeviceAssignment, DeviceRecipeStatus, DeviceRolloutPhase,
-    DeviceStatus,
+    DeviceStatus, ProvisioningUpgrade,
 };
 
 /// A device's identity, hub, credentials, agent mode, and the tags and desired properties

@@ -16,6 +16,7 @@ pub use conditions::Condition;
 pub use device::{
     AuthMethod, Connection, ConnectionState, Device, DeviceAssignment, DeviceAuthentication,
     DeviceCredential, DeviceMode, DeviceRecipeStatus, DeviceRolloutPhase, DeviceSpec, DeviceStatus,
+    ProvisioningUpgrade,
 };
 pub use hub::{AccessPolicy, Hub, HubEndpoint, HubKind, HubSpec, HubStatus};
 pub use recipe::{Action, ActionKind, Artifact, ChangeSpec, Recipe, RecipeSpec, RecipeStatus};

@@ -594,6 +594,17 @@ pub mod recording {
         fn subscribe(&self, from: Checkpoint) -> BoxStream<'static, Result<TwinEvent, TwinError>> {
             self.inner.subscribe(from)
         }
+        async fn device_key(&self, device_id: &str) -> Result<Option<String>, TwinError> {
+            self.inner.device_key(device_id).await
+        }
+        async fn send_c2d(
+            &self,
+            device_id: &str,
+            message: &cloudpillar_protocol::messages::C2dMessage,
+            message_id: &str,
+        ) -> Result<(), TwinError> {
+            self.inner.send_c2d(device_id, message, message_id).await
+        }
     }
 }
 

@@ -540,10 +540,17 @@ async fn a_second_rollout_waits_and_cancelling_leaves_reported_progress_untouche
     })
     .await?;
 
-    // A second Rollout over the same device waits for the first, and says so.
+    // A second Rollout over the same device waits for the first, and says which one.
     apply::<Rollout>(&site.client, &site.ns, rollout("second", "security")).await?;
-    site.wait_rollout("second", "second waits", paused_because("RecipeBusy"))
+    let waiting = site
+        .wait_rollout("second", "second waits", paused_because("RecipeBusy"))
         .await?;
+    let conditions = waiting.status.map(|s| s.conditions).unwrap_or_default();
+    let paused = cloudpillar_crds::conditions::find(&conditions, "Paused").expect("Paused");
+    assert_eq!(
+        paused.message,
+        "dev-a waits for Rollout first to finish (a device runs one recipe at a time)"
+    );
     site.recipe_status("dev-a", &first_id, "Success").await?;
     site.wait_rollout(
         "first",
@@ -557,6 +564,20 @@ async fn a_second_rollout_waits_and_cancelling_leaves_reported_progress_untouche
     .await?;
     site.assert_signed_recipe_in_twin("dev-a", "security")
         .await?;
+
+    // The finished first Rollout keeps its count though dev-a now belongs to the second.
+    let first = site.rollout("first").await?.status.unwrap_or_default();
+    assert_eq!((first.counts.total, first.counts.succeeded), (1, 1));
+
+    // A Rollout whose Recipe does not exist names it.
+    apply::<Rollout>(&site.client, &site.ns, rollout("third", "absent")).await?;
+    site.wait_rollout("third", "third names its recipe", |r| {
+        let conditions = r.status.clone().map(|s| s.conditions).unwrap_or_default();
+        cloudpillar_crds::conditions::find(&conditions, "Progressing").is_some_and(|c| {
+            c.reason == "RecipeNotReady" && c.message == "Recipe absent does not exist"
+        })
+    })
+    .await?;
 
     // F22: the device is mid-download when the Rollout is deleted.
     site.recipe_status("dev-a", &second_id, "InProgress")

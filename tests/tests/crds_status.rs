@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use cloudpillar_crds::conditions::{self, Condition};
 use cloudpillar_crds::{
     Artifact, Connection, ConnectionState, Device, DeviceAssignment, DeviceCounts,
-    DeviceRecipeStatus, DeviceRolloutPhase, DeviceSpec, DeviceStatus, FailedDevice, Recipe,
-    RecipeSpec, RecipeStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus, Wave, WaveStatus,
+    DeviceRecipeStatus, DeviceRolloutPhase, DeviceSpec, DeviceStatus, FailedDevice,
+    ProvisioningUpgrade, Recipe, RecipeSpec, RecipeStatus, Rollout, RolloutPhase, RolloutSpec,
+    RolloutStatus, Wave, WaveStatus,
 };
 use cloudpillar_tests::{
     FIELD_MANAGER, delete_namespace, fixture_json, install_crds, kube_client, test_namespace,
@@ -98,6 +99,15 @@ async fn a_full_device_status_reads_back_unchanged() -> anyhow::Result<()> {
             reason: Some("Stale".into()),
             assigned_time: Some(at(1)),
             phase_time: Some(at(10)),
+        }),
+        provisioning_upgrade: Some(ProvisioningUpgrade {
+            mode: "STRICT".into(),
+            hub: "hub.example".into(),
+            auth_method: "SAS".into(),
+            state: "Sent".into(),
+            message: None,
+            message_id: Some("provisioning-mri-01-STRICT-2".into()),
+            sent_time: Some(at(9)),
         }),
         applied_tags: BTreeMap::from([("site".into(), "lab-3".into())]),
         applied_desired: BTreeMap::from([

@@ -7,6 +7,7 @@ mod mirror;
 pub mod mode;
 mod status;
 mod sync;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, finalizer, key_of};
 use crate::status::{condition, merge_conditions};
 use crate::twin::{DeviceIdentity, Twin, TwinError, TwinService};
-use status::{announce_changes, next_check, write_status};
+use status::{announce_changes, next_check, record_hub_failure, write_status};
 
 /// Finalizer that removes the hub identity before a Device goes away.
 pub const FINALIZER: &str = "cloudpillar.io/device";
@@ -54,8 +55,18 @@ pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action>
         return Ok(Action::await_change());
     }
     let device = finalizer::add(&api, device.as_ref(), FINALIZER).await?;
-    apply(&device, &namespace, &api, &ctx).await
+    let applied = apply(&device, &namespace, &api, &ctx).await;
+    if let Err(error @ Error::Hub { .. }) = &applied
+        && let Err(write) = record_hub_failure(&device, &api, &ctx, error).await
+    {
+        let write = crate::runtime::ErrorChain(&write);
+        tracing::warn!(error = %write, "could not record the hub failure in status");
+    }
+    applied
 }
+
+/// How soon an UpgradeProvisioning message the hub did not take is sent again.
+const UPGRADE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often a Device provisioning through DPS is checked until its identity appears.
 const AWAIT_PROVISIONING: std::time::Duration = std::time::Duration::from_secs(3);
@@ -201,6 +212,15 @@ async fn apply(
         .await
         .hub(&object)?;
 
+    // A changed mode also needs an UpgradeProvisioning message, once the twin shows it.
+    let wanted = &reserved[mode::PROVISIONING_KEY];
+    let last_upgrade = previous.provisioning_upgrade.clone();
+    let upgrade = match upgrade::next_step(wanted, &twin, last_upgrade.as_ref()) {
+        upgrade::Step::Keep => last_upgrade,
+        upgrade::Step::Record(record) => Some(record),
+        upgrade::Step::Send => Some(upgrade::send(hub.as_ref(), device, &device_id, wanted).await),
+    };
+
     // Mirror the twin into status; a twin older than what status shows is not mirrored.
     let stale_read = previous
         .reported_twin_version
@@ -224,6 +244,7 @@ async fn apply(
             status.reported_twin_version = mirrored.reported_version;
             status.recipe = mirrored.recipe.clone();
         }
+        status.provisioning_upgrade = upgrade.clone();
         let wanted = vec![
             condition(
                 DEVICE_REGISTERED,
@@ -245,7 +266,14 @@ async fn apply(
     .await?;
 
     announce_changes(device, &previous, &written, ctx).await;
-    Ok(next_check(&written, ctx))
+    let retry_upgrade = written
+        .provisioning_upgrade
+        .as_ref()
+        .is_some_and(|u| u.state == upgrade::FAILED);
+    Ok(match retry_upgrade {
+        true => Action::requeue(UPGRADE_RETRY),
+        false => next_check(&written, ctx),
+    })
 }
 
 /// Sends the planned patch, guarded by the twin's ETag; re-reads and re-plans on conflict.

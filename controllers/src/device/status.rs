@@ -2,15 +2,16 @@
 
 use std::time::Duration;
 
+use cloudpillar_crds::conditions::DEVICE_SYNCED;
 use cloudpillar_crds::{ConnectionState, Device, DeviceStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 
 use super::CONTROLLER;
-use crate::error::Result;
-use crate::runtime::Context;
-use crate::status::{apply_status, manager};
+use crate::error::{Error, Result};
+use crate::runtime::{Context, ErrorChain};
+use crate::status::{apply_status, condition, manager, merge_conditions};
 
 /// Applies the status `change` makes to the current one, unless it changes nothing.
 pub(super) async fn write_status(
@@ -33,7 +34,32 @@ pub(super) async fn write_status(
     Ok(wanted)
 }
 
-/// Events for changes a person cares about: connection lost or back, a failed recipe.
+/// A hub call that failed marks the twin out of sync, with the whole cause chain (a TLS
+/// refusal names the certificate problem).
+pub(super) async fn record_hub_failure(
+    device: &Device,
+    api: &Api<Device>,
+    ctx: &Context,
+    error: &Error,
+) -> Result<()> {
+    let previous = ctx.device_status.current(device);
+    let generation = kube::Resource::meta(device).generation;
+    let failed = condition(
+        DEVICE_SYNCED,
+        false,
+        error.category(),
+        ErrorChain(error).to_string(),
+        generation,
+    );
+    write_status(ctx, api, device, &previous, |s| {
+        s.conditions = merge_conditions(&s.conditions, vec![failed])
+    })
+    .await
+    .map(drop)
+}
+
+/// Events for changes a person cares about: connection lost or back, a failed recipe, a
+/// provisioning upgrade sent, applied or not taken.
 pub(super) async fn announce_changes(
     device: &Device,
     before: &DeviceStatus,
@@ -80,6 +106,11 @@ pub(super) async fn announce_changes(
         )
         .await;
     }
+    let (before, after) = (
+        before.provisioning_upgrade.as_ref(),
+        after.provisioning_upgrade.as_ref(),
+    );
+    super::upgrade::announce(device, before, after, ctx).await;
 }
 
 /// When to look again: the resync period, or sooner when a connected device would turn stale.

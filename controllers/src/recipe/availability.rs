@@ -100,6 +100,7 @@ pub(super) async fn look_up_artifacts(
             "ArtifactsFound",
             match names.len() {
                 0 => "the recipe downloads no files".to_owned(),
+                1 => "the downloaded file is in the blob store".to_owned(),
                 n => format!("all {n} downloaded files are in the blob store"),
             },
             generation,

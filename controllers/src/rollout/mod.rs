@@ -10,6 +10,7 @@ mod expect;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
+mod readiness;
 mod summary;
 pub mod waves;
 pub mod window;
@@ -69,6 +70,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(Duration::from_millis(300)));
     }
     let recipe = ready_recipe(&ctx, &namespace, &rollout);
+    let recipe_problem = recipe.as_ref().err().cloned();
+    let recipe = recipe.ok();
 
     if rollout.meta().deletion_timestamp.is_some() {
         if rollout.finalizers().iter().any(|f| f == FINALIZER) {
@@ -109,6 +112,7 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         generation: rollout.meta().generation,
         previous: &previous,
         recipe_id: recipe.as_ref().map(|r| r.id.as_str()),
+        recipe_problem: recipe_problem.as_deref(),
         window_open: window.is_none_or(|w| w.open),
         now,
         max_starts: MAX_STARTS,
@@ -142,15 +146,30 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// The Recipe the Rollout names, when Valid and Signed for its current spec and the signed
-/// digest matches what would be written.
-fn ready_recipe(ctx: &Context, namespace: &str, rollout: &Rollout) -> Option<ReadyRecipe> {
-    let reference = ObjectRef::<Recipe>::new(&rollout.spec.recipe_ref.name).within(namespace);
-    let recipe = ctx.recipes.get(&reference).filter(|r| is_ready(r))?;
-    let status = recipe.status.as_ref()?;
+/// digest matches what would be written; otherwise why not, naming the Recipe.
+fn ready_recipe(
+    ctx: &Context,
+    namespace: &str,
+    rollout: &Rollout,
+) -> std::result::Result<ReadyRecipe, String> {
+    let name = &rollout.spec.recipe_ref.name;
+    let reference = ObjectRef::<Recipe>::new(name).within(namespace);
+    let recipe = ctx
+        .recipes
+        .get(&reference)
+        .ok_or_else(|| format!("Recipe {name} does not exist"))?;
+    if !is_ready(&recipe) {
+        return Err(readiness::why_not_ready(&recipe));
+    }
+    let status = recipe.status.as_ref();
+    let signature = status.and_then(|s| s.signature.clone()).unwrap_or_default();
     let form = signed_form(&recipe.spec);
-    (status.digest.as_deref() == Some(form.digest.as_str())).then(|| ReadyRecipe {
+    if status.and_then(|s| s.digest.as_deref()) != Some(form.digest.as_str()) {
+        return Err(format!("Recipe {name} changed since it was signed"));
+    }
+    Ok(ReadyRecipe {
         id: recipe.spec.change_spec.id.clone(),
-        signature: status.signature.clone().unwrap_or_default(),
+        signature,
         form,
     })
 }
@@ -199,8 +218,9 @@ fn is_mine(device: &Device, uid: &str) -> bool {
 fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context) -> Candidate<'a> {
     let status = device.status.as_ref();
     let mine = assignment(device).filter(|a| a.rollout_uid == uid);
-    let held_elsewhere =
-        assignment(device).is_some_and(|a| a.rollout_uid != uid && holds(a, device, ctx));
+    let held_by = assignment(device)
+        .filter(|a| a.rollout_uid != uid && holds(a, device, ctx))
+        .map(|a| a.rollout.as_str());
     let reachable = status
         .and_then(|s| s.connection.as_ref())
         .is_some_and(|c| c.state == cloudpillar_crds::ConnectionState::Connected);
@@ -211,7 +231,7 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
             && Selector::try_from(rollout.spec.selector.clone())
                 .is_ok_and(|s| s.matches(device.labels())),
         mine,
-        held_elsewhere,
+        held_by,
         busy,
         labels: device.labels(),
         observed: Observed {

@@ -29,8 +29,8 @@ pub struct Candidate<'a> {
     pub selected: bool,
     /// This Rollout's record on the device, if it claimed it.
     pub mine: Option<&'a DeviceAssignment>,
-    /// Another Rollout still holds the device (one recipe at a time).
-    pub held_elsewhere: bool,
+    /// The other Rollout that still holds the device (one recipe at a time), by name.
+    pub held_by: Option<&'a str>,
     /// The agent reports BUSY.
     pub busy: bool,
     /// The Device's labels, for waves with their own selector.
@@ -54,6 +54,8 @@ pub struct Facts<'a> {
     pub previous: &'a RolloutStatus,
     /// `changeSpec.id` of the Recipe when it is Valid and Signed; `None` otherwise.
     pub recipe_id: Option<&'a str>,
+    /// Why the Recipe is not ready, naming it (when `recipe_id` is `None`).
+    pub recipe_problem: Option<&'a str>,
     /// Whether the maintenance window is open (true without a window).
     pub window_open: bool,
     /// Now.
@@ -242,7 +244,9 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         });
     }
 
-    // Start devices: deferred ones first, then unclaimed ones into the current wave.
+    // Start devices: deferred ones first, then unclaimed ones into the current wave. Devices
+    // another Rollout holds wait, and the status names that Rollout.
+    let mut waiting: Vec<(&str, &str)> = Vec::new();
     if gate == Gate::Open {
         let limit = facts.spec.strategy.max_concurrent.unwrap_or(u32::MAX);
         let mut free = limit.saturating_sub(counts.in_flight()) as usize;
@@ -285,14 +289,13 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
             .copied()
             .unwrap_or(0)
             .saturating_sub(held);
-        let mut blocked = 0_u32;
         let mut claims = Vec::new();
         for candidate in unclaimed.iter().filter(|c| joins(wave, c)) {
             if room == 0 || started >= facts.max_starts {
                 break;
             }
-            if candidate.held_elsewhere {
-                blocked += 1;
+            if let Some(holder) = candidate.held_by {
+                waiting.push((candidate.name, holder));
                 continue;
             }
             let (phase, reason) = if candidate.busy {
@@ -328,11 +331,11 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         }
         if !facts.window_open {
             gate = Gate::OutsideWindow;
-        } else if blocked > 0
+        } else if !waiting.is_empty()
             && members.values().all(|a| !a.phase.is_in_flight())
             && claims.is_empty()
         {
-            gate = Gate::RecipeBusy(blocked);
+            gate = Gate::RecipeBusy;
         }
         claims.extend(std::mem::take(&mut plan.writes));
         plan.writes = claims;
@@ -360,7 +363,14 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         wave,
         gate,
         completed,
+        waiting: &waiting,
     };
     plan.status = summary.status(facts, &mut plan.events);
+    if facts.previous.phase.is_final() {
+        // A finished Rollout keeps the record it ended with: its devices may take part in
+        // later Rollouts, which replace their assignment records.
+        plan.status = facts.previous.clone();
+        plan.status.observed_generation = facts.generation;
+    }
     plan
 }

@@ -24,6 +24,8 @@ struct Fleet {
     names: Vec<String>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     now: i64,
+    /// `changeSpec.id` of a ready Recipe, or why it is not ready.
+    recipe: Result<&'static str, &'static str>,
 }
 
 impl Fleet {
@@ -40,6 +42,7 @@ impl Fleet {
             names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
             labels: BTreeMap::new(),
             now: 1_000,
+            recipe: Ok("r1"),
         }
     }
 
@@ -54,7 +57,7 @@ impl Fleet {
                 name,
                 selected: true,
                 mine: self.records.get(name),
-                held_elsewhere: self.elsewhere.contains(name),
+                held_by: self.elsewhere.contains(name).then_some("fw-1-9"),
                 busy: self.busy.contains(name),
                 labels: self.labels.get(name).unwrap_or(&unlabelled),
                 observed: Observed {
@@ -70,7 +73,8 @@ impl Fleet {
             spec: &self.spec,
             generation: Some(1),
             previous: &self.status,
-            recipe_id: Some("r1"),
+            recipe_id: self.recipe.ok(),
+            recipe_problem: self.recipe.err(),
             window_open: true,
             now,
             max_starts: 500,
@@ -375,6 +379,10 @@ fn a_device_held_by_another_rollout_waits_and_the_rollout_says_so() {
     let paused =
         cloudpillar_crds::conditions::find(&fleet.status.conditions, "Paused").expect("Paused");
     assert_eq!(paused.reason, "RecipeBusy");
+    assert_eq!(
+        paused.message,
+        "dev-00 waits for Rollout fw-1-9 to finish (a device runs one recipe at a time)"
+    );
     assert_eq!(fleet.status.counts.pending, 1);
 
     fleet.elsewhere.clear();
@@ -422,7 +430,7 @@ fn replanning_after_a_restart_neither_repeats_nor_skips_a_device() {
 }
 
 #[test]
-fn a_failed_device_makes_the_finished_rollout_failed() {
+fn a_failed_device_fails_the_rollout_whose_record_then_stays_as_it_ended() {
     let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
     fleet.step();
     fleet.report("dev-00", "Success");
@@ -430,4 +438,41 @@ fn a_failed_device_makes_the_finished_rollout_failed() {
     fleet.step();
     assert_eq!(fleet.status.phase, RolloutPhase::Failed);
     assert_eq!(fleet.status.failed_devices[0].name, "dev-01");
+
+    // A later Rollout claims both devices: their records no longer name this one, and the
+    // finished Rollout keeps the counts and failures it ended with.
+    let ended = fleet.status.clone();
+    fleet.records.clear();
+    fleet.reports.clear();
+    let plan = fleet.step();
+    assert!(plan.starts.is_empty() && plan.writes.is_empty());
+    assert_eq!(fleet.status, ended);
+}
+
+#[test]
+fn a_waiting_device_is_named_with_its_rollout_while_others_run() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.elsewhere = vec!["dev-02".into()];
+    fleet.step();
+    let progressing = cloudpillar_crds::conditions::find(&fleet.status.conditions, "Progressing")
+        .expect("Progressing");
+    assert!(
+        progressing.message.ends_with(
+            "; dev-02 waits for Rollout fw-1-9 to finish (a device runs one recipe at a time)"
+        ),
+        "{}",
+        progressing.message
+    );
+}
+
+#[test]
+fn a_missing_recipe_is_named_in_the_pending_rollout() {
+    let mut fleet = Fleet::new(1, vec![Wave::percent(100)]);
+    fleet.recipe = Err("Recipe fw does not exist");
+    fleet.step();
+    let progressing = cloudpillar_crds::conditions::find(&fleet.status.conditions, "Progressing")
+        .expect("Progressing");
+    assert_eq!(fleet.status.phase, RolloutPhase::Pending);
+    assert_eq!(progressing.reason, "RecipeNotReady");
+    assert_eq!(progressing.message, "Recipe fw does not exist");
 }

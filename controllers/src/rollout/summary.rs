@@ -14,6 +14,9 @@ use k8s_openapi::jiff::Timestamp;
 use super::plan::{Announcement, Facts};
 use crate::status::{condition, merge_conditions};
 
+/// Most device names a status message lists.
+const NAMES_SHOWN: usize = 5;
+
 /// What keeps new devices from starting, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -33,8 +36,8 @@ pub enum Gate {
     WavePause(u32),
     /// Outside the maintenance window.
     OutsideWindow,
-    /// This many devices wait for another Rollout and nothing else can run.
-    RecipeBusy(u32),
+    /// Devices wait for other Rollouts (see [`Summary::waiting`]) and nothing else can run.
+    RecipeBusy,
 }
 
 /// Counts by phase of claimed devices, plus `unclaimed` pending ones.
@@ -69,6 +72,8 @@ pub struct Summary<'a> {
     pub gate: Gate,
     /// Completion time of each finished wave.
     pub completed: BTreeMap<u32, Timestamp>,
+    /// Devices that wait for another Rollout, with the name of that Rollout.
+    pub waiting: &'a [(&'a str, &'a str)],
 }
 
 impl Summary<'_> {
@@ -77,7 +82,7 @@ impl Summary<'_> {
         let previous = facts.previous;
         let generation = facts.generation;
         let started = self.members.values().any(|a| a.phase != Phase::Deferred);
-        let (phase, progressing, paused, complete) = self.conditions(started);
+        let (phase, progressing, paused, complete) = self.conditions(facts, started);
 
         let mut status = RolloutStatus {
             observed_generation: generation,
@@ -150,6 +155,7 @@ impl Summary<'_> {
     #[allow(clippy::type_complexity)] // three condition triples, named by the caller
     fn conditions(
         &self,
+        facts: &Facts<'_>,
         started: bool,
     ) -> (
         RolloutPhase,
@@ -158,7 +164,7 @@ impl Summary<'_> {
         (bool, &'static str, String),
     ) {
         let c = &self.counts;
-        let tally = format!(
+        let mut tally = format!(
             "{} of {} devices succeeded, {} failed, {} running, {} deferred, {} pending",
             c.succeeded,
             c.total,
@@ -167,6 +173,22 @@ impl Summary<'_> {
             c.deferred,
             c.pending
         );
+        if let Some(waiting) = self.waiting_note() {
+            tally.push_str(&format!("; {waiting}"));
+        }
+        let recipe_problem = facts
+            .recipe_problem
+            .map(str::to_owned)
+            .or_else(|| {
+                let (before, now) = (facts.previous.recipe_id.as_deref(), facts.recipe_id);
+                before.zip(now).filter(|(a, b)| a != b).map(|(a, b)| {
+                    format!(
+                        "Recipe {} changed its id from {a} to {b}",
+                        facts.spec.recipe_ref.name
+                    )
+                })
+            })
+            .unwrap_or_else(|| format!("Recipe {} is not ready", facts.spec.recipe_ref.name));
         let not_complete = (false, "InProgress", tally.clone());
         let not_paused = (false, "Running", String::new());
         let paused = |reason: &'static str, message: String| {
@@ -217,24 +239,14 @@ impl Summary<'_> {
                 "OutsideMaintenanceWindow",
                 "no device starts until the maintenance window opens".into(),
             ),
-            Gate::RecipeBusy(n) => paused(
-                "RecipeBusy",
-                format!("{n} devices run another Rollout's recipe; they join when it is done"),
-            ),
+            Gate::RecipeBusy => paused("RecipeBusy", self.waiting_note().unwrap_or_default()),
             Gate::RecipeNotReady if !started => (
                 RolloutPhase::Pending,
-                (
-                    false,
-                    "RecipeNotReady",
-                    "the Recipe is not Valid and Signed".into(),
-                ),
+                (false, "RecipeNotReady", recipe_problem),
                 not_paused,
                 not_complete,
             ),
-            Gate::RecipeNotReady => paused(
-                "RecipeNotReady",
-                "the Recipe is no longer Valid and Signed or changed its id".into(),
-            ),
+            Gate::RecipeNotReady => paused("RecipeNotReady", recipe_problem),
             Gate::Open => (
                 RolloutPhase::Progressing,
                 (true, "WaveInProgress", tally.clone()),
@@ -242,6 +254,33 @@ impl Summary<'_> {
                 not_complete,
             ),
         }
+    }
+
+    /// `dev-1, dev-2 wait for Rollout a to finish (one recipe at a time)`, at most
+    /// [`NAMES_SHOWN`] device names and every holding Rollout.
+    fn waiting_note(&self) -> Option<String> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let mut holders: Vec<&str> = self.waiting.iter().map(|(_, holder)| *holder).collect();
+        holders.sort_unstable();
+        holders.dedup();
+        let mut devices: Vec<&str> = self.waiting.iter().map(|(device, _)| *device).collect();
+        let more = devices.len().saturating_sub(NAMES_SHOWN);
+        devices.truncate(NAMES_SHOWN);
+        let mut names = devices.join(", ");
+        if more > 0 {
+            names.push_str(&format!(" and {more} more"));
+        }
+        let (verb, noun) = match (self.waiting.len(), holders.len()) {
+            (1, _) => ("waits", "Rollout"),
+            (_, 1) => ("wait", "Rollout"),
+            _ => ("wait", "Rollouts"),
+        };
+        Some(format!(
+            "{names} {verb} for {noun} {} to finish (a device runs one recipe at a time)",
+            holders.join(", ")
+        ))
     }
 
     fn waves(&self, facts: &Facts<'_>) -> Vec<WaveStatus> {

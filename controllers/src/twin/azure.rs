@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use cloudpillar_protocol::messages::C2dMessage;
 use futures::stream::BoxStream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode};
@@ -196,6 +197,21 @@ impl AzureTwinService {
         }
     }
 
+    /// The registry's identity document of `device_id`, keys included.
+    pub(super) async fn identity(&self, device_id: &str) -> Result<Value, TwinError> {
+        self.call_json(Call {
+            operation: "get device",
+            device_id,
+            method: Method::GET,
+            path: device_path("devices", device_id),
+            body: None,
+            if_match: None,
+            continuation: None,
+            kind: Kind::Read,
+        })
+        .await
+    }
+
     /// Sends `call` and decodes a successful JSON answer; maps 404, 412 and other 4xx.
     async fn call_json<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, TwinError> {
         let (status, response) = self.send(&call).await?;
@@ -267,7 +283,7 @@ fn quoted(etag: &str) -> String {
     }
 }
 
-fn device_path(kind: &str, device_id: &str) -> String {
+pub(super) fn device_path(kind: &str, device_id: &str) -> String {
     let id = percent_encoding::utf8_percent_encode(device_id, percent_encoding::NON_ALPHANUMERIC);
     format!("/{kind}/{id}")
 }
@@ -319,17 +335,7 @@ impl TwinService for AzureTwinService {
     async fn ensure_device(&self, identity: &DeviceIdentity) -> Result<DeviceRecord, TwinError> {
         let id = identity.device_id.as_str();
         let path = device_path("devices", id);
-        let read = Call {
-            operation: "get device",
-            device_id: id,
-            method: Method::GET,
-            path: path.clone(),
-            body: None,
-            if_match: None,
-            continuation: None,
-            kind: Kind::Read,
-        };
-        let existing = match self.call_json::<Value>(read).await {
+        let existing = match self.identity(id).await {
             Ok(current) => Some(current),
             Err(TwinError::NotFound { .. }) => None,
             Err(error) => return Err(error),
@@ -361,17 +367,7 @@ impl TwinService for AzureTwinService {
     }
 
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, TwinError> {
-        let read = Call {
-            operation: "get device",
-            device_id,
-            method: Method::GET,
-            path: device_path("devices", device_id),
-            body: None,
-            if_match: None,
-            continuation: None,
-            kind: Kind::Read,
-        };
-        match self.call_json::<Value>(read).await {
+        match self.identity(device_id).await {
             Ok(current) => decode_record(current, device_id, false).map(Some),
             Err(TwinError::NotFound { .. }) => Ok(None),
             Err(error) => Err(error),
@@ -471,6 +467,19 @@ impl TwinService for AzureTwinService {
 
     fn subscribe(&self, from: Checkpoint) -> BoxStream<'static, Result<TwinEvent, TwinError>> {
         events::subscribe(self, from)
+    }
+
+    async fn device_key(&self, device_id: &str) -> Result<Option<String>, TwinError> {
+        self.registry_key(device_id).await
+    }
+
+    async fn send_c2d(
+        &self,
+        device_id: &str,
+        message: &C2dMessage,
+        message_id: &str,
+    ) -> Result<(), TwinError> {
+        self.queue_c2d(device_id, message, message_id).await
     }
 }
 

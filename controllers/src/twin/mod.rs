@@ -6,6 +6,7 @@
 //! limiter and are retried with capped, jittered backoff on throttling and server errors.
 
 mod azure;
+mod c2d;
 mod events;
 mod retry;
 mod sas;
@@ -14,6 +15,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudpillar_protocol::messages::{C2dMessage, MessageError};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -54,6 +56,19 @@ pub trait TwinService: Send + Sync + Debug {
     /// Twin change and connection events from `from` on. The stream ends only when the
     /// event source fails; the caller resumes from the last checkpoint it saw.
     fn subscribe(&self, from: Checkpoint) -> BoxStream<'static, Result<TwinEvent, TwinError>>;
+
+    /// The device's primary symmetric key as the hub's registry holds it; `None` when the
+    /// device authenticates with a certificate.
+    async fn device_key(&self, device_id: &str) -> Result<Option<String>, TwinError>;
+
+    /// Queues `message` for the device under `message_id`. The edge hub takes service-side
+    /// C2D messages over REST; Azure IoT Hub takes them over AMQP only and refuses this call.
+    async fn send_c2d(
+        &self,
+        device_id: &str,
+        message: &C2dMessage,
+        message_id: &str,
+    ) -> Result<(), TwinError>;
 }
 
 /// A device identity to register.
@@ -249,6 +264,15 @@ pub enum TwinError {
     /// A SAS token could not be made from the policy key.
     #[error("the shared access policy key is not valid base64")]
     BadPolicyKey,
+    /// A cloud-to-device message could not be encoded.
+    #[error("message for {device_id} could not be encoded")]
+    Encode {
+        /// Device id.
+        device_id: String,
+        /// The protocol's refusal.
+        #[source]
+        source: MessageError,
+    },
     /// The hub gives no event stream this client can read.
     #[error("hub {host} offers no event stream to this client")]
     EventsUnsupported {

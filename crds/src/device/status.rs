@@ -48,6 +48,11 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<DeviceAssignment>,
 
+    /// The last UpgradeProvisioning message the operator queued for the device after
+    /// `spec.mode` changed, and whether the agent applied it. Sent once per change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_upgrade: Option<ProvisioningUpgrade>,
+
     /// Tags the operator last wrote to the twin and the hub acknowledged. A key present
     /// here but gone from the spec is removed from the twin.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -204,4 +209,28 @@ impl DeviceRolloutPhase {
     pub fn is_in_flight(self) -> bool {
         matches!(self, Self::Assigned | Self::InProgress | Self::Unreachable)
     }
+}
+
+/// An UpgradeProvisioning message sent to a device through its hub's C2D queue.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningUpgrade {
+    /// Mode the message carries: FULL, STRICT or COMM.
+    pub mode: String,
+    /// Hub host name the message carries.
+    pub hub: String,
+    /// Authentication method the message carries: SAS or X509.
+    pub auth_method: String,
+    /// `Sent` (queued in the hub), `Applied` (the agent reports the same provisioning) or
+    /// `Failed` (the hub did not take the message; retried).
+    pub state: String,
+    /// Why sending failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Id of the message in the hub's C2D queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// When the message was queued or the send failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_time: Option<Time>,
 }
