@@ -6,12 +6,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
 use cloudpillar_backend::blob::BlobStores;
 use cloudpillar_backend::keys::KeyHolder;
 use cloudpillar_backend::roles::BlobArgs;
+use cloudpillar_controllers::recipe::{ArtifactStore, BlobArtifacts};
 
 /// Options of `cloudpillar artifact put`.
 #[derive(Debug, clap::Args)]
@@ -47,9 +49,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     };
     let data =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let stores = BlobStores::open_prefixed(&args.blob.config(), &args.blob.blob_container_prefix)
-        .await
-        .context("opening the blob store")?;
+    let stores = open_stores(&args.blob).await?;
     stores
         .patches
         .put(&name, Bytes::from(data))
@@ -78,4 +78,21 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     writeln!(out, "sha512: {}", signed.sha512)?;
     writeln!(out, "sign: {}", signed.text)?;
     Ok(())
+}
+
+/// The patches container as the controllers look artifacts up in it: the files recipes
+/// download, read from the same store the streamer serves them from.
+pub async fn lookup_store(blob: &BlobArgs) -> anyhow::Result<Arc<dyn ArtifactStore>> {
+    let stores = open_stores(blob).await?;
+    tracing::info!(
+        container = stores.patches.name(),
+        "recipe files are looked up in the blob store"
+    );
+    Ok(Arc::new(BlobArtifacts::new(stores.patches.store().clone())))
+}
+
+async fn open_stores(blob: &BlobArgs) -> anyhow::Result<BlobStores> {
+    BlobStores::open_prefixed(&blob.config(), &blob.blob_container_prefix)
+        .await
+        .context("opening the blob store")
 }

@@ -1,5 +1,6 @@
 //! Signs recipes through the key holder's HTTP API (`POST /v1/sign/recipe`), so the signing
-//! key never enters the operator. Every signature is checked against the keys the key holder
+//! key never enters the operator (devices' uploads too, for the streamer: see
+//! [`crate::keyholder_uploads`]). Every signature is checked against the keys the key holder
 //! publishes (`GET /v1/keys`) before it is used: a key holder that canonicalised differently,
 //! or signed with a key agents do not trust, is caught here rather than on the devices.
 
@@ -125,11 +126,18 @@ impl KeyholderSigner {
 
     async fn request(&self, canonical: &[u8]) -> Result<SignResponse, KeyholderError> {
         let change_spec = serde_json::from_slice(canonical).map_err(KeyholderError::Canonical)?;
-        let url = format!("{}/v1/sign/recipe", self.base);
-        let mut request = self
-            .http
-            .post(&url)
-            .json(&SignRecipeRequest { change_spec });
+        self.post("/v1/sign/recipe", &SignRecipeRequest { change_spec })
+            .await
+    }
+
+    /// `POST {route}` with `body` and the bearer token; the decoded answer.
+    pub(crate) async fn post<B, T>(&self, route: &str, body: &B) -> Result<T, KeyholderError>
+    where
+        B: serde::Serialize + Sync,
+        T: serde::de::DeserializeOwned,
+    {
+        let url = format!("{}{route}", self.base);
+        let mut request = self.http.post(&url).json(body);
         if let Some(token) = self.token().await? {
             request = request.bearer_auth(token);
         }

@@ -3,7 +3,9 @@
 mod artifact_cmd;
 mod health;
 mod hub_cmd;
+mod keyholder_args;
 mod keyholder_signer;
+mod keyholder_uploads;
 mod roles_cmd;
 mod run_cmd;
 
@@ -28,9 +30,9 @@ enum Command {
     /// Run everything in one process: edge hub, controllers, key holder, streamer, writer.
     Run(Box<run_cmd::RunArgs>),
     /// Run the controllers (Device, Recipe, Rollout) against a hub and a cluster.
-    Operator(roles_cmd::OperatorArgs),
+    Operator(Box<roles_cmd::OperatorArgs>),
     /// Run the file streamer: range requests to C2D chunks, uploads into the blob store.
-    Streamer(Box<roles_cmd::StreamerArgs>),
+    Streamer(Box<roles_cmd::StreamerRoleArgs>),
     /// Run the history writer: twin changes and device records into MongoDB.
     Writer(Box<roles_cmd::StreamerArgs>),
     /// Run the key holder: signs recipes and blobs, publishes the trusted public keys.
@@ -68,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crds { out } => write_crds(out),
         Command::Hub(args) => hub_cmd::run(&args),
         Command::Run(args) => runtime()?.block_on(run_cmd::run(*args)),
-        Command::Operator(args) => runtime()?.block_on(roles_cmd::operator(args)),
+        Command::Operator(args) => runtime()?.block_on(roles_cmd::operator(*args)),
         Command::Streamer(args) => runtime()?.block_on(roles_cmd::streamer(*args)),
         Command::Writer(args) => runtime()?.block_on(roles_cmd::writer(*args)),
         Command::Keyholder(args) => runtime()?.block_on(roles_cmd::keyholder(*args)),

@@ -1,7 +1,6 @@
 //! One role per process, as the Helm chart runs them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use cloudpillar_backend::blob::BlobStores;
 use cloudpillar_backend::hub_link::HubLink;
 use cloudpillar_backend::roles::{
     BlobArgs, ConsumerArgs, HubArgs, KeyholderArgs as KeyArgs, MongoArgs, PartitionArgs,
+    UploadSigning,
 };
 use cloudpillar_backend::writer::history::History;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::keyholder::KeyholderMetrics;
 use crate::health::link::{CountedLink, LinkMetrics};
 use crate::health::{RoleHealth, serve_if_configured};
-use crate::keyholder_signer::KeyholderSigner;
+use crate::keyholder_args::KeyholderClientArgs;
 
 /// Blob the readiness checks look for: its absence is the normal answer, an error is not.
 const PROBE_BLOB: &str = ".cloudpillar-readiness-probe";
@@ -38,20 +38,16 @@ pub struct OperatorArgs {
     pub metrics: SocketAddr,
     /// Secret `namespace/name` with the recipe signing key in `signing.pem`, read by the
     /// operator itself. Give exactly one of this and `--keyholder-url`.
-    #[arg(long, env = "CP_SIGNING_SECRET")]
-    pub signing_secret: Option<String>,
-    /// Base URL of the key holder's API (`http://keyholder:8090`): recipes are signed there
-    /// and the key never enters the operator. Give exactly one of this and `--signing-secret`.
-    #[arg(long, env = "CP_KEYHOLDER_URL")]
-    pub keyholder_url: Option<String>,
-    /// File holding the bearer token the key holder's signing routes require; re-read for
-    /// every request.
     #[arg(
         long,
-        env = "CP_KEYHOLDER_TOKEN_FILE",
-        conflicts_with = "signing_secret"
+        env = "CP_SIGNING_SECRET",
+        conflicts_with = "keyholder_token_file"
     )]
-    pub keyholder_token_file: Option<PathBuf>,
+    pub signing_secret: Option<String>,
+    /// The key holder that signs recipes instead (`--keyholder-url`). Give exactly one of
+    /// this and `--signing-secret`.
+    #[command(flatten)]
+    pub keyholder: KeyholderClientArgs,
     /// Namespace of the leader-election Lease; leader election is off when unset
     /// (run a single replica then).
     #[arg(long, env = "CP_LEADER_ELECTION_NAMESPACE")]
@@ -66,6 +62,10 @@ pub struct OperatorArgs {
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The blob store the streamer serves downloads from: Recipe status lists the size and
+    /// hashes of each file a recipe downloads, and a missing file holds that recipe back.
+    #[command(flatten)]
+    pub blob: BlobArgs,
 }
 
 /// Runs the controllers until a signal or lost leadership.
@@ -79,9 +79,10 @@ pub async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         metrics_addr: args.metrics,
         instance: Some(identity.clone()),
+        artifacts: Some(crate::artifact_cmd::lookup_store(&args.blob).await?),
         ..Default::default()
     };
-    match (&args.signing_secret, &args.keyholder_url) {
+    match (&args.signing_secret, args.keyholder.signer()?) {
         (Some(text), None) => {
             let (namespace, name) = text
                 .split_once('/')
@@ -92,18 +93,7 @@ pub async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
                 key: cloudpillar_backend::keys::SECRET_ACTIVE_KEY.into(),
             });
         }
-        (None, Some(url)) => {
-            let parsed = reqwest::Url::parse(url)
-                .with_context(|| format!("--keyholder-url {url:?} is not a URL"))?;
-            anyhow::ensure!(
-                matches!(parsed.scheme(), "http" | "https"),
-                "--keyholder-url {url:?} must be an http or https URL"
-            );
-            let signer = KeyholderSigner::new(url, args.keyholder_token_file.clone())
-                .context("building the key holder client")?;
-            tracing::info!(url = %url, "recipes are signed by the key holder");
-            config.signer = Some(Arc::new(signer));
-        }
+        (None, Some(signer)) => config.signer = Some(signer),
         _ => anyhow::bail!("give exactly one of --signing-secret and --keyholder-url"),
     }
     config.leader_election = args.leader_election_namespace.clone().map(|namespace| {
@@ -139,8 +129,24 @@ pub struct StreamerArgs {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Options of `cloudpillar streamer`.
+#[derive(Debug, clap::Args)]
+pub struct StreamerRoleArgs {
+    #[command(flatten)]
+    pub common: StreamerArgs,
+    /// The key holder that signs the uploads devices ask to have signed (RunDiagnostics);
+    /// without it such requests are refused.
+    #[command(flatten)]
+    pub keyholder: KeyholderClientArgs,
+}
+
 /// Runs the streamer role against the hub's REST API.
-pub async fn streamer(args: StreamerArgs) -> anyhow::Result<()> {
+pub async fn streamer(role: StreamerRoleArgs) -> anyhow::Result<()> {
+    let signing = match role.keyholder.signer()? {
+        Some(signer) => UploadSigning::Remote(signer),
+        None => UploadSigning::Refused,
+    };
+    let args = role.common;
     let shutdown = CancellationToken::new();
     let link = observed_consumer(&args, shutdown.clone()).await?;
     let ran = cloudpillar_backend::roles::run_streamer(
@@ -149,6 +155,7 @@ pub async fn streamer(args: StreamerArgs) -> anyhow::Result<()> {
         &args.mongo,
         &args.partition,
         &args.consumer,
+        signing,
     )
     .await
     .context("streamer");
@@ -319,6 +326,16 @@ mod tests {
         ];
         assert!(operator(&args).is_ok());
         assert!(operator(&["--signing-secret=ns/key"]).is_ok());
+    }
+
+    #[test]
+    fn the_streamer_takes_a_key_holder_and_the_writer_does_not() {
+        let streamer = ["cloudpillar", "streamer", "--keyholder-url=http://kh:8090"];
+        assert!(Cli::try_parse_from(streamer).is_ok());
+        let token_alone = ["cloudpillar", "streamer", "--keyholder-token-file=/t"];
+        assert!(Cli::try_parse_from(token_alone).is_err());
+        let writer = ["cloudpillar", "writer", "--keyholder-url=http://kh:8090"];
+        assert!(Cli::try_parse_from(writer).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cloudpillar_backend::hub_link::{EmbeddedHub, HubLink};
 use cloudpillar_backend::keys::KeyHolder;
-use cloudpillar_backend::roles::{BlobArgs, ConsumerArgs, MongoArgs, PartitionArgs};
+use cloudpillar_backend::roles::{BlobArgs, ConsumerArgs, MongoArgs, PartitionArgs, UploadSigning};
 use cloudpillar_hub::{Hub, HubConfig, HubHandle};
 use cloudpillar_protocol::signing::SigningKey;
 use k8s_openapi::ByteString;
@@ -106,10 +106,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (link, blob, mongo) = (link.clone(), blob.clone(), args.mongo.clone());
         let (partition, consumer) = (partition.clone(), consumer.clone());
         // The streamer signs devices' own uploads (RunDiagnostics) with the same key holder.
-        let keys = Some(holder.clone());
+        let signing = UploadSigning::InProcess(holder.clone());
         tasks.spawn(async move {
-            cloudpillar_backend::roles::run_streamer_with_keys(
-                link, &blob, &mongo, &partition, &consumer, keys,
+            cloudpillar_backend::roles::run_streamer(
+                link, &blob, &mongo, &partition, &consumer, signing,
             )
             .await
             .context("streamer")
@@ -135,6 +135,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             name: args.signing_secret.clone(),
             key: SIGNING_FIELD.into(),
         }),
+        // Recipe files are looked up where this process's streamer serves them from.
+        artifacts: Some(crate::artifact_cmd::lookup_store(&blob).await?),
         instance: Some("all-in-one".into()),
         ..Default::default()
     };

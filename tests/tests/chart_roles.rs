@@ -1,7 +1,8 @@
 //! The chart's roles run as real processes with exactly the arguments the chart renders: the
 //! binary accepts every flag, each role's liveness and readiness probes (and the hub's startup
 //! probe) pass on the port the chart points them at, `/metrics` carries the role's counters,
-//! and readiness follows the role's dependencies. The operator runs as the chart's
+//! a real agent's RunDiagnostics upload is signed (streamer through the key holder role), and
+//! readiness follows the role's dependencies. The operator runs as the chart's
 //! ServiceAccount (impersonated), signs through the key holder, brings a Device and a Recipe
 //! to their ready conditions, and is refused what its Role does not grant.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use cloudpillar_crds::conditions::{DEVICE_REGISTERED, DEVICE_SYNCED, RECIPE_SIGNED, is_true};
+use cloudpillar_crds::recipe::RECIPE_ARTIFACTS_AVAILABLE;
 use cloudpillar_crds::{Device, DeviceSpec, Recipe};
 use cloudpillar_protocol::signing::SigningKey;
 use cloudpillar_tests::controllers::eventually;
@@ -20,6 +22,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+#[path = "chart/device.rs"]
+mod device;
 #[path = "chart/roles.rs"]
 mod roles;
 // Shared with chart.rs; this test uses only part of it.
@@ -63,7 +67,11 @@ async fn apply_rendered(
 }
 
 /// The Secrets the chart expects to exist before its pods start.
-async fn create_secrets(admin: &Client, namespace: &str, site: &Site) -> anyhow::Result<String> {
+async fn create_secrets(
+    admin: &Client,
+    namespace: &str,
+    site: &Site,
+) -> anyhow::Result<SigningKey> {
     let key = SigningKey::generate()?;
     let tls = |file: &str| std::fs::read_to_string(site.path("tls").join(file));
     let secrets = [
@@ -82,7 +90,7 @@ async fn create_secrets(admin: &Client, namespace: &str, site: &Site) -> anyhow:
         api.create(&PostParams::default(), &serde_json::from_value(secret)?)
             .await?;
     }
-    Ok(key.key_id().to_owned())
+    Ok(key)
 }
 
 /// Starts the hub and the key holder (as its ServiceAccount) from their rendered containers.
@@ -123,7 +131,7 @@ async fn backend_roles_run_with_the_charts_arguments_and_pass_its_probes() -> an
         let values = values(&namespace.replace('-', "_"), &[]);
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
         apply_rendered(&namespace, &["templates/keyholder/rbac.yaml"], &values).await?;
-        create_secrets(&admin, &namespace, &site).await?;
+        let key = create_secrets(&admin, &namespace, &site).await?;
         let (hub, keyholder) = start_hub_and_keyholder(&site, &namespace, &values).await?;
 
         let binary = cloudpillar_binary()?;
@@ -174,6 +182,17 @@ async fn backend_roles_run_with_the_charts_arguments_and_pass_its_probes() -> an
         let mongo_up = "cloudpillar_dependency_up{dependency=\"mongodb\"} 1";
         ensure!(writer_metrics.contains(mongo_up), "{writer_metrics}");
 
+        // A device's diagnostics upload is signed: the streamer asks the key holder role.
+        device::diagnostics_pass(&site, &key, "diag-01")
+            .await
+            .with_context(|| format!("streamer:\n{}", consumers[0].log_tail()))?;
+        let (_, text) = keyholder.get("/metrics").await?;
+        let signed = "keyholder_requests_total{route=\"/v1/sign/blob\",status=\"200\"} 1";
+        ensure!(
+            text.contains(signed),
+            "the key holder signed no upload:\n{text}"
+        );
+
         // Without the hub the consumers stay alive but stop being ready, naming the hub.
         hub.stop().await?;
         for role in &consumers {
@@ -214,7 +233,10 @@ async fn operator_as_the_charts_service_account_signs_through_the_key_holder_and
             "templates/keyholder/rbac.yaml",
         ];
         apply_rendered(&namespace, &rbac, &values).await?;
-        let key_id = create_secrets(&admin, &namespace, &site).await?;
+        let key_id = create_secrets(&admin, &namespace, &site)
+            .await?
+            .key_id()
+            .to_owned();
         let (_hub, keyholder) = start_hub_and_keyholder(&site, &namespace, &values).await?;
 
         // The operator, with its rendered arguments, as its ServiceAccount.
@@ -242,6 +264,9 @@ async fn operator_as_the_charts_service_account_signs_through_the_key_holder_and
             status.key_id.as_deref() == Some(key_id.as_str()),
             "{status:?}"
         );
+        artifacts_are_looked_up_in_the_charts_blob_store(&recipes, &site)
+            .await
+            .with_context(|| operator.log_tail())?;
         let devices: Api<Device> = Api::namespaced(admin.clone(), &namespace);
         eventually("the Device registered and synced", STARTUP, || async {
             let device = devices.get("mri-01").await?;
@@ -299,6 +324,50 @@ async fn operator_as_the_charts_service_account_signs_through_the_key_holder_and
     delete_namespace(&admin, &namespace).await?;
     delete_namespace(&admin, &other).await?;
     result
+}
+
+/// The operator reads the blob store the chart gives it: the fixture's two files are named
+/// missing, and once published the recipe lists their sizes and counts them available.
+async fn artifacts_are_looked_up_in_the_charts_blob_store(
+    recipes: &Api<Recipe>,
+    site: &Site,
+) -> anyhow::Result<()> {
+    let availability = |recipe: &Recipe| {
+        let conditions = recipe.status.clone().unwrap_or_default().conditions;
+        cloudpillar_crds::conditions::find(&conditions, RECIPE_ARTIFACTS_AVAILABLE)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let files = ["mcaffeeV3_5150dat.zip", "SPU.zip"];
+    let missing = format!("not in the blob store: {}", files.join(", "));
+    eventually("both files named missing", STARTUP, || async {
+        let found = availability(&recipes.get("security-update").await?);
+        Ok((found == Some(("False".into(), missing.clone()))).then_some(()))
+    })
+    .await?;
+
+    let patches = site.path("blobs/patches");
+    for file in files {
+        std::fs::write(patches.join(file), file.as_bytes())?;
+    }
+    let recipe = eventually("both files available", STARTUP, || async {
+        let recipe = recipes.get("security-update").await?;
+        let available = availability(&recipe).is_some_and(|(status, _)| status == "True");
+        Ok(available.then_some(recipe))
+    })
+    .await?;
+    let sizes: Vec<(String, Option<i64>)> = recipe
+        .status
+        .unwrap_or_default()
+        .artifacts
+        .into_iter()
+        .map(|a| (a.name, a.size))
+        .collect();
+    let wanted: Vec<(String, Option<i64>)> = files
+        .iter()
+        .map(|f| ((*f).to_owned(), Some(f.len() as i64)))
+        .collect();
+    ensure!(sizes == wanted, "{sizes:?}");
+    Ok(())
 }
 
 /// The `Hub` the chart renders, pointed at the local hub, a Device and a Recipe.

@@ -73,6 +73,16 @@ fn rollout_patches_three_real_agents_and_status_tells_the_story() {
             "{device} not reported as succeeded:\n{stdout}"
         );
     }
+    // The recipe's archive was found in the blob store; the fixtures' Windows files are
+    // named missing, which holds only those recipes back.
+    assert!(
+        stdout.contains("  linux-security-2-4-0: True ArtifactsFound: the downloaded file is in"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  fixture-windows-update: False ArtifactsMissing: not in the blob store: CartoPatch-1.14.61047.zip"),
+        "{stdout}"
+    );
     // The field fixtures: the Windows recipe was taken, the placeholder-signed one refused.
     assert!(
         stderr.contains("windows-update-recipe.json: {\"id\""),

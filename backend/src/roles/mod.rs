@@ -15,7 +15,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::hub_link::HubLink;
 use crate::keys::{FileToken, KeyError, KeyHolder, KeyVaultSigner};
 use crate::partition::InvalidPartition;
-use crate::streamer::{Streamer, StreamerOptions};
+use crate::streamer::{Streamer, StreamerOptions, UploadSigner};
 use crate::writer::history::{History, HistoryError};
 use crate::writer::{Writer, WriterOptions};
 
@@ -116,29 +116,26 @@ async fn history(mongo: &MongoArgs) -> Result<Option<History>, RoleError> {
     Ok(Some(history))
 }
 
+/// Who signs the uploads devices ask to have signed (`SignFile`, RunDiagnostics).
+#[derive(Debug, Clone)]
+pub enum UploadSigning {
+    /// Nobody: such requests are answered `SignFileFailed` with that reason.
+    Refused,
+    /// A key holder in this process.
+    InProcess(KeyHolder),
+    /// Another signer, for example the key holder role's HTTP API.
+    Remote(Arc<dyn UploadSigner>),
+}
+
 /// Runs the streamer role. `mongo` is optional: without it, committed uploads are not linked
-/// from the `logs` collection. Requests to sign an upload are refused (no key holder here).
-// Known gap: a streamer in its own process cannot sign uploads yet; calling the key holder
-// role's `POST /v1/sign/blob` would let RunDiagnostics pass in the multi-process layout.
+/// from the `logs` collection. `signing` signs the uploads devices ask to have signed.
 pub async fn run_streamer(
     hub: Arc<dyn HubLink>,
     blob: &BlobArgs,
     mongo: &MongoArgs,
     partition: &PartitionArgs,
     consumer: &ConsumerArgs,
-) -> Result<(), RoleError> {
-    run_streamer_with_keys(hub, blob, mongo, partition, consumer, None).await
-}
-
-/// Runs the streamer role; `keys`, when given, signs the uploads devices ask to have signed
-/// (`SignFile`, RunDiagnostics) in this process.
-pub async fn run_streamer_with_keys(
-    hub: Arc<dyn HubLink>,
-    blob: &BlobArgs,
-    mongo: &MongoArgs,
-    partition: &PartitionArgs,
-    consumer: &ConsumerArgs,
-    keys: Option<KeyHolder>,
+    signing: UploadSigning,
 ) -> Result<(), RoleError> {
     let options = StreamerOptions {
         retry_ceiling: consumer.retry_ceiling(),
@@ -153,9 +150,10 @@ pub async fn run_streamer_with_keys(
         partition.partition()?,
         options,
     );
-    let streamer = match keys {
-        Some(holder) => streamer.with_key_holder(holder),
-        None => streamer,
+    let streamer = match signing {
+        UploadSigning::Refused => streamer,
+        UploadSigning::InProcess(holder) => streamer.with_key_holder(holder),
+        UploadSigning::Remote(signer) => streamer.with_signer(signer),
     };
     streamer.run().await;
     Ok(())

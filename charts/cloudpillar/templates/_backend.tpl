@@ -1,6 +1,6 @@
 {{/* Arguments, volumes and environment the backend roles share. */}}
 
-{{/* Blob storage arguments (streamer, key holder, writer). */}}
+{{/* Blob storage arguments (operator, streamer, key holder, writer). */}}
 {{- define "cloudpillar.blobArgs" -}}
 {{- $f := .Values.cli.flags -}}
 {{- if eq .Values.blob.backend "filesystem" }}
@@ -99,6 +99,8 @@ One partition of a partitioned role (streamer, writer): a Deployment of exactly 
 {{- $f := $root.Values.cli.flags -}}
 {{- $ctx := dict "root" $root "component" .component -}}
 {{- $name := printf "%s-%d" (include "cloudpillar.componentName" $ctx) (int .index) -}}
+{{- /* The streamer has devices' uploads signed by the key holder (RunDiagnostics). */ -}}
+{{- $signs := and (eq .component "streamer") $root.Values.keyholder.enabled -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -149,6 +151,10 @@ spec:
             {{- if $root.Values.mongodb.existingSecret }}
             - {{ $f.mongodbDatabase }}={{ $root.Values.mongodb.database }}
             {{- end }}
+            {{- if $signs }}
+            - {{ $f.keyholderUrl }}={{ include "cloudpillar.keyholderUrl" $root }}
+            - {{ $f.keyholderTokenFile }}={{ include "cloudpillar.keyholderTokenFile" $root }}
+            {{- end }}
             {{- with $role.extraArgs }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -172,10 +178,18 @@ spec:
             {{- include "cloudpillar.tmpMount" $root | nindent 12 }}
             {{- include "cloudpillar.hubLinkMounts" $root | nindent 12 }}
             {{- with include "cloudpillar.blobMounts" $root | trim }}{{ . | nindent 12 }}{{ end }}
+            {{- if $signs }}
+            - name: keyholder-token
+              mountPath: /etc/cloudpillar/keyholder-token
+              readOnly: true
+            {{- end }}
       volumes:
         {{- include "cloudpillar.tmpVolume" $root | nindent 8 }}
         {{- include "cloudpillar.hubLinkVolumes" $root | nindent 8 }}
         {{- with include "cloudpillar.blobVolumes" $root | trim }}{{ . | nindent 8 }}{{ end }}
+        {{- if $signs }}
+        {{- include "cloudpillar.keyholderTokenVolume" $root | nindent 8 }}
+        {{- end }}
 {{- end -}}
 
 {{/*

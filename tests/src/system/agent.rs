@@ -22,7 +22,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Writes the agent's configuration (DPS group enrollment `fleet` of the hub whose data
     /// directory is `server_dir`), starts it and asks it to provision.
-    pub(super) async fn start(
+    pub async fn start(
         bin: &Path,
         dir: &Path,
         device: &str,
