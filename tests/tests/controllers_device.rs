@@ -269,3 +269,67 @@ async fn finalizer_removal_succeeds_when_the_object_vanished_or_changed_meanwhil
     cloudpillar_tests::delete_namespace(&client, &ns).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hub_whose_certificate_is_not_trusted_says_why_in_hub_and_device_conditions()
+-> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-tls").await?;
+    let hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    let operator = Operator::start(&client, test_config(&ns));
+
+    // A Hub for the same endpoint that trusts another CA.
+    let other = tempfile::tempdir()?;
+    cloudpillar_hub::tls::server_material(other.path(), None, "localhost")?;
+    let other_ca = std::fs::read_to_string(other.path().join(cloudpillar_hub::tls::DEV_CA_FILE))?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "wrong-policy"},
+        "stringData": {"primaryKey": hub.handle.policy_key(), "ca.crt": other_ca},
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let wrong = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Hub", "metadata": {"name": "wrong"},
+        "spec": {
+            "kind": "edge",
+            "endpoint": {"serviceHost": format!("localhost:{}", hub.handle.http_addr().port())},
+            "accessPolicy": {
+                "policyName": hub.handle.policy_name(),
+                "secretRef": {"name": "wrong-policy", "key": "primaryKey"},
+            },
+            "caBundle": {"name": "wrong-policy", "key": "ca.crt"},
+        },
+    });
+    apply::<cloudpillar_crds::Hub>(&client, &ns, wrong).await?;
+    let mut on_wrong = device("dev-tls", json!({}));
+    on_wrong["spec"]["hubRef"]["name"] = json!("wrong");
+    apply::<Device>(&client, &ns, on_wrong).await?;
+
+    // Both conditions carry the TLS refusal, not only "the hub call failed".
+    let hubs: Api<cloudpillar_crds::Hub> = Api::namespaced(client.clone(), &ns);
+    let message = eventually("Hub wrong not ready", WAIT, || async {
+        let status = hubs.get("wrong").await?.status.unwrap_or_default();
+        let ready = cloudpillar_crds::conditions::find(&status.conditions, "Ready").cloned();
+        Ok(ready.filter(|c| c.status == "False").map(|c| c.message))
+    })
+    .await?;
+    assert!(message.contains("certificate"), "{message}");
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+    let message = eventually("dev-tls out of sync", WAIT, || async {
+        let status = devices.get("dev-tls").await?.status.unwrap_or_default();
+        let synced = cloudpillar_crds::conditions::find(&status.conditions, "Synced").cloned();
+        Ok(synced.filter(|c| c.status == "False").map(|c| c.message))
+    })
+    .await?;
+    assert!(message.contains("certificate"), "{message}");
+
+    // The hub stays unreachable for this Device: release it so the namespace can go.
+    operator.stop().await?;
+    let release = json!({"metadata": {"finalizers": null}});
+    devices
+        .patch("dev-tls", &PatchParams::default(), &Patch::Merge(&release))
+        .await?;
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await
+}
