@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::upload::{matching_files, upload_file_id};
+use super::upload::{matching_files, open_regular, upload_file_id};
 use crate::config::{Config, ZoneAction};
 use crate::durable;
 use crate::link::Link;
@@ -148,7 +148,7 @@ async fn upload_round(
     cancel: &CancellationToken,
     mut save: impl FnMut(&FileUpload) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut reader = File::open(file)?;
+    let mut reader = open_regular(file)?;
     let seen = Seen::of(&reader.metadata()?);
     if upload.seen == Some(seen) {
         return Ok(());

@@ -1,10 +1,12 @@
 //! Uploads as D2C `UploadFileChunk` messages: which files a pattern names, how an upload is
 //! named, and a whole file queued at once (the periodic uploads are in `periodic`).
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cloudpillar_protocol::messages::{D2cMessage, UploadFileChunk};
+use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 
 use crate::link::Link;
@@ -29,6 +31,26 @@ pub fn matching_files(pattern: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Opens `path` for an upload: a regular file, not followed through a symbolic link (a link
+/// put in its place after the directory was listed would send a file from elsewhere) and never
+/// waiting on a FIFO.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let file = File::options()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// The transfer id of an upload of `path`: a short hash of the path and of what makes the
@@ -81,7 +103,7 @@ pub async fn upload_file(
         path: path.to_owned(),
         source,
     };
-    let mut reader = std::fs::File::open(path).map_err(read)?;
+    let mut reader = open_regular(path).map_err(read)?;
     let size = reader.metadata().map_err(read)?.len();
     let chunk = chunk.clamp(1, cloudpillar_protocol::messages::MAX_UPLOAD_CHUNK);
     let mut buf = vec![0u8; chunk];
@@ -135,6 +157,29 @@ mod tests {
             ["ExportedData_2023.05.01", "ExportedData_2023.05.02"]
         );
         assert!(matching_files(&dir.path().join("missing/*.log")).is_empty());
+    }
+
+    #[test]
+    fn uploads_open_regular_files_only_never_through_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (secret, log) = (dir.path().join("secret"), dir.path().join("app.log"));
+        std::fs::write(&secret, "not for upload").expect("write");
+        std::os::unix::fs::symlink(&secret, &log).expect("symlink");
+        let error = open_regular(&log).expect_err("a link is not opened");
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ELOOP), "{error}");
+
+        let fifo = dir.path().join("pipe.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let error = open_regular(&fifo).expect_err("a FIFO is refused at once");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+
+        std::fs::remove_file(&log).expect("remove");
+        std::fs::write(&log, "line\n").expect("write");
+        let mut text = String::new();
+        open_regular(&log)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .expect("a regular file opens");
+        assert_eq!(text, "line\n");
     }
 
     #[test]
