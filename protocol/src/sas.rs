@@ -45,10 +45,15 @@ pub fn encode_field(text: &str) -> String {
     utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
-fn mac(key_b64: &str) -> Result<Hmac<Sha256>, SasError> {
-    let key = STANDARD
+/// The bytes of a base64 shared access key (surrounding whitespace ignored).
+pub fn decode_key(key_b64: &str) -> Result<Vec<u8>, SasError> {
+    STANDARD
         .decode(key_b64.trim())
-        .map_err(|source| SasError::DecodeKey { source })?;
+        .map_err(|source| SasError::DecodeKey { source })
+}
+
+fn mac(key_b64: &str) -> Result<Hmac<Sha256>, SasError> {
+    let key = decode_key(key_b64)?;
     Hmac::<Sha256>::new_from_slice(&key).map_err(|source| SasError::KeyHmac { source })
 }
 
@@ -91,8 +96,21 @@ pub fn token(
     expiry: u64,
     key_name: Option<&str>,
 ) -> Result<String, SasError> {
+    token_signed_by(resource, expiry, key_name, |text| {
+        hmac_base64(key_b64, text)
+    })
+}
+
+/// Like [`token`], with the signature made by `sign`: the base64 HMAC-SHA256 of the text it
+/// is given, computed wherever the key is held (a TPM, for instance).
+pub fn token_signed_by<E>(
+    resource: &str,
+    expiry: u64,
+    key_name: Option<&str>,
+    sign: impl FnOnce(&[u8]) -> Result<String, E>,
+) -> Result<String, E> {
     let resource = encode_field(resource);
-    let signature = signature(key_b64, &resource, expiry)?;
+    let signature = sign(signed_text(&resource, expiry).as_bytes())?;
     let mut token = format!(
         "SharedAccessSignature sr={resource}&sig={}&se={expiry}",
         encode_field(&signature)
