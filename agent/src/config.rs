@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use keys::{KeyFileError, read_secret_file};
-pub use sections::{ShellConfig, TransferConfig, ZoneAction, ZoneConfig, ZoneKind};
+pub use sections::{
+    OWNER_PERSISTENT_HANDLES, ShellConfig, TpmConfig, TransferConfig, ZoneAction, ZoneConfig,
+    ZoneKind,
+};
 
 /// Errors raised while loading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,9 @@ pub struct Config {
     /// Device Provisioning Service.
     #[serde(default)]
     pub dps: Option<DpsConfig>,
+    /// Keep the symmetric device key in a TPM 2.0 instead of a file.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
     /// Local REST API.
     #[serde(default)]
     pub api: ApiConfig,
@@ -259,6 +265,20 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "hub.sas_ttl_secs must be at least 600".into(),
             ));
+        }
+        if let Some(tpm) = &self.tpm {
+            if !cfg!(feature = "tpm") {
+                return Err(ConfigError::Invalid(
+                    "[tpm] is configured but this agent was built without the tpm feature".into(),
+                ));
+            }
+            if !OWNER_PERSISTENT_HANDLES.contains(&tpm.handle) {
+                return Err(ConfigError::Invalid(format!(
+                    "tpm.handle {:#010x} is not an owner persistent handle \
+                     (0x81000000..=0x817fffff)",
+                    tpm.handle
+                )));
+            }
         }
         if self.require_signatures && self.trusted_keys.is_empty() {
             return Err(ConfigError::Invalid(

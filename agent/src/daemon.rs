@@ -47,6 +47,11 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
     let trust = crate::engine::verify::load_trust(&config.trusted_keys)
         .context("failed to load trusted keys")?;
 
+    crate::keystore::KeyStore::new(&config)
+        .import_at_start(&config)
+        .await
+        .context("failed to prepare the device key")?;
+
     let link = if config.hub.is_some() || config.dps.is_some() {
         let desired =
             DesiredTracker::open(&config.state_dir).context("failed to open the desired cache")?;

@@ -9,6 +9,7 @@ pub mod durable;
 pub mod engine;
 #[cfg(test)]
 mod fixtures;
+pub mod keystore;
 pub mod link;
 pub mod mode;
 pub mod reported;

@@ -70,6 +70,22 @@ pub struct TransferConfig {
     pub allow_unsigned_downloads: bool,
 }
 
+/// A TPM 2.0 holding the device's symmetric key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// How to reach the TPM, as tpm2-tss names it: `device:/dev/tpmrm0`,
+    /// `swtpm:host=127.0.0.1,port=2321`, `mssim:…` or `tabrmd:…`.
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
+    /// Persistent handle (owner range `0x81000000`..=`0x817FFFFF`) of the HMAC key.
+    #[serde(default = "default_tpm_handle")]
+    pub handle: u32,
+}
+
+/// First and last persistent handles of the owner hierarchy.
+pub const OWNER_PERSISTENT_HANDLES: std::ops::RangeInclusive<u32> = 0x8100_0000..=0x817F_FFFF;
+
 /// Shell step defaults.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +99,12 @@ pub struct ShellConfig {
     pub stop_grace_secs: u64,
 }
 
+fn default_tcti() -> String {
+    "device:/dev/tpmrm0".into()
+}
+fn default_tpm_handle() -> u32 {
+    0x8100_0C01
+}
 fn default_attempts() -> u32 {
     3
 }

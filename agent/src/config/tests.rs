@@ -139,3 +139,40 @@ fn key_files_open_to_others_are_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(read_secret_file(&path).expect("0600 is fine"), "c2VjcmV0");
 }
+
+#[test]
+fn tpm_section_takes_defaults_and_environment_overrides() {
+    let text = format!("{SAMPLE}\n[tpm]\n");
+    let config = parse(
+        &text,
+        &[("CP_AGENT_TPM__TCTI", "swtpm:host=127.0.0.1,port=2321")],
+    );
+    match config {
+        Ok(config) if cfg!(feature = "tpm") => {
+            let tpm = config.tpm.expect("tpm section");
+            assert_eq!(tpm.tcti, "swtpm:host=127.0.0.1,port=2321");
+            assert_eq!(tpm.handle, 0x8100_0C01);
+        }
+        Err(ConfigError::Invalid(reason)) if !cfg!(feature = "tpm") => {
+            assert!(reason.contains("without the tpm feature"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let env = [("CP_AGENT_TPM__HANDLE", "0x81000100")];
+    let overridden = parse(SAMPLE, &env);
+    if cfg!(feature = "tpm") {
+        let tpm = overridden.expect("parses").tpm.expect("tpm section");
+        assert_eq!(
+            (tpm.handle, tpm.tcti.as_str()),
+            (0x8100_0100, "device:/dev/tpmrm0")
+        );
+    }
+}
+
+#[cfg(feature = "tpm")]
+#[test]
+fn tpm_handle_outside_the_owner_persistent_range_is_refused() {
+    let text = format!("{SAMPLE}\n[tpm]\nhandle = 0x01000001\n");
+    let err = parse(&text, &[]).expect_err("NV index is not a key handle");
+    assert!(err.to_string().contains("0x01000001"), "{err}");
+}

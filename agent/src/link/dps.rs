@@ -8,10 +8,12 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::{Value, json};
 
-use super::identity::{Credential, Identity, write_secret};
+use super::identity::Identity;
 use super::topics::{self, Incoming};
 use super::{MAX_PACKET_BYTES, sas, tls};
+use crate::causes::with_causes;
 use crate::config::{Config, read_secret_file};
+use crate::keystore::{DeviceKey, KeyStore, KeyStoreError};
 
 /// Errors of a provisioning attempt.
 #[derive(Debug, thiserror::Error)]
@@ -36,31 +38,29 @@ pub enum DpsError {
     /// No answer in time.
     #[error("provisioning timed out")]
     Timeout,
-    /// The assigned identity could not be stored.
+    /// The device key could not be stored.
     #[error("failed to store the device key")]
-    Store(#[source] std::io::Error),
+    Store(#[source] KeyStoreError),
 }
 
-/// Provisions `registration_id`; with `key_override` a key from an upgrade message is used.
+/// Provisions `registration_id`; with `key_override` (an upgrade message's key, already
+/// kept) that key signs instead of the configured one.
 pub async fn provision(
     config: &Config,
     registration_id: &str,
-    key_override: Option<&str>,
+    key_override: Option<DeviceKey>,
 ) -> Result<Identity, DpsError> {
     let dps = config.dps.as_ref().ok_or(DpsError::NotConfigured)?;
-    let prepare = |e: &dyn std::fmt::Display| DpsError::Prepare(e.to_string());
-    let configured_key = match key_override {
-        Some(key) => key.to_owned(),
-        None => read_secret_file(&dps.key_file).map_err(|e| prepare(&e))?,
-    };
-    let key = if dps.group && key_override.is_none() {
-        sas::derive_device_key(&configured_key, registration_id).map_err(|e| prepare(&e))?
-    } else {
-        configured_key
+    let keys = KeyStore::new(config);
+    let key = match key_override {
+        Some(key) => key,
+        None => registration_key(config, &keys, registration_id).await?,
     };
     let now = super::session::unix_now();
     let uri = topics::dps_resource_uri(&dps.id_scope, registration_id);
-    let token = sas::token(&uri, &key, Some("registration"), now, 3600).map_err(|e| prepare(&e))?;
+    let token = sas::token(&uri, &key, Some("registration"), now, 3600)
+        .await
+        .map_err(|e| prepare(&e))?;
 
     let address = dps.address.clone().unwrap_or_else(|| dps.host.clone());
     let mut options = MqttOptions::new(registration_id, &address, dps.port);
@@ -135,8 +135,7 @@ pub async fn provision(
         .unwrap_or(registration_id)
         .to_owned();
     let host = state["assignedHub"].as_str().unwrap_or_default().to_owned();
-    let key_path = config.state_dir.join("device.key");
-    write_secret(&key_path, &key).map_err(DpsError::Store)?;
+    let (credential, _) = keys.keep(key).await.map_err(DpsError::Store)?;
     let hub = config.hub.as_ref();
     tracing::info!(%device_id, %host, "provisioned via DPS");
     Ok(Identity {
@@ -149,6 +148,37 @@ pub async fn provision(
             .and_then(|h| h.ca_file.clone())
             .or_else(|| dps.ca_file.clone()),
         host,
-        credential: Credential::SasKeyFile(key_path),
+        credential,
     })
+}
+
+fn prepare(error: &dyn std::error::Error) -> DpsError {
+    DpsError::Prepare(with_causes(error))
+}
+
+/// The key that signs a registration: the configured enrollment key, or the device key
+/// derived from a group key. With a TPM a derived key is imported before it signs.
+async fn registration_key(
+    config: &Config,
+    keys: &KeyStore,
+    registration_id: &str,
+) -> Result<DeviceKey, DpsError> {
+    let dps = config.dps.as_ref().ok_or(DpsError::NotConfigured)?;
+    if !dps.group {
+        if let Some(tpm) = keys.tpm() {
+            return Ok(DeviceKey::Tpm(tpm.clone()));
+        }
+        let key = read_secret_file(&dps.key_file).map_err(|e| prepare(&e))?;
+        return Ok(DeviceKey::Plain(key));
+    }
+    let group_key = read_secret_file(&dps.key_file).map_err(|e| prepare(&e))?;
+    let derived = sas::derive_device_key(&group_key, registration_id).map_err(|e| prepare(&e))?;
+    if keys.tpm().is_none() {
+        return Ok(DeviceKey::Plain(derived));
+    }
+    let (_, key) = keys
+        .keep(DeviceKey::Plain(derived))
+        .await
+        .map_err(DpsError::Store)?;
+    Ok(key)
 }

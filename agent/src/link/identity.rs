@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, Config, KeyFileError, read_secret_file};
+use crate::config::{AuthConfig, Config};
 use crate::durable::{self, DurableError};
 
 /// How the device authenticates.
@@ -12,6 +12,8 @@ use crate::durable::{self, DurableError};
 pub enum Credential {
     /// Symmetric key file (base64).
     SasKeyFile(PathBuf),
+    /// Symmetric key held by the TPM at the configured `[tpm]` handle.
+    Tpm,
     /// Certificate and key files.
     X509 {
         /// Certificate chain.
@@ -43,6 +45,7 @@ impl Identity {
     pub fn from_config(config: &Config) -> Option<Self> {
         let hub = config.hub.as_ref()?;
         let credential = match config.auth.as_ref()? {
+            AuthConfig::Sas { .. } if config.tpm.is_some() => Credential::Tpm,
             AuthConfig::Sas { key_file } => Credential::SasKeyFile(key_file.clone()),
             AuthConfig::X509 {
                 cert_file,
@@ -70,14 +73,6 @@ impl Identity {
     /// Persists an identity assigned by DPS.
     pub fn save_provisioned(&self, state_dir: &Path) -> Result<(), DurableError> {
         durable::write_json(&state_dir.join("identity.json"), self)
-    }
-
-    /// The symmetric key, read from its 0600 file.
-    pub fn sas_key(&self) -> Result<Option<String>, KeyFileError> {
-        match &self.credential {
-            Credential::SasKeyFile(path) => read_secret_file(path).map(Some),
-            Credential::X509 { .. } => Ok(None),
-        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! token that expires within five minutes, and treats an authentication failure while
 //! the clock is before this release's date as a wrong clock, not a wrong key.
 
-pub use cloudpillar_protocol::sas::{SasError, derive_device_key};
+pub use cloudpillar_protocol::sas::derive_device_key;
+
+use crate::keystore::{DeviceKey, KeyStoreError};
 
 /// Skew the service tolerates; a token must outlive `now` by more than this.
 pub const MIN_REMAINING_SECS: u64 = 300;
@@ -23,16 +25,16 @@ pub struct SasToken {
     pub issued_at: u64,
 }
 
-/// Builds a token for `resource_uri` valid for `ttl_secs` from `now`.
-pub fn token(
+/// Builds a token for `resource_uri` valid for `ttl_secs` from `now`, signed by `key`.
+pub async fn token(
     resource_uri: &str,
-    key_b64: &str,
+    key: &DeviceKey,
     key_name: Option<&str>,
     now: u64,
     ttl_secs: u64,
-) -> Result<SasToken, SasError> {
+) -> Result<SasToken, KeyStoreError> {
     let expiry = now + ttl_secs;
-    let token = cloudpillar_protocol::sas::token(key_b64, resource_uri, expiry, key_name)?;
+    let token = key.token(resource_uri, expiry, key_name).await?;
     Ok(SasToken {
         token,
         expiry,
@@ -65,9 +67,15 @@ mod tests {
 
     const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMTIzNDU=";
 
-    #[test]
-    fn f10_expiry_and_renewal_follow_the_ttl() {
-        let t = token("hub.local/devices/dev-1", KEY, None, 1000, 3600).expect("token");
+    fn key() -> DeviceKey {
+        DeviceKey::Plain(KEY.into())
+    }
+
+    #[tokio::test]
+    async fn f10_expiry_and_renewal_follow_the_ttl() {
+        let t = token("hub.local/devices/dev-1", &key(), None, 1000, 3600)
+            .await
+            .expect("token");
         assert_eq!(t.expiry, 4600);
         assert_eq!(t.renew_at(), 3880);
         assert!(t.usable_for_connect(1000));
@@ -79,9 +87,11 @@ mod tests {
         assert!(t.token.ends_with("&se=4600"));
     }
 
-    #[test]
-    fn f10_never_connects_with_a_token_expiring_within_five_minutes() {
-        let t = token("hub.local/devices/dev-1", KEY, None, 1000, 400).expect("token");
+    #[tokio::test]
+    async fn f10_never_connects_with_a_token_expiring_within_five_minutes() {
+        let t = token("hub.local/devices/dev-1", &key(), None, 1000, 400)
+            .await
+            .expect("token");
         // renew_at = 1320, expiry 1400: at 1100 the token has 300 s left, which is not enough.
         assert!(!t.usable_for_connect(1100));
         assert!(t.usable_for_connect(1099));
@@ -94,9 +104,17 @@ mod tests {
         assert!(clock_is_plausible(CLOCK_FLOOR_UNIX));
     }
 
-    #[test]
-    fn token_names_the_encoded_resource_its_expiry_and_policy() {
-        let t = token("hub.local/devices/dev 1", KEY, Some("registration"), 10, 20).expect("tok");
+    #[tokio::test]
+    async fn token_names_the_encoded_resource_its_expiry_and_policy() {
+        let t = token(
+            "hub.local/devices/dev 1",
+            &key(),
+            Some("registration"),
+            10,
+            20,
+        )
+        .await
+        .expect("tok");
         let expected = cloudpillar_protocol::sas::token(
             KEY,
             "hub.local/devices/dev 1",
@@ -110,6 +128,7 @@ mod tests {
                 .starts_with("SharedAccessSignature sr=hub.local%2Fdevices%2Fdev%201&sig=")
         );
         assert!(t.token.ends_with("&se=30&skn=registration"));
-        assert!(token("x", "not base64!", None, 0, 1).is_err());
+        let bad = DeviceKey::Plain("not base64!".into());
+        assert!(token("x", &bad, None, 0, 1).await.is_err());
     }
 }

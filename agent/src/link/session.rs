@@ -14,6 +14,8 @@ use super::backoff::Backoff;
 use super::identity::{Credential, Identity};
 use super::sync::Sync;
 use super::{Health, Link, MAX_PACKET_BYTES, sas, tls, topics};
+use crate::causes::with_causes;
+use crate::keystore::KeyStore;
 use crate::state::DeviceState;
 
 /// Why a connection ended.
@@ -64,10 +66,30 @@ pub(super) async fn run(link: Arc<Link>) {
     }
 }
 
-fn options(
-    link: &Link,
-    identity: &Identity,
-) -> Result<(MqttOptions, Option<sas::SasToken>), String> {
+/// The SAS token for `identity`, when it authenticates with a symmetric key.
+async fn sas_token(link: &Link, identity: &Identity) -> Result<Option<sas::SasToken>, String> {
+    let key = KeyStore::new(&link.config)
+        .key_for(&identity.credential)
+        .map_err(|e| with_causes(&e))?;
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let uri = topics::device_resource_uri(&identity.host, &identity.device_id);
+    let ttl = link.config.hub.as_ref().map_or(3600, |h| h.sas_ttl_secs);
+    let now = unix_now();
+    let token = sas::token(&uri, &key, None, now, ttl)
+        .await
+        .map_err(|e| with_causes(&e))?;
+    // F10: never connect with a token that expires within the service's skew.
+    if !token.usable_for_connect(now) {
+        return Err(format!(
+            "a {ttl} s token is too short-lived to connect with"
+        ));
+    }
+    Ok(Some(token))
+}
+
+fn options(identity: &Identity, token: Option<&sas::SasToken>) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(&identity.device_id, &identity.address, identity.port);
     options
         .set_keep_alive(Duration::from_secs(60))
@@ -76,34 +98,21 @@ fn options(
         .set_manual_acks(true)
         .set_inflight(32);
     let username = topics::hub_username(&identity.host, &identity.device_id);
-    let (client_cert, token) = match &identity.credential {
-        Credential::SasKeyFile(_) => {
-            let key = identity
-                .sas_key()
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            let uri = topics::device_resource_uri(&identity.host, &identity.device_id);
-            let ttl = link.config.hub.as_ref().map_or(3600, |h| h.sas_ttl_secs);
-            let now = unix_now();
-            let token = sas::token(&uri, &key, None, now, ttl).map_err(|e| e.to_string())?;
-            // F10: never connect with a token that expires within the service's skew.
-            if !token.usable_for_connect(now) {
-                return Err(format!(
-                    "a {ttl} s token is too short-lived to connect with"
-                ));
-            }
-            options.set_credentials(username, token.token.clone());
-            (None, Some(token))
-        }
-        Credential::X509 { cert, key } => {
+    let client_cert = match (&identity.credential, token) {
+        (Credential::X509 { cert, key }, _) => {
             options.set_credentials(username, "");
-            (Some((cert.as_path(), key.as_path())), None)
+            Some((cert.as_path(), key.as_path()))
         }
+        (_, Some(token)) => {
+            options.set_credentials(username, token.token.clone());
+            None
+        }
+        (_, None) => return Err("no SAS token for a symmetric-key identity".into()),
     };
     let tls =
         tls::client_config(identity.ca_file.as_deref(), client_cert).map_err(|e| e.to_string())?;
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    Ok((options, token))
+    Ok(options)
 }
 
 async fn connect_once(
@@ -133,7 +142,10 @@ async fn serve(
     carried: &mut VecDeque<Request>,
 ) -> Ended {
     link.set_health(Health::Connecting);
-    let (options, token) = match options(link, identity) {
+    let prepared = sas_token(link, identity)
+        .await
+        .and_then(|token| Ok((options(identity, token.as_ref())?, token)));
+    let (options, token) = match prepared {
         Ok(v) => v,
         Err(reason) => {
             tracing::warn!(%reason, "cannot prepare the connection");

@@ -9,7 +9,8 @@ use cloudpillar_protocol::messages::{AuthMethod, UpgradeProvisioning};
 use serde_json::{Value, json};
 
 use super::Link;
-use super::identity::{Credential, write_secret};
+use crate::causes::with_causes;
+use crate::keystore::{DeviceKey, KeyStore};
 
 /// The fields of `upgrade` as `desired.provisioning` spells them.
 fn public_fields(upgrade: &UpgradeProvisioning) -> Value {
@@ -48,13 +49,16 @@ pub async fn handle(link: &Link, upgrade: UpgradeProvisioning) {
     let Some(mut identity) = link.identity() else {
         return;
     };
-    let key_path = link.config.state_dir.join("device.key");
-    if let Err(error) = write_secret(&key_path, &upgrade.key) {
-        tracing::error!(%error, "failed to store the upgraded key");
-        return;
-    }
+    let keys = KeyStore::new(&link.config);
+    let (credential, key) = match keys.keep(DeviceKey::Plain(upgrade.key.clone())).await {
+        Ok(kept) => kept,
+        Err(error) => {
+            tracing::error!(error = %with_causes(&error), "failed to store the upgraded key");
+            return;
+        }
+    };
     if link.config.dps.is_some() {
-        match super::dps::provision(&link.config, &identity.device_id, Some(&upgrade.key)).await {
+        match super::dps::provision(&link.config, &identity.device_id, Some(key)).await {
             Ok(assigned) => identity = assigned,
             Err(error) => {
                 link.reported.set(
@@ -68,7 +72,7 @@ pub async fn handle(link: &Link, upgrade: UpgradeProvisioning) {
     if identity.host != upgrade.hub {
         identity.host = upgrade.hub.clone();
     }
-    identity.credential = Credential::SasKeyFile(key_path);
+    identity.credential = credential;
     if let Err(error) = identity.save_provisioned(&link.config.state_dir) {
         tracing::error!(%error, "failed to store the upgraded identity");
         return;
