@@ -13,51 +13,8 @@ use common::{TestHub, parse_config};
 /// A hub with a group enrollment and an agent configured for DPS only.
 async fn dps_rig() -> (TestHub, tempfile::TempDir, cloudpillar_agent::daemon::Agent) {
     let hub = TestHub::start().await;
-    let group_key = cloudpillar_hub::sas::random_key();
-    let enrollment = json!({"attestation": {"type": "symmetricKey",
-        "symmetricKey": {"primaryKey": group_key, "secondaryKey": group_key}}});
-    let (status, body) = hub
-        .call(Method::PUT, "/enrollmentGroups/lab", Some(enrollment))
-        .await;
-    assert_eq!(status, 200, "{body}");
-
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("group.key");
-    std::fs::write(&key_file, &group_key).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let secret = dir.path().join("api.secret");
-    std::fs::write(&secret, "s3cret").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = format!(
-        r#"state_dir = "{state}"
-trusted_keys = ["{signer}"]
-[hub]
-host = "{host}"
-address = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-[dps]
-host = "{host}"
-address = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-id_scope = "{scope}"
-registration_id = "pc-0042"
-key_file = "{key}"
-group = true
-[api]
-bind = "127.0.0.1:0"
-secret_key_file = "{secret}"
-"#,
-        state = dir.path().join("state").display(),
-        signer = hub.signer_pem(dir.path()).display(),
-        host = hub.hub.hostname(),
-        port = hub.hub.mqtt_addr().port(),
-        ca = hub.hub.ca_cert_path().unwrap().display(),
-        scope = hub.hub.id_scope(),
-        key = key_file.display(),
-        secret = secret.display(),
-    );
+    let text = hub.dps_agent_config(dir.path(), "").await;
     let agent = cloudpillar_agent::daemon::start(parse_config(&text))
         .await
         .unwrap();

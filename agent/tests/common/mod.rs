@@ -150,16 +150,23 @@ impl TestHub {
         path
     }
 
+    /// Where the hub (and its DPS) listens, as `[hub]` and `[dps]` take it.
+    fn endpoint(&self) -> String {
+        format!(
+            "host = \"{}\"\naddress = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
+            self.hub.hostname(),
+            self.hub.mqtt_addr().port(),
+            self.hub.ca_cert_path().unwrap().display()
+        )
+    }
+
     /// An agent configuration for device `id` in `dir`.
     pub async fn agent_config(&self, id: &str, dir: &Path, extra: &str) -> String {
-        use std::os::unix::fs::PermissionsExt;
         let key = self.add_device(id).await;
         let key_file = dir.join("device.key");
-        std::fs::write(&key_file, key).unwrap();
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_0600(&key_file, &key);
         let secret = dir.join("api.secret");
-        std::fs::write(&secret, "s3cret").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_0600(&secret, "s3cret");
         format!(
             r#"device_id = "{id}"
 state_dir = "{state}"
@@ -167,11 +174,7 @@ trusted_keys = ["{signer}"]
 {extra}
 
 [hub]
-host = "{host}"
-address = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-
+{endpoint}
 [auth]
 kind = "sas"
 key_file = "{key}"
@@ -185,9 +188,44 @@ stall_secs = 2
 "#,
             state = dir.join("state").display(),
             signer = self.signer_pem(dir).display(),
-            host = self.hub.hostname(),
-            port = self.hub.mqtt_addr().port(),
-            ca = self.hub.ca_cert_path().unwrap().display(),
+            endpoint = self.endpoint(),
+            key = key_file.display(),
+            secret = secret.display(),
+        )
+    }
+
+    /// An agent configuration for DPS only, with a group enrollment `lab` created in the hub
+    /// and its key in `dir/group.key`; the agent registers as `pc-0042`.
+    pub async fn dps_agent_config(&self, dir: &Path, extra: &str) -> String {
+        let group_key = cloudpillar_hub::sas::random_key();
+        let enrollment = json!({"attestation": {"type": "symmetricKey",
+            "symmetricKey": {"primaryKey": group_key, "secondaryKey": group_key}}});
+        let (status, body) = self
+            .call(Method::PUT, "/enrollmentGroups/lab", Some(enrollment))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let key_file = dir.join("group.key");
+        write_0600(&key_file, &group_key);
+        let secret = dir.join("api.secret");
+        write_0600(&secret, "s3cret");
+        format!(
+            r#"state_dir = "{state}"
+trusted_keys = ["{signer}"]
+{extra}
+[hub]
+{endpoint}[dps]
+{endpoint}id_scope = "{scope}"
+registration_id = "pc-0042"
+key_file = "{key}"
+group = true
+[api]
+bind = "127.0.0.1:0"
+secret_key_file = "{secret}"
+"#,
+            state = dir.join("state").display(),
+            signer = self.signer_pem(dir).display(),
+            endpoint = self.endpoint(),
+            scope = self.hub.id_scope(),
             key = key_file.display(),
             secret = secret.display(),
         )
@@ -210,12 +248,20 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(dir.join(name)).unwrap()
 }
 
+/// Writes a secret file the agent accepts (mode 0600).
+pub fn write_0600(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
     cloudpillar_agent::config::Config::parse_with_env(text, Path::new("agent.toml"), &[]).unwrap()
 }
 pub mod files;
 pub mod process;
 pub mod streamer;
+pub mod swtpm;
 
 /// Like [`parse_config`] with `CP_AGENT_*` overrides.
 pub fn parse_config_with(text: &str, vars: &[(&str, &str)]) -> cloudpillar_agent::config::Config {
