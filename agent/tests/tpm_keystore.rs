@@ -255,3 +255,34 @@ async fn agent_refuses_to_start_when_the_tpm_holds_no_key_and_no_file_is_left() 
     let text = format!("{error:#}");
     assert!(text.contains("holds no device key"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_of_an_earlier_provisioning_moves_into_the_tpm() {
+    use cloudpillar_agent::link::identity::{Credential, Identity};
+    let Some((hub, dir, swtpm)) = rig().await else {
+        return;
+    };
+    let text = with_tpm(&hub.dps_agent_config(dir.path(), "").await, &swtpm.tcti());
+    // What an agent without a TPM left behind after DPS assigned it.
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    common::write_0600(&state.join("device.key"), &hub.add_device("pc-0042").await);
+    let earlier = Identity {
+        device_id: "pc-0042".into(),
+        host: hub.hub.hostname().to_owned(),
+        address: "127.0.0.1".into(),
+        port: hub.hub.mqtt_addr().port(),
+        ca_file: Some(hub.hub.ca_cert_path().unwrap().to_owned()),
+        credential: Credential::SasKeyFile(state.join("device.key")),
+    };
+    earlier.save_provisioned(&state).unwrap();
+
+    let _agent = cloudpillar_agent::daemon::start(common::parse_config(&text))
+        .await
+        .unwrap();
+    hub.wait_reported("pc-0042", "connected", |r| r["health"] == "connected")
+        .await;
+    assert!(!state.join("device.key").exists(), "key file removed");
+    let now = Identity::load_provisioned(&state).unwrap().unwrap();
+    assert_eq!(now.credential, Credential::Tpm);
+}
