@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # `cloudpillar-agent`: the device agent.
-# A static musl binary on distroless/static, run as uid 65532. Build from the repository root:
+# A static musl binary on distroless/static, run as uid 65532, without the TPM key store
+# (tpm2-tss is a glibc shared library; install the agent on the host to use a TPM).
+# Build from the repository root:
 #
 #   docker build -f deploy/containers/cloudpillar-agent.Dockerfile \
 #     -t cloudpillar/cloudpillar-agent:0.1.0 .
@@ -26,7 +28,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     triple="$(uname -m)-unknown-linux-musl" \
     && rustup target add "$triple" \
-    && cargo build --release --locked --target "$triple" \
+    && cargo build --release --locked --target "$triple" --no-default-features \
         -p cloudpillar-agent --bin cloudpillar-agent \
     && install -D -m 0755 "target/$triple/release/cloudpillar-agent" /out/cloudpillar-agent
 
