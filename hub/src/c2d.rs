@@ -17,10 +17,12 @@ use crate::store::{Batch, C2D, DEVICES, encode, table_err, txn_get, txn_next};
 /// Most messages waiting for one device.
 pub const MAX_PENDING: usize = 50;
 
-/// A queued C2D message.
+/// A queued C2D message. Stored as JSON with `expiryMs` first (see [`Expiry::of_record`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct C2dMessage {
+    /// Expiry, milliseconds since 1970.
+    pub expiry_ms: u64,
     /// `message-id` (`$.mid`).
     pub message_id: String,
     /// `correlation-id` (`$.cid`), when set.
@@ -31,8 +33,6 @@ pub struct C2dMessage {
     pub properties: BTreeMap<String, String>,
     /// Body, base64.
     pub body: String,
-    /// Expiry, milliseconds since 1970.
-    pub expiry_ms: u64,
     /// When it was queued, milliseconds since 1970.
     pub enqueued_ms: u64,
 }
@@ -41,6 +41,38 @@ impl C2dMessage {
     /// The body bytes.
     pub fn body_bytes(&self) -> Vec<u8> {
         STANDARD.decode(&self.body).unwrap_or_default()
+    }
+
+    /// Whether its time to live has passed.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expiry_ms <= now_ms
+    }
+}
+
+/// The expiry of a queued message, read without decoding its body: counting a queue stays
+/// cheap however large its messages are.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Expiry {
+    /// Expiry, milliseconds since 1970.
+    pub expiry_ms: u64,
+}
+
+impl Expiry {
+    /// The expiry of a stored [`C2dMessage`], read from the front of the record where it is
+    /// written, so a queue of large messages is counted without scanning their bodies. A
+    /// record in another member order is decoded in full.
+    pub fn of_record(key: &str, record: &[u8]) -> Result<Self, StoreError> {
+        if let Some(rest) = record.strip_prefix(b"{\"expiryMs\":".as_slice()) {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let expiry_ms = std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|text| text.parse().ok());
+            if let Some(expiry_ms) = expiry_ms {
+                return Ok(Self { expiry_ms });
+            }
+        }
+        crate::store::decode(key, record)
     }
 
     /// Whether its time to live has passed.
@@ -78,7 +110,7 @@ pub fn enqueue(
         .map_err(StoreError::from)?
     {
         let (k, v) = row.map_err(StoreError::from)?;
-        let queued: C2dMessage = crate::store::decode(device, v.value())?;
+        let queued = Expiry::of_record(device, v.value())?;
         if queued.expired(now) {
             expired.push(k.value().1);
         } else {
@@ -132,4 +164,38 @@ pub fn purge(batch: &mut Batch<'_>, device: &str) -> Result<(), HubError> {
         .retain_in((device, 0)..=(device, u64::MAX), |_, _| false)
         .map_err(StoreError::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(expiry_ms: u64) -> C2dMessage {
+        C2dMessage {
+            expiry_ms,
+            message_id: "m1".into(),
+            correlation_id: None,
+            properties: BTreeMap::new(),
+            body: STANDARD.encode(b"{\"expiryMs\":1}"),
+            enqueued_ms: 5,
+        }
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_front_of_a_stored_message() {
+        let record = crate::store::encode(&message(1_796_378_400_123));
+        let expiry = Expiry::of_record("d/1", &record).expect("expiry");
+        assert_eq!(expiry.expiry_ms, 1_796_378_400_123);
+    }
+
+    #[test]
+    fn expiry_of_a_record_in_another_member_order_is_decoded_in_full() {
+        let record = br#"{"messageId":"m1","body":"","expiryMs":42,"enqueuedMs":1}"#;
+        assert_eq!(
+            Expiry::of_record("d/1", record).expect("expiry").expiry_ms,
+            42
+        );
+        let broken = br#"{"expiryMs":"soon"}"#;
+        assert!(Expiry::of_record("d/1", broken).is_err());
+    }
 }

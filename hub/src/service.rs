@@ -23,12 +23,8 @@ impl Core {
             device.connection_state = "Connected".into();
             device.last_activity_time = activity;
         }
-        device.cloud_to_device_message_count = self
-            .store
-            .c2d_queue::<C2dMessage>(&device.device_id)
-            .map_or(0, |q| {
-                q.iter().filter(|(_, m)| !m.expired(now_ms())).count() as u64
-            });
+        device.cloud_to_device_message_count =
+            self.c2d_depth(&device.device_id).map_or(0, |n| n as u64);
         device
     }
 
@@ -235,13 +231,30 @@ impl Core {
 
     /// Pending, unexpired C2D messages of a device, oldest first.
     pub fn c2d_pending(&self, id: &str) -> Result<Vec<(u64, C2dMessage)>, HubError> {
+        self.c2d_pending_from(id, 0)
+    }
+
+    /// Pending, unexpired C2D messages of a device from queue sequence `from` on, oldest
+    /// first.
+    pub fn c2d_pending_from(
+        &self,
+        id: &str,
+        from: u64,
+    ) -> Result<Vec<(u64, C2dMessage)>, HubError> {
         let now = now_ms();
         Ok(self
             .store
-            .c2d_queue::<C2dMessage>(id)?
+            .c2d_queue::<C2dMessage>(id, from)?
             .into_iter()
             .filter(|(_, m)| !m.expired(now))
             .collect())
+    }
+
+    /// How many unexpired C2D messages wait for a device; their bodies are not decoded.
+    pub fn c2d_depth(&self, id: &str) -> Result<usize, HubError> {
+        let now = now_ms();
+        let queue = self.store.c2d_expiries(id)?;
+        Ok(queue.iter().filter(|(_, m)| !m.expired(now)).count())
     }
 
     /// Removes a delivered or expired C2D message.

@@ -17,7 +17,8 @@ use ntex_tls::rustls::PeerCertChain;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::MqttFault;
-use super::session::{Connection, Peer, TWIN_IN_FLIGHT, deliver_c2d, outbound};
+use super::c2d::deliver_c2d;
+use super::session::{Connection, Peer, TWIN_IN_FLIGHT, outbound};
 use super::topics::device_feed;
 use crate::core::Core;
 use crate::dps::attest::CERTIFICATE_AUTHORITY;

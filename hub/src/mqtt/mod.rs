@@ -3,6 +3,7 @@
 //! ntex runs its own single-threaded runtimes; the server lives on dedicated threads and
 //! reaches the shared [`Core`] through thread-safe channels.
 
+mod c2d;
 mod connect;
 mod ordered;
 mod session;

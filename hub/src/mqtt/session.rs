@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::MqttFault;
-use super::topics::{Feed, Inbound, classify, device_feed, encode_bag, parse_bag};
+use super::topics::{Feed, Inbound, classify, device_feed, parse_bag};
 use crate::core::{Core, Outbound};
 use crate::error::HubError;
 
@@ -271,59 +271,5 @@ pub async fn outbound(conn: Rc<Connection>, mut rx: mpsc::UnboundedReceiver<Outb
             }
             _ => {}
         }
-    }
-}
-
-/// Delivers queued C2D messages one at a time, each removed from the queue only after the
-/// device's PUBACK (QoS 1) or after sending (QoS 0): at-least-once delivery.
-pub async fn deliver_c2d(conn: Rc<Connection>) {
-    let Peer::Device(device) = conn.peer.clone() else {
-        return;
-    };
-    loop {
-        let qos = conn
-            .feeds
-            .borrow()
-            .values()
-            .find(|(f, _)| *f == Feed::C2d)
-            .map(|(_, q)| *q);
-        if let Some(qos) = qos {
-            let pending = conn.core.c2d_pending(&device).unwrap_or_default();
-            for (seq, msg) in pending {
-                let mut props: Vec<(String, String)> = msg.properties.clone().into_iter().collect();
-                props.push(("$.mid".into(), msg.message_id.clone()));
-                if let Some(cid) = &msg.correlation_id {
-                    props.push(("$.cid".into(), cid.clone()));
-                }
-                props.push((
-                    "$.to".into(),
-                    format!("/devices/{device}/messages/deviceBound"),
-                ));
-                let topic = format!(
-                    "devices/{device}/messages/devicebound/{}",
-                    encode_bag(&props)
-                );
-                let body = Bytes::from(msg.body_bytes());
-                let sent = if qos == 0 {
-                    conn.sink.publish(topic).send_at_most_once(body).is_ok()
-                } else {
-                    conn.sink
-                        .publish(topic)
-                        .send_at_least_once(body)
-                        .await
-                        .is_ok()
-                };
-                if !sent {
-                    return;
-                }
-                if let Err(error) = conn.core.c2d_complete(&device, seq).await {
-                    tracing::warn!(device, %error, "delivered C2D message not removed");
-                }
-            }
-        }
-        if !conn.sink.is_open() {
-            return;
-        }
-        conn.c2d_wake.notified().await;
     }
 }

@@ -16,6 +16,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::c2d::Expiry;
 use crate::error::StoreError;
 
 use crate::events::EventBus;
@@ -102,11 +103,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Reads pending C2D messages of one device in queue order.
+    /// Reads pending C2D messages of one device in queue order, from queue sequence `from`.
     pub fn c2d_queue<T: DeserializeOwned>(
         &self,
         device: &str,
+        from: u64,
     ) -> Result<Vec<(u64, T)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let t = read
+            .open_table(C2D)
+            .map_err(|source| table_err(C2D, source))?;
+        let mut out = Vec::new();
+        for row in t.range((device, from)..=(device, u64::MAX))? {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            out.push((seq, decode(&format!("{device}/{seq}"), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The queue sequence numbers and expiries of one device's pending C2D messages.
+    pub fn c2d_expiries(&self, device: &str) -> Result<Vec<(u64, Expiry)>, StoreError> {
         let read = self.db.begin_read()?;
         let t = read
             .open_table(C2D)
@@ -114,8 +131,7 @@ impl Store {
         let mut out = Vec::new();
         for row in t.range((device, 0)..=(device, u64::MAX))? {
             let (k, v) = row?;
-            let seq = k.value().1;
-            out.push((seq, decode(&format!("{device}/{seq}"), v.value())?));
+            out.push((k.value().1, Expiry::of_record(device, v.value())?));
         }
         Ok(out)
     }
