@@ -109,8 +109,8 @@ impl HubLink for EmbeddedHub {
     }
 
     async fn c2d_pending(&self, device: &str) -> Result<Option<usize>, HubLinkError> {
-        match self.core.c2d_pending(device) {
-            Ok(pending) => Ok(Some(pending.len())),
+        match self.core.c2d_depth(device) {
+            Ok(depth) => Ok(Some(depth)),
             Err(HubError::Refused(r)) if r.code == "DeviceNotFound" => {
                 Err(HubLinkError::DeviceNotFound {
                     device: device.to_owned(),

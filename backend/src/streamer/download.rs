@@ -4,13 +4,8 @@
 //! read from its container once, sent as `DownloadFileChunk` messages of at most
 //! [`MAX_RAW_CHUNK`] raw bytes in offset order, then closed by a `VerifyRangeCRC` message.
 //! Progress is recorded only after a `VerifyRangeCRC` is queued, so a restarted streamer
-//! resends at most one CRC range plus what was in flight.
-//!
-//! Flow control: the device's C2D queue never holds more than `max_pending` of our messages
-//! beyond what it already held. Before sending, the job reads the queue depth from the hub and
-//! sends only into the room left; when the queue is full it polls until the device has taken
-//! messages off. A hub that cannot tell its queue depth refuses sends past its own limit, and
-//! the job then waits and retries the same message.
+//! resends at most one CRC range plus what was in flight. The next CRC range is read while
+//! the current one is sent. Flow control and fair sharing are in [`super::window`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +16,10 @@ use cloudpillar_protocol::messages::{
 };
 use tokio::time::Instant;
 
+use super::window::{SendSlots, Window};
 use super::{Jobs, StreamerOptions};
 use crate::blob::{BlobError, BlobStores, Container};
-use crate::hub_link::{C2dSend, HubLink, HubLinkError};
+use crate::hub_link::{C2dSend, HubLink};
 
 /// File ids starting with this name a device's own upload.
 pub const UPLOADS_PREFIX: &str = "uploads/";
@@ -55,6 +51,7 @@ pub(super) struct Download {
     pub(super) blobs: BlobStores,
     pub(super) options: StreamerOptions,
     pub(super) jobs: Jobs,
+    pub(super) slots: SendSlots,
     pub(super) seq: u64,
     pub(super) device: String,
     pub(super) file_id: String,
@@ -82,42 +79,67 @@ impl Download {
         let (container, path) = self.source()?;
         let size = self.retry_blob(|| container.size(path)).await?;
         let end = self.to.map_or(size, |to| to.min(size));
-        let chunk = self.options.chunk_size.clamp(1, MAX_RAW_CHUNK);
+        let step = self.options.crc_range.max(1);
+        let read = |start: u64| {
+            let range = start..end.min(start.saturating_add(step));
+            async move {
+                let data = self
+                    .retry_blob(|| container.read_range(path, range.clone()))
+                    .await?;
+                Ok::<_, Stopped>((range, data))
+            }
+        };
         let mut window = Window::new(self);
         let pace = Pace::new(self.options.rate_limit);
-        let mut position = self.from;
-        while position < end {
-            // Read one CRC range, send its chunks, then its CRC.
-            let range_end = end.min(position.saturating_add(self.options.crc_range.max(1)));
-            let range = position..range_end;
-            let data = self
-                .retry_blob(|| container.read_range(path, range.clone()))
-                .await?;
-            let mut chunks = Vec::with_capacity(data.len().div_ceil(chunk));
-            for (index, piece) in data.chunks(chunk).enumerate() {
-                let offset = position + (index * chunk) as u64;
-                let message = C2dMessage::DownloadFileChunk(DownloadFileChunk {
-                    file_id: self.file_id.clone(),
-                    offset,
-                    data: piece.to_vec(),
-                    total_size: Some(size),
-                });
-                chunks.push(outgoing(&message, format!("cp-{}-{offset}", self.seq))?);
-            }
-            window.send_all(&chunks).await?;
-            pace.wait(range_end - self.from).await;
+        let mut current = if self.from < end {
+            Some(read(self.from).await?)
+        } else {
+            None
+        };
+        while let Some((range, data)) = current.take() {
+            // Send this CRC range's chunks while the next range is read.
+            let upcoming = (range.end < end).then(|| read(range.end));
+            let chunks = self.chunks(range.start, &data, size);
+            let (sent, next) = tokio::join!(
+                window.send_all(chunks),
+                futures::future::OptionFuture::from(upcoming)
+            );
+            sent?;
+            pace.wait(range.end - self.from).await;
+            // Its CRC only once every chunk of the range is queued.
             let verify = C2dMessage::VerifyRangeCrc(VerifyRangeCrc {
                 file_id: self.file_id.clone(),
-                range_start: position,
-                range_end,
+                range_start: range.start,
+                range_end: range.end,
                 crc: crc32(&data),
             });
-            let verify = outgoing(&verify, format!("cp-{}-crc-{range_end}", self.seq))?;
-            window.send_all(&[verify]).await?;
-            position = range_end;
-            self.jobs.advance(self.seq, position);
+            let verify = outgoing(&verify, format!("cp-{}-crc-{}", self.seq, range.end));
+            window.send_all([verify]).await?;
+            self.jobs.advance(self.seq, range.end);
+            current = next.transpose()?;
         }
         Ok(end.saturating_sub(self.from))
+    }
+
+    /// The `DownloadFileChunk` messages of the CRC range at `start`, encoded one at a time as
+    /// the window takes them, so at most the sends in flight are held encoded.
+    fn chunks<'d>(
+        &'d self,
+        start: u64,
+        data: &'d [u8],
+        size: u64,
+    ) -> impl Iterator<Item = Result<C2dSend, Stopped>> + 'd {
+        let chunk = self.options.chunk_size.clamp(1, MAX_RAW_CHUNK);
+        data.chunks(chunk).enumerate().map(move |(index, piece)| {
+            let offset = start + (index * chunk) as u64;
+            let message = C2dMessage::DownloadFileChunk(DownloadFileChunk {
+                file_id: self.file_id.clone(),
+                offset,
+                data: piece.to_vec(),
+                total_size: Some(size),
+            });
+            outgoing(&message, format!("cp-{}-{offset}", self.seq))
+        })
     }
 
     /// The container and path a file id names: `uploads/{device}/...` is one of the
@@ -196,102 +218,4 @@ fn outgoing(message: &C2dMessage, message_id: String) -> Result<C2dSend, Stopped
         properties,
         message_id,
     })
-}
-
-/// Room left in one device's C2D queue.
-struct Window<'a> {
-    job: &'a Download,
-    room: usize,
-    last_progress: Instant,
-}
-
-impl<'a> Window<'a> {
-    fn new(job: &'a Download) -> Self {
-        Self {
-            job,
-            room: 0,
-            last_progress: Instant::now(),
-        }
-    }
-
-    /// Queues `messages` in order, never more at once than the queue has room for, with up to
-    /// `send_ahead` sends in flight. Every message is queued when this returns.
-    ///
-    /// Sends in flight start in order; the embedded hub commits them in that order, while over
-    /// the REST API concurrent sends may land out of offset order within a CRC range (the
-    /// `VerifyRangeCRC` always comes after all of them).
-    async fn send_all(&mut self, messages: &[C2dSend]) -> Result<(), Stopped> {
-        let mut sent = 0;
-        while sent < messages.len() {
-            if self.room == 0 {
-                self.wait_for_room().await?;
-            }
-            let ahead = self.job.options.send_ahead.max(1);
-            let batch = &messages[sent..messages.len().min(sent + self.room.min(ahead))];
-            let results = futures::future::join_all(batch.iter().map(|m| self.send_one(m))).await;
-            results.into_iter().collect::<Result<Vec<()>, Stopped>>()?;
-            self.room -= batch.len();
-            sent += batch.len();
-            self.last_progress = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Queues one message, waiting out a full queue and retrying transient failures.
-    async fn send_one(&self, message: &C2dSend) -> Result<(), Stopped> {
-        let mut delay = self.job.options.retry_first;
-        loop {
-            match self
-                .job
-                .hub
-                .send_c2d(&self.job.device, message.clone())
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(HubLinkError::QueueFull { .. }) => {
-                    self.check_stall()?;
-                    tokio::time::sleep(self.job.options.poll_ceiling).await;
-                }
-                Err(HubLinkError::DeviceNotFound { .. }) => return Err(Stopped::DeviceGone),
-                Err(error) => {
-                    tracing::warn!(%error, ?delay, device = %self.job.device, "c2d send failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.job.options.retry_ceiling);
-                }
-            }
-        }
-    }
-    /// Polls the queue depth until it is below `max_pending`.
-    async fn wait_for_room(&mut self) -> Result<(), Stopped> {
-        let max = self.job.options.max_pending.max(1);
-        let mut poll = Duration::from_millis(1);
-        loop {
-            match self.job.hub.c2d_pending(&self.job.device).await {
-                Ok(Some(pending)) if pending < max => {
-                    self.room = max - pending;
-                    return Ok(());
-                }
-                Ok(Some(_)) => self.check_stall()?,
-                // The hub cannot tell: send until it refuses.
-                Ok(None) => {
-                    self.room = max;
-                    return Ok(());
-                }
-                Err(HubLinkError::DeviceNotFound { .. }) => return Err(Stopped::DeviceGone),
-                Err(error) => {
-                    tracing::warn!(%error, device = %self.job.device, "queue depth unknown")
-                }
-            }
-            tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(self.job.options.poll_ceiling);
-        }
-    }
-
-    fn check_stall(&self) -> Result<(), Stopped> {
-        let waited = self.last_progress.elapsed();
-        if waited >= self.job.options.stall_timeout {
-            return Err(Stopped::Stalled(waited));
-        }
-        Ok(())
-    }
 }

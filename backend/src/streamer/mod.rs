@@ -22,6 +22,7 @@
 mod download;
 mod jobs;
 mod sign;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub use download::UPLOADS_PREFIX;
 pub use jobs::JobProgress;
 use jobs::{Jobs, Start};
 pub use sign::{InProcessSigner, SIGN_TIMEOUT, UploadSigner};
+use window::SendSlots;
 
 /// Tuning of the streamer.
 #[derive(Debug, Clone)]
@@ -60,6 +62,8 @@ pub struct StreamerOptions {
     pub max_pending: usize,
     /// Most sends to one device in flight at once.
     pub send_ahead: usize,
+    /// Most sends in flight across all downloads; downloads take turns for them.
+    pub send_slots: usize,
     /// Longest pause between queue-depth polls while a device's queue is full.
     pub poll_ceiling: Duration,
     /// A download whose device takes nothing off its queue for this long is dropped; the
@@ -86,6 +90,7 @@ impl Default for StreamerOptions {
             crc_range: 16 * cloudpillar_protocol::messages::MAX_RAW_CHUNK as u64,
             max_pending: 40,
             send_ahead: 8,
+            send_slots: 32,
             poll_ceiling: Duration::from_millis(50),
             stall_timeout: Duration::from_secs(600),
             checkpoint_every: Duration::from_millis(500),
@@ -108,6 +113,7 @@ pub struct Streamer {
     assembler: Arc<UploadAssembler>,
     signer: Option<Arc<dyn UploadSigner>>,
     awaiting: sign::AwaitingUpload,
+    slots: SendSlots,
 }
 
 impl Streamer {
@@ -124,6 +130,7 @@ impl Streamer {
             blobs.uploads.clone(),
             blobs.state.clone(),
         ));
+        let slots = SendSlots::new(options.send_slots);
         Self {
             hub,
             blobs,
@@ -133,6 +140,7 @@ impl Streamer {
             assembler,
             signer: None,
             awaiting: sign::AwaitingUpload::default(),
+            slots,
         }
     }
 
@@ -226,6 +234,7 @@ impl Streamer {
             blobs: self.blobs.clone(),
             options: self.options.clone(),
             jobs: jobs.clone(),
+            slots: self.slots.clone(),
             seq,
             device: device.to_owned(),
             file_id: request.file_id,
