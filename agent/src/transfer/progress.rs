@@ -119,14 +119,14 @@ impl Partial {
         Ok(durable::write_json(&self.record, &self.progress)?)
     }
 
-    /// Writes a chunk at `offset` and syncs it to disk.
+    /// Writes a chunk at `offset`. It reaches the disk by the next [`Partial::verify_to`]:
+    /// only verified bytes must survive a crash, the rest is cut off and asked for again.
     pub fn write_chunk(&mut self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
         let io = |source| PartialError::Io {
             path: self.data_path.clone(),
             source,
         };
         self.file.write_all_at(data, offset).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
         self.written = self.written.max(offset + data.len() as u64);
         if self.progress.chunk_size.is_none() && offset == 0 {
             self.progress.chunk_size = Some(data.len() as u64);
@@ -156,8 +156,13 @@ impl Partial {
         Ok(crc.value())
     }
 
-    /// Marks `[.., end)` verified and persists it.
+    /// Marks `[.., end)` verified and persists it, the data first so the record never
+    /// claims bytes that are not on disk.
     pub fn verify_to(&mut self, end: u64) -> Result<(), PartialError> {
+        self.file.sync_data().map_err(|source| PartialError::Io {
+            path: self.data_path.clone(),
+            source,
+        })?;
         self.progress.verified = self.progress.verified.max(end);
         self.save()
     }
