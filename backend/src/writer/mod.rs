@@ -89,22 +89,34 @@ impl Writer {
             .unwrap_or_default();
         tracing::info!(partition = %self.partition, from = checkpoint.next, "writer started");
 
-        // The next page is read while the current one is written; the checkpoint moves past a
-        // page only once its records are stored.
+        // Three steps overlap: the current page is written, the next one read, and the
+        // checkpoint saved past the page written before. The checkpoint moves past a page only
+        // once its records are stored; a restart redoes at most the page after it, whose
+        // records are then stored once (their ids derive from the events).
         let mut page = self.read(checkpoint.next).await;
+        let mut stored_up_to = checkpoint.next;
         loop {
-            let next = page.next_sequence_number.max(checkpoint.next);
-            let ((), following) = tokio::join!(self.store(&page), self.read(next));
-            if next != checkpoint.next {
-                checkpoint.next = next;
-                (|| self.checkpoints.save(&checkpoint))
-                    .retry(retry)
-                    .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
-                    .await
-                    .ok();
-            }
+            let next = page.next_sequence_number.max(stored_up_to);
+            let save = async {
+                if stored_up_to != checkpoint.next {
+                    checkpoint.next = stored_up_to;
+                    self.save(&checkpoint).await;
+                }
+            };
+            let ((), following, ()) = tokio::join!(self.store(&page), self.read(next), save);
+            stored_up_to = next;
             page = following;
         }
+    }
+
+    /// Saves the checkpoint, retrying through blob store outages.
+    async fn save(&self, checkpoint: &Checkpoint<()>) {
+        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        (|| self.checkpoints.save(checkpoint))
+            .retry(retry)
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
+            .await
+            .ok();
     }
 
     /// One page of events from `from`, retried through hub outages.
