@@ -80,11 +80,17 @@ fn spawn(state: &Path, port: u16) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
+    // Ready once both the control and the command channel accept connections.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port + 1));
-    while TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
+    for listening in [port + 1, port] {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, listening));
+        while TcpStream::connect(address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "swtpm did not listen on {listening}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     child
 }
