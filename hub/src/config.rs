@@ -15,7 +15,10 @@ pub struct HubConfig {
     pub mqtt_addr: SocketAddr,
     /// Service REST endpoint address (port 0 picks a free port).
     pub http_addr: SocketAddr,
-    /// Serve plain TCP and HTTP instead of TLS; refused unless both addresses are loopback.
+    /// Event Hubs-compatible AMQP endpoint address (port 0 picks a free port); `None` serves
+    /// no AMQP endpoint.
+    pub amqp_addr: Option<SocketAddr>,
+    /// Serve plain TCP, HTTP and AMQP instead of TLS; refused unless every address is loopback.
     pub insecure_loopback: bool,
     /// PEM certificate chain and key for both endpoints; generated under `data_dir` when unset.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
@@ -31,6 +34,10 @@ pub struct HubConfig {
     pub event_retention_count: u64,
     /// Default C2D time to live when the sender sets none.
     pub c2d_default_ttl: Duration,
+    /// Event Hubs-compatible name receivers put first in their address.
+    pub event_hub_name: String,
+    /// Partitions of the Event Hubs-compatible endpoint (devices spread by id hash).
+    pub partition_count: u32,
 }
 
 impl HubConfig {
@@ -41,6 +48,7 @@ impl HubConfig {
             hostname: "edgehub.local".into(),
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            amqp_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             insecure_loopback: false,
             tls_cert: None,
             policy_name: "iothubowner".into(),
@@ -49,6 +57,8 @@ impl HubConfig {
             event_retention: Duration::from_secs(24 * 3600),
             event_retention_count: 1_000_000,
             c2d_default_ttl: Duration::from_secs(3600),
+            event_hub_name: "edgehub".into(),
+            partition_count: 4,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::error::StartError;
 use crate::events::{EventBus, HubEvent};
 use crate::mqtt::{self, MqttServer};
 use crate::store::{Retention, Store};
-use crate::{rest, sas, tls};
+use crate::{amqp, rest, sas, tls};
 
 /// Entry point for embedding the hub.
 #[derive(Debug)]
@@ -25,7 +25,9 @@ pub struct HubHandle {
     core: Arc<Core>,
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    amqp_addr: Option<SocketAddr>,
     mqtt: MqttServer,
+    amqp: Option<amqp::AmqpServer>,
     http: axum_server::Handle<SocketAddr>,
     ca_cert: Option<PathBuf>,
     policy_key_file: PathBuf,
@@ -40,7 +42,8 @@ impl Hub {
             source,
         })?;
         if config.insecure_loopback {
-            for addr in [config.mqtt_addr, config.http_addr] {
+            let addrs = [config.mqtt_addr, config.http_addr].into_iter();
+            for addr in addrs.chain(config.amqp_addr) {
                 if !addr.ip().is_loopback() {
                     return Err(StartError::PlainNotLoopback { addr });
                 }
@@ -57,23 +60,40 @@ impl Hub {
         bus.set_last(store.counter("event_seq")?);
         let core = Arc::new(Core::new(config.clone(), store, bus, policy_key));
 
-        let (mqtt_tls, http_tls, ca_cert) = if config.insecure_loopback {
-            (None, None, None)
+        let (mqtt_tls, http_tls, amqp_tls, ca_cert) = if config.insecure_loopback {
+            (None, None, None, None)
         } else {
             let (chain, key) =
                 tls::server_material(&dir, config.tls_cert.as_ref(), &config.hostname)?;
             let mqtt_cfg = tls::server_config(chain.clone(), key.clone_key(), true)?;
-            let http_cfg = tls::server_config(chain, key, false)?;
+            let http_cfg = tls::server_config(chain.clone(), key.clone_key(), false)?;
+            let amqp_cfg = tls::server_config(chain, key, false)?;
             let ca = config
                 .tls_cert
                 .is_none()
                 .then(|| dir.join(tls::DEV_CA_FILE));
-            (Some(mqtt_cfg), Some(http_cfg), ca)
+            (Some(mqtt_cfg), Some(http_cfg), Some(amqp_cfg), ca)
         };
 
         let mqtt_listener = bind("MQTT", config.mqtt_addr)?;
         let mqtt_addr = local(&mqtt_listener, config.mqtt_addr)?;
         let mqtt = mqtt::start(core.clone(), mqtt_listener, mqtt_tls)?;
+
+        let (amqp, amqp_addr) = match config.amqp_addr {
+            Some(addr) => {
+                let listener = bind("AMQP", addr)?;
+                let addr = local(&listener, addr)?;
+                let server = amqp::start(core.clone(), listener, amqp_tls).map_err(|source| {
+                    StartError::Bind {
+                        what: "AMQP",
+                        addr,
+                        source,
+                    }
+                })?;
+                (Some(server), Some(addr))
+            }
+            None => (None, None),
+        };
 
         let http_listener = bind("HTTP", config.http_addr)?;
         let http_addr = local(&http_listener, config.http_addr)?;
@@ -96,12 +116,14 @@ impl Hub {
                 tokio::spawn(server.handle(http.clone()).serve(app));
             }
         }
-        tracing::info!(%mqtt_addr, %http_addr, tls = !config.insecure_loopback, "edge hub listening");
+        tracing::info!(%mqtt_addr, %http_addr, ?amqp_addr, tls = !config.insecure_loopback, "edge hub listening");
         Ok(HubHandle {
             core,
             mqtt_addr,
             http_addr,
+            amqp_addr,
             mqtt,
+            amqp,
             http,
             ca_cert,
             policy_key_file,
@@ -162,6 +184,16 @@ impl HubHandle {
         self.http_addr
     }
 
+    /// Where the Event Hubs-compatible AMQP endpoint listens, when it is served.
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.amqp_addr
+    }
+
+    /// The Event Hubs-compatible name receivers address.
+    pub fn event_hub_name(&self) -> &str {
+        &self.core.config.event_hub_name
+    }
+
     /// The host name used in SAS resource URIs and device user names.
     pub fn hostname(&self) -> &str {
         &self.core.config.hostname
@@ -219,6 +251,9 @@ impl HubHandle {
     /// again in this process.
     pub async fn shutdown(self) {
         self.http.shutdown();
+        if let Some(amqp) = self.amqp {
+            amqp.stop();
+        }
         self.mqtt.stop().await;
         let db = self.core.store.database();
         let core = self.core;

@@ -2,6 +2,7 @@
 //! store, for development, tests and offline sites.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod c2d;
 pub mod config;
 pub mod core;

@@ -18,6 +18,16 @@ pub struct HubArgs {
     /// Service REST API address.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub http: SocketAddr,
+    /// Event Hubs-compatible AMQP endpoint address (for example 127.0.0.1:5671); none is
+    /// served without it.
+    #[arg(long)]
+    pub amqp: Option<SocketAddr>,
+    /// Event Hubs-compatible name of the event stream.
+    #[arg(long, default_value = "edgehub")]
+    pub event_hub_name: String,
+    /// Partitions of the event stream (devices are spread over them by id hash).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub partitions: u32,
     /// Plain TCP and HTTP instead of TLS (loopback addresses only).
     #[arg(long)]
     pub insecure_loopback: bool,
@@ -41,6 +51,9 @@ impl HubArgs {
         let mut config = HubConfig::new(&self.data_dir);
         config.mqtt_addr = self.mqtt;
         config.http_addr = self.http;
+        config.amqp_addr = self.amqp;
+        config.event_hub_name = self.event_hub_name.clone();
+        config.partition_count = self.partitions;
         config.insecure_loopback = self.insecure_loopback;
         config.hostname = self.hostname.clone();
         config.policy_name = self.policy_name.clone();
@@ -63,6 +76,12 @@ pub fn summary(hub: &HubHandle) -> String {
         hub.hostname(),
         hub.id_scope(),
     );
+    if let Some(amqp) = hub.amqp_addr() {
+        out.push_str(&format!(
+            "  amqp (Event Hubs-compatible name {:?}): {amqp}\n",
+            hub.event_hub_name()
+        ));
+    }
     match hub.ca_cert_path() {
         Some(ca) => out.push_str(&format!("  development CA certificate: {}\n", ca.display())),
         None => out.push_str("  TLS: supplied certificate or plain loopback\n"),
