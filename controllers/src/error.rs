@@ -95,7 +95,9 @@ impl Error {
                 }
                 | TwinError::BadPolicyKey => "HubUnauthorized",
                 TwinError::Refused { .. } | TwinError::Decode { .. } => "HubRefused",
-                TwinError::EventsUnsupported { .. } => "HubEvents",
+                TwinError::EventsUnsupported { .. }
+                | TwinError::EventHub { .. }
+                | TwinError::EventHubRefused { .. } => "HubEvents",
                 TwinError::Encode { .. } => "MessageInvalid",
             },
             Self::HubUnusable { .. } => "HubUnusable",

@@ -64,7 +64,12 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action> {
         status.last_contact_time = Some(Time(now()));
     }
     if status != previous {
-        apply_status(&api, hub.as_ref(), &manager(CONTROLLER), &status).await?;
+        // The event checkpoint belongs to the event pump's field manager.
+        let owned = HubStatus {
+            event_checkpoint: None,
+            ..status.clone()
+        };
+        apply_status(&api, hub.as_ref(), &manager(CONTROLLER), &owned).await?;
         if flipped {
             let (warning, reason) = if probe.is_ok() {
                 (false, "Reachable")

@@ -7,7 +7,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cloudpillar_crds::{Device, Hub, HubKind};
-use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -17,9 +16,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::error::{Error, KubeContext, Result};
-use crate::twin::{
-    AzureTwinService, Checkpoint, HubConnection, RetryPolicy, TwinError, TwinEventKind, TwinService,
-};
+use crate::hub_events::pump_events;
+use crate::twin::{AzureTwinService, EventHubConnection, HubConnection, RetryPolicy, TwinService};
 
 /// How often a cached hub client checks that its Secrets did not change.
 const SECRET_RECHECK: Duration = Duration::from_secs(60);
@@ -75,7 +73,12 @@ impl DeviceIndex {
             .remove(&key);
     }
 
-    fn get(&self, namespace: &str, hub: &str, device_id: &str) -> Option<ObjectRef<Device>> {
+    pub(crate) fn get(
+        &self,
+        namespace: &str,
+        hub: &str,
+        device_id: &str,
+    ) -> Option<ObjectRef<Device>> {
         let key = (namespace.to_owned(), hub.to_owned(), device_id.to_owned());
         self.map
             .read()
@@ -87,7 +90,8 @@ impl DeviceIndex {
 
 /// A live client for one Hub and what it was built from.
 struct Entry {
-    hub_version: Option<String>,
+    /// The Hub's generation: its spec, not its status (the event pump writes the status).
+    hub_version: Option<i64>,
     secret_versions: Vec<Option<String>>,
     checked: Instant,
     service: Arc<dyn TwinService>,
@@ -160,7 +164,7 @@ impl HubClients {
         let key = (namespace.to_owned(), name.to_owned());
         let mut entries = self.entries.lock().await;
         if let Some(entry) = entries.get(&key)
-            && entry.hub_version == hub.resource_version()
+            && entry.hub_version == hub.metadata.generation
             && entry.checked.elapsed() < SECRET_RECHECK
         {
             return Ok(entry.service.clone());
@@ -178,8 +182,31 @@ impl HubClients {
             ca_bundle = Some(pem.into_bytes());
             versions.push(version);
         }
+        let mut event_hub = None;
+        if let Some(endpoint) = &hub.spec.event_hub {
+            let policy = endpoint
+                .access_policy
+                .as_ref()
+                .unwrap_or(&hub.spec.access_policy);
+            let secret = &policy.secret_ref;
+            let (key, version) = read_key(&secrets, &secret.name, &secret.key, object).await?;
+            versions.push(version);
+            let tls = EventHubConnection::tls_config(ca_bundle.as_deref()).map_err(|reason| {
+                unusable(format!(
+                    "no TLS settings for the event hub endpoint: {reason}"
+                ))
+            })?;
+            event_hub = Some(EventHubConnection {
+                host: endpoint.host.clone(),
+                name: endpoint.name.clone(),
+                consumer_group: endpoint.consumer_group.clone(),
+                policy_name: policy.policy_name.clone(),
+                policy_key: key,
+                tls: Some(tls),
+            });
+        }
         if let Some(entry) = entries.get_mut(&key)
-            && entry.hub_version == hub.resource_version()
+            && entry.hub_version == hub.metadata.generation
             && entry.secret_versions == versions
         {
             entry.checked = Instant::now();
@@ -194,6 +221,7 @@ impl HubClients {
             write_rate_limit: hub.spec.twin_write_rate_limit,
             retry: RetryPolicy::default(),
             event_stream: hub.spec.kind == HubKind::Edge,
+            event_hub,
         };
         let service = self
             .connector
@@ -201,13 +229,14 @@ impl HubClients {
             .map_err(|e| unusable(e.to_string()))?;
         let pump = tokio::spawn(pump_events(
             service.clone(),
+            Api::namespaced(self.client.clone(), namespace),
             key.clone(),
             self.index.clone(),
             self.triggers.clone(),
         ));
         tracing::info!(hub = %name, namespace, "hub client ready");
         let entry = Entry {
-            hub_version: hub.resource_version(),
+            hub_version: hub.metadata.generation,
             secret_versions: versions,
             checked: Instant::now(),
             service: service.clone(),
@@ -244,50 +273,4 @@ async fn read_key(
         .filter(|v| !v.is_empty())
         .ok_or_else(missing)?;
     Ok((value, secret.resource_version()))
-}
-
-/// Follows a hub's event stream and asks for a reconcile of each Device whose reported
-/// properties or connection changed. Changes of tags and desired properties are the
-/// operator's own writes and need no reconcile.
-async fn pump_events(
-    service: Arc<dyn TwinService>,
-    (namespace, hub): (String, String),
-    index: Arc<DeviceIndex>,
-    triggers: UnboundedSender<ObjectRef<Device>>,
-) {
-    let mut checkpoint = Checkpoint::Latest;
-    let mut failures: u32 = 0;
-    loop {
-        let mut events = service.subscribe(checkpoint);
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(TwinError::EventsUnsupported { .. }) => {
-                    tracing::info!(%hub, "hub has no readable event stream; relying on resync");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%hub, %error, "hub event stream failed; resuming");
-                    break;
-                }
-            };
-            failures = 0;
-            checkpoint = Checkpoint::Sequence(event.sequence + 1);
-            let relevant = match event.kind {
-                TwinEventKind::Connected | TwinEventKind::Disconnected => true,
-                TwinEventKind::TwinChanged => event.body.as_ref().is_none_or(|body| {
-                    body.pointer("/properties/reported").is_some()
-                        || body.get("tags").is_none()
-                            && body.pointer("/properties/desired").is_none()
-                }),
-                TwinEventKind::Other => false,
-            };
-            if relevant && let Some(object) = index.get(&namespace, &hub, &event.device_id) {
-                let _ = triggers.unbounded_send(object);
-            }
-        }
-        failures = failures.saturating_add(1);
-        let delay = Duration::from_millis(500 * 2_u64.pow(failures.min(6)));
-        tokio::time::sleep(delay).await;
-    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 mod error;
 pub mod hub;
+mod hub_events;
 pub mod hubs;
 pub mod recipe;
 pub mod rollout;

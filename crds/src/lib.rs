@@ -18,7 +18,9 @@ pub use device::{
     DeviceCredential, DeviceMode, DeviceRecipeStatus, DeviceRolloutPhase, DeviceSpec, DeviceStatus,
     ProvisioningUpgrade,
 };
-pub use hub::{AccessPolicy, Hub, HubEndpoint, HubKind, HubSpec, HubStatus};
+pub use hub::{
+    AccessPolicy, EventCheckpoint, EventHubEndpoint, Hub, HubEndpoint, HubKind, HubSpec, HubStatus,
+};
 pub use recipe::{Action, ActionKind, Artifact, ChangeSpec, Recipe, RecipeSpec, RecipeStatus};
 pub use rollout::{
     DeviceCounts, FailedDevice, FailureAction, FailureThreshold, MaintenanceWindow, Rollout,

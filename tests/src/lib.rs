@@ -127,7 +127,7 @@ pub mod controllers {
 
     use anyhow::{Context, bail};
     use cloudpillar_controllers::runtime::RunError;
-    use cloudpillar_controllers::twin::{HubConnection, RetryPolicy};
+    use cloudpillar_controllers::twin::{EventHubConnection, HubConnection, RetryPolicy};
     use cloudpillar_controllers::{Config, run_until};
     use cloudpillar_hub::{Hub, HubConfig, HubHandle};
     use k8s_openapi::ByteString;
@@ -264,6 +264,23 @@ pub mod controllers {
                 write_rate_limit: rate,
                 retry: RetryPolicy::default(),
                 event_stream: true,
+                event_hub: None,
+            }
+        }
+
+        /// Settings for reading the hub's Event Hubs-compatible endpoint (TLS, its CA) with
+        /// the policy key `key`.
+        pub fn event_hub(&self, key: &str) -> EventHubConnection {
+            EventHubConnection {
+                host: format!(
+                    "localhost:{}",
+                    self.handle.amqp_addr().map_or(0, |a| a.port())
+                ),
+                name: self.handle.event_hub_name().to_owned(),
+                consumer_group: "$Default".into(),
+                policy_name: self.handle.policy_name().to_owned(),
+                policy_key: key.to_owned(),
+                tls: Some(self.tls.clone()),
             }
         }
 

@@ -298,6 +298,7 @@ impl System {
             write_rate_limit: 50,
             retry: cloudpillar_controllers::twin::RetryPolicy::default(),
             event_stream: true,
+            event_hub: None,
         };
         cloudpillar_controllers::AzureConnector
             .connect(connection)

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::retry::{RetryPolicy, is_retryable_status};
 use super::{
-    Checkpoint, DeviceIdentity, DeviceRecord, IdentityAuth, QueryPage, TOKEN_TTL, Twin, TwinError,
-    TwinEvent, TwinPatch, TwinService, events, sas,
+    Checkpoint, DeviceIdentity, DeviceRecord, EventHubConnection, IdentityAuth, QueryPage,
+    TOKEN_TTL, Twin, TwinError, TwinEvent, TwinPatch, TwinService, eventhub, events, sas,
 };
 
 /// API version sent with every call.
@@ -39,6 +39,8 @@ pub struct HubConnection {
     pub retry: RetryPolicy,
     /// Whether the hub serves the edge hub's `/events` stream.
     pub event_stream: bool,
+    /// The Event Hubs-compatible endpoint to read events from; preferred over `/events`.
+    pub event_hub: Option<EventHubConnection>,
 }
 
 impl fmt::Debug for HubConnection {
@@ -49,6 +51,7 @@ impl fmt::Debug for HubConnection {
             .field("policy_name", &self.policy_name)
             .field("write_rate_limit", &self.write_rate_limit)
             .field("event_stream", &self.event_stream)
+            .field("event_hub", &self.event_hub)
             .finish_non_exhaustive()
     }
 }
@@ -466,7 +469,10 @@ impl TwinService for AzureTwinService {
     }
 
     fn subscribe(&self, from: Checkpoint) -> BoxStream<'static, Result<TwinEvent, TwinError>> {
-        events::subscribe(self, from)
+        match &self.connection.event_hub {
+            Some(settings) => eventhub::subscribe(settings.clone(), from),
+            None => events::subscribe(self, from),
+        }
     }
 
     async fn device_key(&self, device_id: &str) -> Result<Option<String>, TwinError> {

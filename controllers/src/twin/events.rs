@@ -1,8 +1,5 @@
-//! Twin change events read from the edge hub's long-poll stream `GET /events`.
-//!
-//! Azure IoT Hub delivers the same notifications on its Event Hubs-compatible endpoint
-//! (AMQP), which this client does not read: with an Azure hub the periodic resync is the only
-//! way reported changes come back, so that hub's devices lag by up to one resync period.
+//! Twin change events read from the edge hub's long-poll stream `GET /events`, the way to
+//! events when no Event Hubs-compatible endpoint is configured (see `eventhub`).
 
 use std::time::Duration;
 
@@ -12,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::azure::{API_VERSION, AzureTwinService};
-use super::{Checkpoint, TwinError, TwinEvent, TwinEventKind};
+use super::{Checkpoint, EventPositions, TwinError, TwinEvent, TwinEventKind};
 
 /// Events asked for per read.
 const PAGE: usize = 500;
@@ -41,18 +38,10 @@ struct WireEvent {
 impl WireEvent {
     fn into_event(self) -> TwinEvent {
         let op = self.properties.get("opType").map(String::as_str);
-        let kind = match (self.source.as_str(), op) {
-            ("twinChangeEvents", _) => TwinEventKind::TwinChanged,
-            ("deviceConnectionStateEvents", Some("deviceConnected")) => TwinEventKind::Connected,
-            ("deviceConnectionStateEvents", Some("deviceDisconnected")) => {
-                TwinEventKind::Disconnected
-            }
-            // Creating or deleting an identity changes what the twin read returns.
-            ("deviceLifecycleEvents", _) => TwinEventKind::TwinChanged,
-            _ => TwinEventKind::Other,
-        };
+        let kind = TwinEventKind::of(&self.source, op);
         TwinEvent {
             sequence: self.sequence_number,
+            partition: None,
             device_id: self.device_id,
             kind,
             body: self.body,
@@ -102,6 +91,7 @@ pub(super) fn subscribe(
         next: match from {
             Checkpoint::Latest => None,
             Checkpoint::Sequence(n) => Some(n.max(1)),
+            Checkpoint::Positions(p) => p.next.get(EventPositions::WHOLE_LOG).map(|n| (*n).max(1)),
         },
         failed: false,
     };

@@ -7,10 +7,12 @@
 
 mod azure;
 mod c2d;
+mod eventhub;
 mod events;
 mod retry;
 mod sas;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use serde_json::Value;
 
 pub use azure::{AzureTwinService, HubConnection};
 pub use cloudpillar_protocol::twin::Twin;
+pub use eventhub::EventHubConnection;
 pub use retry::RetryPolicy;
 pub use sas::service_token;
 
@@ -168,12 +171,45 @@ pub struct QueryPage {
 }
 
 /// Where to start reading events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {
     /// Only events committed after the subscription starts.
     Latest,
-    /// From this sequence number on (inclusive).
+    /// From this sequence number on (inclusive), in every partition.
     Sequence(u64),
+    /// From a position per partition.
+    Positions(EventPositions),
+}
+
+/// A consumer's place in a partitioned event stream: the next sequence number of each
+/// partition it has read from, and for the others the instant its reading began.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPositions {
+    /// Partitions without a position start after this instant (milliseconds since 1970).
+    pub since_ms: u64,
+    /// Next sequence number to read, by partition id.
+    pub next: BTreeMap<String, u64>,
+}
+
+impl EventPositions {
+    /// Key of the edge hub's unpartitioned `/events` log.
+    pub const WHOLE_LOG: &'static str = "log";
+
+    /// Positions that start every partition at `since_ms`.
+    pub fn starting_at(since_ms: u64) -> Self {
+        Self {
+            since_ms,
+            next: BTreeMap::new(),
+        }
+    }
+
+    /// Moves past `event`.
+    pub fn record(&mut self, event: &TwinEvent) {
+        let partition = event.partition.as_deref().unwrap_or(Self::WHOLE_LOG);
+        let next = self.next.entry(partition.to_owned()).or_default();
+        *next = (*next).max(event.sequence + 1);
+    }
 }
 
 /// What a twin event says happened.
@@ -189,11 +225,27 @@ pub enum TwinEventKind {
     Other,
 }
 
+impl TwinEventKind {
+    /// The kind of an event from its `iothub-message-source` and `opType`.
+    pub fn of(source: &str, op_type: Option<&str>) -> Self {
+        match (source, op_type) {
+            ("twinChangeEvents", _) => Self::TwinChanged,
+            ("deviceConnectionStateEvents", Some("deviceConnected")) => Self::Connected,
+            ("deviceConnectionStateEvents", Some("deviceDisconnected")) => Self::Disconnected,
+            // Creating or deleting an identity changes what the twin read returns.
+            ("deviceLifecycleEvents", _) => Self::TwinChanged,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// A twin change or connection event from the hub.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TwinEvent {
-    /// Position in the hub's event log; resume from `sequence + 1`.
+    /// Position in its partition (or in the edge hub's log); resume from `sequence + 1`.
     pub sequence: u64,
+    /// The partition it came from; `None` for the edge hub's unpartitioned `/events` log.
+    pub partition: Option<String>,
     /// The device it is about.
     pub device_id: String,
     /// What happened.
@@ -273,6 +325,26 @@ pub enum TwinError {
         #[source]
         source: MessageError,
     },
+    /// The Event Hubs-compatible endpoint could not be reached or read.
+    #[error("event hub endpoint {host} failed to {operation}: {reason}")]
+    EventHub {
+        /// What was attempted.
+        operation: &'static str,
+        /// Host of the endpoint.
+        host: String,
+        /// What went wrong, as the AMQP client tells it.
+        reason: String,
+    },
+    /// The Event Hubs-compatible endpoint refused the credentials or the request.
+    #[error("event hub endpoint {host} refused {operation}: {reason}")]
+    EventHubRefused {
+        /// What was attempted.
+        operation: &'static str,
+        /// Host of the endpoint.
+        host: String,
+        /// The endpoint's status and description.
+        reason: String,
+    },
     /// The hub gives no event stream this client can read.
     #[error("hub {host} offers no event stream to this client")]
     EventsUnsupported {
@@ -284,7 +356,10 @@ pub enum TwinError {
 impl TwinError {
     /// Whether retrying later may succeed (throttling, outages, transport errors).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Transport { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Transport { .. } | Self::EventHub { .. }
+        )
     }
 }
 
