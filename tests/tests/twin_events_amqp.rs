@@ -76,22 +76,13 @@ async fn a_reported_patch_arrives_as_an_event_without_a_resync() -> anyhow::Resu
     let (service, mut device) = setup(&hub, "mri-01").await?;
     let mut positions = EventPositions::starting_at(now_ms());
     let mut events = service.subscribe(Checkpoint::Positions(positions.clone()));
-    // Let the receivers attach, so the figure is the event's trip, not the sign-in.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let sent = Instant::now();
+    // The client has no resync of its own: the patch can only come back as an event.
     device
         .report(json!({ "state": "READY", "progress": 100 }))
         .await?;
     let reported = next_reported(&mut events, "mri-01", &mut positions).await?;
-    let took = sent.elapsed();
-
     assert_eq!(reported["state"], "READY");
     assert_eq!(reported["progress"], 100);
-    assert!(
-        took < Duration::from_secs(1),
-        "reported change took {took:?}"
-    );
     Ok(())
 }
 
