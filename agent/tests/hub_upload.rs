@@ -184,10 +184,8 @@ async fn a_file_rewritten_while_it_is_read_never_completes_an_upload_with_mixed_
     let second = uploads.wait_for(&mut events, &new).await;
     let first = uploads.order[0].clone();
     assert_ne!(first, second);
-    assert!(
-        !uploads.committed.contains(&first),
-        "the upload read across the rewrite was completed"
-    );
+    // On a busy machine the first upload may finish before the rewrite lands; then it holds
+    // the old bytes only. Either way no completed upload may mix the two contents.
     for id in &uploads.committed {
         let content = &uploads.files[id];
         assert!(
