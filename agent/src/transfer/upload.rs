@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(id.len(), 12 + "-install.log".len());
         let same = upload_file_id(path, "r1|changeSpec.patch.postInstallConfig[1]|1|10|5");
         assert_eq!(id, same);
-        let other_path = Path::new("/tmp/install.log");
+        let other_path = Path::new("/opt/app/logs/install.log");
         let identity = "r1|changeSpec.patch.postInstallConfig[1]|1|10|5";
         assert_ne!(id, upload_file_id(other_path, identity));
         assert_ne!(
