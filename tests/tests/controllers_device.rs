@@ -109,6 +109,12 @@ async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].desired, Some(json!({"logLevel": null})));
     assert_eq!(sent[0].tags, None);
+    eventually("logLevel gone from status.appliedDesired", WAIT, || async {
+        let device = status_of(&devices, "dev-1").await?;
+        let applied = device.and_then(|d| d.status).map(|s| s.applied_desired);
+        Ok(applied.filter(|a| !a.contains_key("logLevel") && a.contains_key("uploadEveryMin")))
+    })
+    .await?;
 
     // Reported state comes back into status as the device reports it over MQTT; an
     // unchanged spec writes nothing meanwhile (F03).
@@ -149,6 +155,16 @@ async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result
         recorder.patches_for("dev-1").is_empty(),
         "an unchanged spec wrote to the twin"
     );
+
+    // A fault the device clears from reported is cleared from status too.
+    link.report(json!({"changeSpec": {"lastFaultedPath": null, "lastFaultedRecipe": null}}))
+        .await?;
+    eventually("lastFaultedPath cleared in status", WAIT, || async {
+        let device = status_of(&devices, "dev-1").await?;
+        let recipe = device.and_then(|d| d.status).and_then(|s| s.recipe);
+        Ok(recipe.filter(|r| r.last_faulted_path.is_none() && r.id.is_some()))
+    })
+    .await?;
 
     // Disconnecting shows in status and as an Event.
     link.disconnect().await;
