@@ -77,11 +77,13 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() -> anyh
         Ok(hub.twin("dev-lead-7f3a").map(|_| ()))
     })
     .await?;
-    let (_, metrics) = get(addr_a, "/metrics").await?;
-    assert!(
-        metrics.contains("cloudpillar_reconciles_total{controller=\"device\"}"),
-        "{metrics}"
-    );
+    // A reconcile is counted when it ends, a little after the twin exists.
+    let metrics = eventually("the device reconcile counted", WAIT, || async {
+        let (_, metrics) = get(addr_a, "/metrics").await?;
+        let counted = metrics.contains("cloudpillar_reconciles_total{controller=\"device\"}");
+        Ok(counted.then_some(metrics))
+    })
+    .await?;
     assert!(metrics.contains("cloudpillar_leader 1"));
     assert!(metrics.contains("cloudpillar_reconcile_duration_seconds_bucket"));
     assert!(
