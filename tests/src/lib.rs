@@ -143,6 +143,20 @@ pub mod controllers {
 
     use super::FIELD_MANAGER;
 
+    /// A TLS client configuration that trusts the certificate authorities in `ca_pem` only.
+    pub fn tls_trusting(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(tls))
+    }
+
     /// An edge hub on loopback, known to the cluster as a `Hub` with its policy Secret.
     pub struct EdgeHub {
         /// The running hub.
@@ -184,20 +198,11 @@ pub mod controllers {
                 .ca_cert_path()
                 .context("hub without a development CA")?;
             let ca_pem = std::fs::read_to_string(ca_path)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-                roots.add(cert?)?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
             Ok(Self {
                 handle,
                 name: name.to_owned(),
+                tls: tls_trusting(&ca_pem)?,
                 ca_pem,
-                tls: Arc::new(tls),
                 _dir: dir,
             })
         }

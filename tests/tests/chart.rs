@@ -30,6 +30,8 @@ const PROFILES: &[(&str, &[&str])] = &[
             "operator.watchAllNamespaces=true",
             "--set",
             "streamer.partitions=3",
+            "--set",
+            "hub.amqp.enabled=true",
         ],
     ),
 ];
@@ -177,6 +179,7 @@ async fn helm_installs_the_generated_crds_and_the_api_server_accepts_them() -> a
 async fn invalid_values_are_refused_with_a_reason() -> anyhow::Result<()> {
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "hub.mode=cloud"], "/hub/mode"),
+        (&["--set", "hub.amqp.partitions=33"], "/hub/amqp/partitions"),
         (
             &["--set", "hub.policy.value=c2VjcmV0"],
             "additional properties 'value' not allowed",

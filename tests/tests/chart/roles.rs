@@ -54,13 +54,12 @@ impl Container {
     }
 }
 
-/// The container named `name` in the workloads `template` renders into `namespace`.
-pub async fn container(
+/// The objects `template` renders into `namespace`, as JSON.
+pub async fn rendered_objects(
     namespace: &str,
     values: &[&str],
     template: &str,
-    name: &str,
-) -> anyhow::Result<Container> {
+) -> anyhow::Result<Vec<Value>> {
     let mut args = vec!["--show-only", template];
     args.extend_from_slice(values);
     let rendered = render(namespace, &args).await?;
@@ -71,9 +70,19 @@ pub async fn container(
     .await?;
     ensure!(ran.success, "converting {template}:\n{}", ran.stderr);
     // One JSON document per object, one after the other.
-    let objects = serde_json::Deserializer::from_str(&ran.stdout)
+    Ok(serde_json::Deserializer::from_str(&ran.stdout)
         .into_iter::<Value>()
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The container named `name` in the workloads `template` renders into `namespace`.
+pub async fn container(
+    namespace: &str,
+    values: &[&str],
+    template: &str,
+    name: &str,
+) -> anyhow::Result<Container> {
+    let objects = rendered_objects(namespace, values, template).await?;
     let found = objects
         .iter()
         .filter_map(|o| o.pointer("/spec/template/spec/containers")?.as_array())
@@ -112,6 +121,7 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub hub_https: u16,
     pub hub_mqtt: u16,
+    pub hub_amqp: u16,
     pub keyholder_http: u16,
     /// The hub's policy key (the `cloudpillar-hub-policy` Secret).
     pub policy_key: String,
@@ -135,6 +145,7 @@ impl Site {
             dir,
             hub_https: free_port()?,
             hub_mqtt: free_port()?,
+            hub_amqp: free_port()?,
             keyholder_http: free_port()?,
             policy_key,
             api_token,
@@ -161,6 +172,7 @@ impl Site {
             "--data-dir" => local("hub"),
             "--mqtt" => format!("127.0.0.1:{}", self.hub_mqtt),
             "--http" => format!("127.0.0.1:{}", self.hub_https),
+            "--amqp" => format!("127.0.0.1:{}", self.hub_amqp),
             "--tls-cert" => local("tls/dev-server.pem"),
             "--tls-key" => local("tls/dev-server.key"),
             "--policy-key-file" | "--hub-policy-key-file" => local("secrets/primaryKey"),
