@@ -192,6 +192,48 @@ async fn device_to_cloud_messages_queued_offline_survive_a_restart_and_are_deliv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_queued_offline_are_all_delivered_once_connected() {
+    const MESSAGES: u64 = 1000;
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("q-many", dir.path(), "").await);
+
+    // Queued by an earlier run that never got through; far more than the MQTT client's
+    // request channel holds.
+    let outbox = cloudpillar_agent::link::outbox::Outbox::open(&config.state_dir, 1024).unwrap();
+    for n in 0..MESSAGES {
+        let message = cloudpillar_agent::link::Outgoing {
+            properties: vec![("messageType".into(), "Probe".into())],
+            payload: format!("{{\"n\":{n}}}").into_bytes(),
+            droppable: false,
+        };
+        outbox.push(message, false).await.unwrap();
+    }
+    drop(outbox);
+
+    let mut events = hub.hub.events();
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    // Generous bound: the hang this guards against never delivers the rest.
+    let delivered = tokio::time::timeout(Duration::from_secs(120), async {
+        while (seen.len() as u64) < MESSAGES {
+            let event = events.recv().await.unwrap();
+            if event.device_id == "q-many"
+                && event.properties.get("messageType").map(String::as_str) == Some("Probe")
+            {
+                seen.insert(event.body.clone().unwrap()["n"].as_u64().unwrap());
+            }
+        }
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "{} of {MESSAGES} queued messages delivered",
+        seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_provisioning_matching_desired_switches_key_reconnects_then_reports() {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -194,3 +194,62 @@ async fn a_file_rewritten_while_it_is_read_never_completes_an_upload_with_mixed_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_hundred_small_files_under_one_upload_step_all_arrive() {
+    const FILES: usize = 800;
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("up-many", dir.path(), "").await);
+    let logs = config.work_dir().join("many");
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("up-many", "connected", |r| r["health"] == "connected")
+        .await;
+    let mut events = hub.hub.events();
+
+    let create = format!(
+        "mkdir -p {0} && for i in $(seq 1 {FILES}); do printf \"file $i\\n\" > {0}/f$i.log; done",
+        logs.display()
+    );
+    let spec = json!({"id": "many", "patch": {
+        "installSteps": [{"shell": "bash", "command": create}],
+        "postInstallConfig": [{"action": "periodicUpload",
+            "filename": logs.join("*.log").display().to_string(), "interval": 1,
+            "enabled": true}]}});
+    hub.patch_desired(
+        "up-many",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+
+    // Generous bound: the stall this guards against delivered a handful of files a minute.
+    let mut uploads = Uploads::default();
+    let complete = |uploads: &Uploads| {
+        let done: std::collections::BTreeSet<&String> = uploads.committed.iter().collect();
+        done.len()
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        while complete(&uploads) < FILES {
+            let event = events.recv().await.unwrap();
+            if event.properties.get("messageType").map(String::as_str) == Some("UploadFileChunk") {
+                uploads.add(event.body.as_ref().unwrap());
+            }
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "{} of {FILES} files arrived",
+        complete(&uploads)
+    );
+    for i in 1..=FILES {
+        let content = format!("file {i}\n");
+        assert!(
+            uploads
+                .files
+                .values()
+                .any(|c| c.as_slice() == content.as_bytes()),
+            "file {i} missing"
+        );
+    }
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
-    Request, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, Request, TlsConfiguration, Transport,
 };
 use tokio::time::Instant;
 
@@ -176,6 +176,7 @@ async fn serve(
                     sync.on_suback().await;
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => sync.on_publish(publish).await,
+                Ok(Event::Outgoing(Outgoing::Publish(_))) => sync.on_publish_taken(),
                 Ok(_) => {}
                 Err(error) => break failure(&error, unix_now()),
             },
@@ -200,7 +201,8 @@ async fn serve(
             }
             () = link.reported.changed(), if sync.can_report() => sync.send_reported().await,
             () = sleep_until_opt(sync.patch_deadline()) => sync.resend_reported().await,
-            () = queued(&link.outbox), if sync.is_synced() && !link.device.is_busy() => {
+            () = queued(&link.outbox),
+                if sync.is_synced() && sync.can_hand_over() && !link.device.is_busy() => {
                 if let Some((seq, message)) = link.outbox.peek() {
                     sync.send_d2c(message).await;
                     link.outbox.remove(seq);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cloudpillar_protocol::recipe::section_order;
-use rumqttc::{AsyncClient, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, ClientError, Publish, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 
 use super::desired::DesiredChange;
@@ -24,10 +24,21 @@ pub(super) struct Sync {
     synced: bool,
     in_flight: Option<(u64, Value)>,
     in_flight_since: tokio::time::Instant,
+    /// Publishes handed to the client that its event loop has not taken yet.
+    waiting: usize,
 }
 
 /// A reported patch without an answer for this long is sent again.
 const PATCH_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most device-to-cloud messages handed to the client and not yet taken by its event loop.
+///
+/// The client's request channel is bounded and only drains while the session polls the event
+/// loop, which it does not while it awaits a publish or an ack: a queue of many D2C messages
+/// handed over as fast as the outbox yields them fills that channel and the session hangs for
+/// good. Keeping D2C messages well below the channel's capacity leaves room for reported
+/// patches and acks, and keeps what a `kill -9` can lose after the hand-off small.
+const D2C_HANDOFF: usize = 32;
 
 impl Sync {
     pub(super) fn new(link: Arc<Link>, client: AsyncClient, device_id: String) -> Self {
@@ -40,7 +51,27 @@ impl Sync {
             synced: false,
             in_flight: None,
             in_flight_since: tokio::time::Instant::now(),
+            waiting: 0,
         }
+    }
+
+    /// Hands a publish to the client; counted until the event loop takes it.
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ClientError> {
+        self.client.publish(topic, QOS, false, payload).await?;
+        self.waiting += 1;
+        Ok(())
+    }
+
+    /// The event loop took a publish (sent it, or holds it until its packet id is free).
+    pub(super) fn on_publish_taken(&mut self) {
+        // Publishes carried over from the last connection were not counted here.
+        self.waiting = self.waiting.saturating_sub(1);
+    }
+
+    /// Whether another device-to-cloud message may be handed to the client (see
+    /// [`D2C_HANDOFF`]).
+    pub(super) fn can_hand_over(&self) -> bool {
+        self.waiting < D2C_HANDOFF
     }
 
     fn rid(&mut self) -> u64 {
@@ -78,11 +109,7 @@ impl Sync {
     async fn request_full_twin(&mut self) {
         let rid = self.rid();
         self.get_rid = Some(rid);
-        if let Err(error) = self
-            .client
-            .publish(topics::twin_get(rid), QOS, false, Vec::new())
-            .await
-        {
+        if let Err(error) = self.publish(topics::twin_get(rid), Vec::new()).await {
             tracing::warn!(%error, "failed to queue the twin read");
         }
     }
@@ -227,11 +254,7 @@ impl Sync {
         let Ok(body) = serde_json::to_vec(&patch) else {
             return;
         };
-        match self
-            .client
-            .publish(topics::reported_patch(rid), QOS, false, body)
-            .await
-        {
+        match self.publish(topics::reported_patch(rid), body).await {
             Ok(()) => {
                 self.in_flight = Some((rid, patch));
                 self.in_flight_since = tokio::time::Instant::now();
@@ -261,11 +284,7 @@ impl Sync {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let topic = topics::d2c_event(&self.device_id, &props);
-        if let Err(error) = self
-            .client
-            .publish(topic, QOS, false, message.payload)
-            .await
-        {
+        if let Err(error) = self.publish(topic, message.payload).await {
             tracing::warn!(%error, "failed to queue a device-to-cloud message");
         }
     }

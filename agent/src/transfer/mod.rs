@@ -9,6 +9,7 @@ pub mod periodic;
 pub mod progress;
 mod router;
 pub mod upload;
+mod upload_record;
 
 pub use router::Router;
 

@@ -5,10 +5,10 @@
 //! when the upload started, so a later recipe or a rewritten file never lands on an earlier
 //! upload. A file that grows continues its upload with only the new bytes, as long as it
 //! still starts with the bytes sent (checked by SHA-256); any other change starts a new
-//! upload from byte 0. What was sent is persisted after each chunk, so an interrupted upload
-//! continues where it stopped, under the same name.
+//! upload from byte 0. What was sent is persisted about once a second and after each round
+//! (see `upload_record`), so an interrupted upload continues about where it stopped, under
+//! the same name.
 
-use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::upload::{matching_files, open_regular, upload_file_id};
+use super::upload_record::{UploadRecord, blocking};
 use crate::config::{Config, ZoneAction};
-use crate::durable;
 use crate::link::Link;
 use crate::zones::Zones;
 
@@ -101,55 +101,60 @@ pub async fn run_periodic(
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+    let mut record = UploadRecord::load(ctx.record.clone()).await;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             _ = ticker.tick() => {}
         }
         ctx.link.device.wait_not_busy().await;
-        let mut record = read_record(&ctx.record);
-        for file in matching_files(&pattern) {
+        record.prune().await;
+        let listed = pattern.clone();
+        let files = blocking(move || Ok(matching_files(&listed))).await;
+        for file in files.unwrap_or_default() {
             if cancel.is_cancelled() {
-                return;
+                break;
             }
             let key = file.display().to_string();
-            let mut upload = record.get(&key).cloned().unwrap_or_default();
-            let result = upload_round(&ctx, &file, &mut upload, &cancel, |upload| {
-                record.insert(key.clone(), upload.clone());
-                durable::write_json(&ctx.record, &record).map_err(std::io::Error::other)
-            })
-            .await;
+            let mut upload = record.get(&key);
+            let result = upload_round(&ctx, &file, &mut upload, &mut record, &cancel).await;
             if let Err(error) = result {
                 let file = file.display();
                 tracing::warn!(%error, %file, "upload failed; retrying next round");
             }
         }
-    }
-}
-
-fn read_record(path: &Path) -> BTreeMap<String, FileUpload> {
-    match durable::read_json(path) {
-        Ok(record) => record.unwrap_or_default(),
-        Err(error) => {
-            // A record from before uploads had their own names: start them again under new
-            // names, which leaves the earlier uploads as they are.
-            tracing::warn!(%error, "upload record unreadable; files are uploaded again");
-            BTreeMap::new()
+        if let Err(error) = record.flush().await {
+            tracing::warn!(%error, "upload record not saved; sent chunks may be sent again");
         }
     }
+    let _ = record.flush().await;
+}
+
+/// The open file of a round, with the digest of what was read of it.
+struct Reading {
+    reader: File,
+    hasher: Sha256,
+    buf: Vec<u8>,
 }
 
 /// Sends what `file` has beyond `upload.sent`, or the whole file as a new upload when it no
-/// longer starts with the bytes sent; `save` persists the record after every chunk.
+/// longer starts with the bytes sent; progress goes to `record` after every chunk. File
+/// reads run off the async threads.
 async fn upload_round(
     ctx: &UploadContext,
     file: &Path,
     upload: &mut FileUpload,
+    record: &mut UploadRecord,
     cancel: &CancellationToken,
-    mut save: impl FnMut(&FileUpload) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut reader = open_regular(file)?;
-    let seen = Seen::of(&reader.metadata()?);
+    let key = file.display().to_string();
+    let path = file.to_owned();
+    let (reader, seen) = blocking(move || {
+        let reader = open_regular(&path)?;
+        let seen = Seen::of(&reader.metadata()?);
+        Ok((reader, seen))
+    })
+    .await?;
     if upload.seen == Some(seen) {
         return Ok(());
     }
@@ -167,10 +172,27 @@ async fn upload_round(
     // Whether the file can have changed since `seen` without a new mtime (see `SETTLED`).
     let settled = seen.settled();
     upload.seen = None;
-    let mut hasher = Sha256::new();
-    let continues = upload.sent > 0
-        && upload.sent <= seen.size
-        && hash_prefix(&mut reader, &mut hasher, upload.sent)? == upload.digest;
+    let (sent, digest) = (upload.sent, upload.digest.clone());
+    let (mut reading, continues) = blocking(move || {
+        let mut reader = reader;
+        let mut hasher = Sha256::new();
+        let continues =
+            sent > 0 && sent <= seen.size && hash_prefix(&mut reader, &mut hasher, sent)? == digest;
+        if !continues {
+            hasher = Sha256::new();
+            reader.seek(SeekFrom::Start(0))?;
+        }
+        let buf = Vec::new();
+        Ok((
+            Reading {
+                reader,
+                hasher,
+                buf,
+            },
+            continues,
+        ))
+    })
+    .await?;
     if !continues && seen.size > 0 {
         let uploads = upload.uploads + 1;
         let start = format!("{}|{uploads}|{}|{}", ctx.scope, seen.size, seen.mtime_ns);
@@ -179,21 +201,18 @@ async fn upload_round(
             uploads,
             ..FileUpload::default()
         };
-        hasher = Sha256::new();
-        reader.seek(SeekFrom::Start(0))?;
     }
 
     let chunk = ctx.config.transfer.upload_chunk_bytes;
-    let mut buf = vec![0u8; chunk];
     while upload.sent < seen.size && !cancel.is_cancelled() {
         let offset = upload.sent;
         let want = usize::try_from((seen.size - offset).min(chunk as u64)).unwrap_or(chunk);
-        reader.read_exact(&mut buf[..want])?;
-        hasher.update(&buf[..want]);
         let last = offset + want as u64 >= seen.size;
+        let holds;
+        (reading, holds) = blocking(move || read_chunk(reading, want, last, seen, settled)).await?;
         // The last chunk completes the upload on the backend: never for bytes read from a
         // file rewritten while it was read, which would be content the file never had.
-        if last && !still_holds(&mut reader, seen, settled, &hasher)? {
+        if !holds {
             tracing::warn!(file = %file.display(), id = %upload.id,
                 "file changed while it was read; it starts again as a new upload");
             return Ok(());
@@ -201,19 +220,44 @@ async fn upload_round(
         let message = D2cMessage::UploadFileChunk(UploadFileChunk {
             file_id: upload.id.clone(),
             offset,
-            data: buf[..want].to_vec(),
+            data: reading.buf.clone(),
             last,
         });
-        super::hub::send(&ctx.link, &message, true).await;
+        // A chunk that could not be queued is not sent: the next round sends it again.
+        super::hub::try_send(&ctx.link, &message, true)
+            .await
+            .map_err(std::io::Error::other)?;
         upload.sent += want as u64;
-        upload.digest = hex::encode(hasher.clone().finalize());
-        save(upload)?;
+        upload.digest = hex::encode(reading.hasher.clone().finalize());
+        record
+            .update(&key, upload)
+            .await
+            .map_err(std::io::Error::other)?;
     }
     if upload.sent == seen.size && seen.settled() {
         upload.seen = Some(seen);
-        save(upload)?;
+        record
+            .update(&key, upload)
+            .await
+            .map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// Reads the next `want` bytes into `reading.buf`; for the `last` chunk also checks that the
+/// file still holds what was read (see [`still_holds`]).
+fn read_chunk(
+    mut reading: Reading,
+    want: usize,
+    last: bool,
+    seen: Seen,
+    settled: bool,
+) -> std::io::Result<(Reading, bool)> {
+    reading.buf.resize(want, 0);
+    reading.reader.read_exact(&mut reading.buf)?;
+    reading.hasher.update(&reading.buf);
+    let holds = !last || still_holds(&mut reading.reader, seen, settled, &reading.hasher)?;
+    Ok((reading, holds))
 }
 
 /// Whether the file open as `reader` still holds the bytes `read` covers (all of it up to
