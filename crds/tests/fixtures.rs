@@ -1,21 +1,10 @@
 //! The recipe fixtures from the field read into a `RecipeSpec` and come back unchanged.
-
-use std::path::PathBuf;
-
 use cloudpillar_crds::RecipeSpec;
+use cloudpillar_protocol::fixtures;
 use serde_json::{Value, json};
 
-/// Directory of the field recipe fixtures: `CLOUDPILLAR_FIXTURES`, or `shared/fixtures/recipes`
-/// next to the repository.
-fn fixtures_dir() -> PathBuf {
-    std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recipes"),
-        PathBuf::from,
-    )
-}
-
 fn fixture_change_spec(file: &str, pointer: &str) -> Value {
-    let path = fixtures_dir().join(file);
+    let path = fixtures::path(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "reading fixture {} (set CLOUDPILLAR_FIXTURES): {e}",

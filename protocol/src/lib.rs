@@ -5,6 +5,7 @@
 //! - [`twin`]: the twin document model, RFC 7396 merge patches and minimal diffs.
 //! - [`keys`]: the codec that turns any name into a valid twin key.
 //! - [`limits`]: twin depth and size, counted as IoT Hub counts them.
+//! - [`causes`]: an error with its source chain on one line.
 //! - [`crc`]: CRC-32 of transferred ranges.
 //! - [`encoding`]: strict base64.
 //! - [`signing`]: canonical JSON and P-521 signatures, key ids and trusted keys.
@@ -13,8 +14,11 @@
 //! - [`reported`]: device states and per-step progress reports.
 //! - [`sas`]: shared access signature tokens and DPS group key derivation.
 
+pub mod causes;
 pub mod crc;
 pub mod encoding;
+#[doc(hidden)]
+pub mod fixtures;
 mod hex;
 pub mod keys;
 pub mod limits;

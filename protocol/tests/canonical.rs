@@ -3,11 +3,6 @@
 use cloudpillar_protocol::signing::{SigningKey, TrustStore, canonical_json};
 use serde_json::{Value, json};
 
-const SECURITY_UPDATE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/recipes/security-update-desired.json"
-);
-
 fn text(value: &Value) -> String {
     String::from_utf8(canonical_json(value)).expect("canonical JSON is UTF-8")
 }
@@ -70,9 +65,13 @@ fn signature_over_a_change_spec_survives_reformatting() {
 
 #[test]
 fn placeholder_signature_in_the_fixture_is_refused() {
-    let desired: Value =
-        serde_json::from_str(&std::fs::read_to_string(SECURITY_UPDATE).expect("fixture readable"))
-            .expect("fixture is JSON");
+    let desired: Value = serde_json::from_str(
+        &std::fs::read_to_string(cloudpillar_protocol::fixtures::path(
+            "security-update-desired.json",
+        ))
+        .expect("fixture readable"),
+    )
+    .expect("fixture is JSON");
     let spec = &desired["desired"]["changeSpec"];
     let sign = desired["desired"]["changeSign"]
         .as_str()

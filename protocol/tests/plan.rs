@@ -1,18 +1,14 @@
 //! Recipes read for running on a device: plans, section order and zone variables.
 
+use cloudpillar_protocol::fixtures;
 use cloudpillar_protocol::recipe::{
     ChangeSpec, Plan, PlanError, Stage, Step, StepError, ZoneExpandError, ZoneSyntaxError,
     action_paths, expand_zone_variables, is_zone_name, section_order,
 };
 use serde_json::{Value, json};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/recipes/"
-);
-
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{FIXTURES}{name}")).expect("fixture readable")
+    std::fs::read(fixtures::path(name)).expect("fixture readable")
 }
 
 fn plan_of(bytes: &[u8], pointer: &[&str]) -> Plan {

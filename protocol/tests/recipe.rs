@@ -1,16 +1,12 @@
 //! Recipe model, validation and line endings: fixtures and field cases F05, F06, F19.
 
+use cloudpillar_protocol::fixtures;
 use cloudpillar_protocol::recipe::{
     ActionKind, ChangeSpec, Issue, action_paths, has_crlf_in_bash, normalize_crlf, validate,
     zone_variables,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/recipes/"
-);
 
 #[derive(Deserialize)]
 struct Wrapped {
@@ -19,7 +15,7 @@ struct Wrapped {
 }
 
 fn fixture_text(name: &str) -> String {
-    std::fs::read_to_string(format!("{FIXTURES}{name}")).expect("fixture readable")
+    std::fs::read_to_string(fixtures::path(name)).expect("fixture readable")
 }
 
 fn windows_recipe() -> (ChangeSpec, Value) {

@@ -1,18 +1,14 @@
 //! Reported state and per-step progress: the reported-sample fixture.
 
+use cloudpillar_protocol::fixtures;
 use cloudpillar_protocol::recipe::ChangeSpec;
 use cloudpillar_protocol::reported::{
     DeviceState, Reported, ReportedChangeSpec, StepReport, StepStatus,
 };
 use serde_json::{Value, json};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/recipes/"
-);
-
 fn fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(format!("{FIXTURES}{name}")).expect("fixture readable");
+    let text = std::fs::read_to_string(fixtures::path(name)).expect("fixture readable");
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
@@ -124,7 +120,7 @@ fn step_statuses_use_the_sample_spelling() {
 
 #[test]
 fn pending_report_mirrors_the_recipe_and_steps_update_by_path() {
-    let text = std::fs::read_to_string(format!("{FIXTURES}windows-update-recipe.json"))
+    let text = std::fs::read_to_string(fixtures::path("windows-update-recipe.json"))
         .expect("fixture readable");
     let raw: Value = serde_json::from_str(&text).expect("json");
     let spec = ChangeSpec::from_value(raw["changeSpec"].clone()).expect("recipe");

@@ -77,18 +77,9 @@ pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Directory of the field recipe fixtures: `CLOUDPILLAR_FIXTURES`, or `shared/fixtures/recipes`
-/// next to the repository.
-pub fn fixtures_dir() -> std::path::PathBuf {
-    std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recipes"),
-        std::path::PathBuf::from,
-    )
-}
-
 /// Reads a fixture file as JSON and returns the member at `pointer` (e.g. `/changeSpec`).
 pub fn fixture_json(file: &str, pointer: &str) -> anyhow::Result<serde_json::Value> {
-    let path = fixtures_dir().join(file);
+    let path = cloudpillar_protocol::fixtures::path(file);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "reading fixture {} (set CLOUDPILLAR_FIXTURES)",

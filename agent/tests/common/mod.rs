@@ -238,14 +238,9 @@ secret_key_file = "{secret}"
     }
 }
 
-/// A field recipe fixture: from `CLOUDPILLAR_FIXTURES`, or `shared/fixtures/recipes` next
-/// to the repository.
+/// A field recipe fixture (see `cloudpillar_protocol::fixtures`).
 pub fn fixture(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/recipes"),
-        PathBuf::from,
-    );
-    std::fs::read(dir.join(name)).unwrap()
+    std::fs::read(cloudpillar_protocol::fixtures::path(name)).unwrap()
 }
 
 /// Writes a secret file the agent accepts (mode 0600).

@@ -180,14 +180,8 @@ mod tests {
 
     #[test]
     fn mirrors_the_field_sample_with_progress_and_fault() {
-        let dir = std::env::var_os("CLOUDPILLAR_FIXTURES").map_or_else(
-            || {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../shared/fixtures/recipes")
-            },
-            std::path::PathBuf::from,
-        );
-        let sample = std::fs::read_to_string(dir.join("reported-sample.json"))
+        let path = cloudpillar_protocol::fixtures::path("reported-sample.json");
+        let sample = std::fs::read_to_string(path)
             .expect("the field fixture reported-sample.json is readable");
         let sample: Value = serde_json::from_str(&sample).expect("fixture is JSON");
         let status = recipe_status(&sample["reported"]["changeSpec"]).expect("recipe status");
