@@ -200,13 +200,7 @@ impl Api {
 }
 
 fn failure(status: StatusCode, error: &dyn std::error::Error) -> Response {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let text = cloudpillar_protocol::causes::with_causes(error);
     tracing::warn!(%status, error = %text, "key holder request failed");
     (status, Json(serde_json::json!({ "error": text }))).into_response()
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cloudpillar_protocol::causes::with_causes;
 use cloudpillar_protocol::messages::{
     C2dMessage, FileSigned, MESSAGE_TYPE_PROPERTY, SignFileFailed, SignFileRequest,
 };
@@ -158,18 +159,6 @@ pub(super) fn own_upload<'a>(device: &str, file_id: &'a str) -> Option<&'a str> 
     let path = file_id.strip_prefix(UPLOADS_PREFIX)?;
     let rest = path.strip_prefix(device)?.strip_prefix('/')?;
     (!device.is_empty() && !rest.is_empty()).then_some(path)
-}
-
-/// An error and its causes on one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Streamer {

@@ -207,18 +207,4 @@ pub fn error_policy<K: Resource>(
     Action::requeue(ctx.backoff(&format!("{controller}/{key}")))
 }
 
-/// Displays an error with its sources, `a: b: c`.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
-    }
-}
+pub use cloudpillar_protocol::causes::ErrorChain;
