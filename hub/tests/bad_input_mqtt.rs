@@ -11,12 +11,8 @@ use rumqttc::QoS;
 use serde_json::{Value, json};
 
 async fn telemetry_count(hub: &TestHub) -> usize {
-    let (_, _, page) = hub
-        .call(Method::GET, "/events?from=1&limit=1000", None, &[])
-        .await;
-    page["events"]
-        .as_array()
-        .unwrap()
+    hub.events()
+        .await
         .iter()
         .filter(|e| e["source"] == "Telemetry")
         .count()

@@ -13,9 +13,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn sas_device_gets_twin_patches_reported_and_receives_desired() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev1").await;
-    let mut dev = hub.connect("dev1", &key, true).await;
-    dev.subscribe_all("dev1").await;
+    let mut dev = hub.subscribed("dev1", true).await;
 
     let res = dev
         .twin_request("$iothub/twin/GET/?$rid=1", Value::Null)
@@ -102,9 +100,7 @@ async fn telemetry_reaches_event_stream_with_properties_and_connection_events() 
 #[tokio::test]
 async fn f09_persistent_session_keeps_subscriptions_and_queued_c2d_across_reconnect() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev3").await;
-    let dev = hub.connect("dev3", &key, false).await;
-    dev.subscribe_all("dev3").await;
+    let (key, dev) = hub.subscribed_with_key("dev3", false).await;
     drop(dev);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -155,9 +151,7 @@ async fn f09_persistent_session_keeps_subscriptions_and_queued_c2d_across_reconn
 #[tokio::test]
 async fn f09_clean_session_reconnect_has_no_session() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev4").await;
-    let dev = hub.connect("dev4", &key, true).await;
-    dev.subscribe_all("dev4").await;
+    let (key, dev) = hub.subscribed_with_key("dev4", true).await;
     drop(dev);
     let token = hub.device_token("dev4", &key, now() + 3600);
     let (_dev, present) =
@@ -197,9 +191,7 @@ async fn device_cannot_subscribe_or_publish_to_another_devices_topics() {
 #[tokio::test]
 async fn bad_reported_patches_get_azure_status_and_keep_connection_and_state() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev7").await;
-    let mut dev = hub.connect("dev7", &key, true).await;
-    dev.subscribe_all("dev7").await;
+    let mut dev = hub.subscribed("dev7", true).await;
     let deep = (0..11).fold(json!(1), |inner, _| json!({ "k": inner }));
     let cases = [
         (json!({"files": {"firmware.bin": {"crc": "0943260c"}}}), 400),
@@ -238,9 +230,7 @@ async fn bad_reported_patches_get_azure_status_and_keep_connection_and_state() {
 #[tokio::test]
 async fn f08_large_twin_response_and_64k_c2d_arrive_without_reconnect() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev8").await;
-    let mut dev = hub.connect("dev8", &key, true).await;
-    dev.subscribe_all("dev8").await;
+    let mut dev = hub.subscribed("dev8", true).await;
     let big = "x".repeat(20_000);
     let res = dev
         .twin_request(
@@ -314,9 +304,7 @@ async fn a_new_connection_closes_the_old_one() {
 #[tokio::test]
 async fn direct_method_round_trip() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("dev11").await;
-    let mut dev = hub.connect("dev11", &key, true).await;
-    dev.subscribe_all("dev11").await;
+    let mut dev = hub.subscribed("dev11", true).await;
     let call = {
         let (http, base, token) = (hub.http.clone(), hub.base.clone(), hub.token());
         tokio::spawn(async move {

@@ -43,9 +43,7 @@ async fn pipeline(dev: &mut common::Device) -> Vec<(u64, u64)> {
 #[tokio::test]
 async fn a_device_pipelining_reported_patches_gets_versions_in_the_order_it_sent_them() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("seq-1").await;
-    let mut dev = hub.connect("seq-1", &key, true).await;
-    dev.subscribe_all("seq-1").await;
+    let mut dev = hub.subscribed("seq-1", true).await;
 
     let answers = pipeline(&mut dev).await;
     for (n, v) in &answers {
@@ -56,12 +54,9 @@ async fn a_device_pipelining_reported_patches_gets_versions_in_the_order_it_sent
     assert_eq!(twin["properties"]["reported"]["$version"], PATCHES + 1);
 
     // The event stream carries the changes in the same order.
-    let (_, _, page) = hub
-        .call(Method::GET, "/events?from=1&limit=1000", None, &[])
-        .await;
-    let seen: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
+    let seen: Vec<u64> = hub
+        .events()
+        .await
         .iter()
         .filter(|e| e["source"] == "twinChangeEvents")
         .filter_map(|e| e["body"]["properties"]["reported"]["n"].as_u64())
@@ -72,9 +67,7 @@ async fn a_device_pipelining_reported_patches_gets_versions_in_the_order_it_sent
 #[tokio::test]
 async fn telemetry_arriving_in_pieces_keeps_its_place_among_reported_patches() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("big-1").await;
-    let mut dev = hub.connect("big-1", &key, true).await;
-    dev.subscribe_all("big-1").await;
+    let mut dev = hub.subscribed("big-1", true).await;
 
     // Every third message is a 100 KB event (read in chunks), the rest reported patches.
     for n in 0..PATCHES {
@@ -97,12 +90,9 @@ async fn telemetry_arriving_in_pieces_keeps_its_place_among_reported_patches() {
     let last = format!("$iothub/twin/res/204/?$rid={}&", PATCHES - 1);
     dev.next(&last).await;
 
-    let (_, _, page) = hub
-        .call(Method::GET, "/events?from=1&limit=1000", None, &[])
-        .await;
-    let seen: Vec<u64> = page["events"]
-        .as_array()
-        .unwrap()
+    let seen: Vec<u64> = hub
+        .events()
+        .await
         .iter()
         .filter_map(|e| match e["source"].as_str() {
             Some("Telemetry") => e["body"]["n"].as_u64(),
@@ -116,9 +106,7 @@ async fn telemetry_arriving_in_pieces_keeps_its_place_among_reported_patches() {
 #[tokio::test]
 async fn desired_writes_and_pipelined_reported_patches_to_one_twin_all_land() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("mix-1").await;
-    let mut dev = hub.connect("mix-1", &key, true).await;
-    dev.subscribe_all("mix-1").await;
+    let mut dev = hub.subscribed("mix-1", true).await;
 
     let service = async {
         for i in 0..40 {
@@ -144,9 +132,7 @@ async fn desired_writes_and_pipelined_reported_patches_to_one_twin_all_land() {
 #[tokio::test]
 async fn a_deleted_and_recreated_device_starts_with_a_fresh_twin() {
     let hub = TestHub::start().await;
-    let key = hub.add_device("gone-1").await;
-    let mut dev = hub.connect("gone-1", &key, true).await;
-    dev.subscribe_all("gone-1").await;
+    let mut dev = hub.subscribed("gone-1", true).await;
     let topic = "$iothub/twin/PATCH/properties/reported/?$rid=1";
     let res = dev.twin_request(topic, json!({ "old": true })).await;
     assert_eq!(status_of(&res.topic), 204);

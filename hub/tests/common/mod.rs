@@ -146,6 +146,27 @@ impl TestHub {
             .await
             .expect("connect")
     }
+
+    /// Registers device `id`, connects it and subscribes to all its topics.
+    pub async fn subscribed(&self, id: &str, clean: bool) -> Device {
+        self.subscribed_with_key(id, clean).await.1
+    }
+
+    /// As [`TestHub::subscribed`], with the device's primary key.
+    pub async fn subscribed_with_key(&self, id: &str, clean: bool) -> (String, Device) {
+        let key = self.add_device(id).await;
+        let dev = self.connect(id, &key, clean).await;
+        dev.subscribe_all(id).await;
+        (key, dev)
+    }
+
+    /// The first 1,000 events of the hub's event stream.
+    pub async fn events(&self) -> Vec<Value> {
+        let (_, _, page) = self
+            .call(Method::GET, "/events?from=1&limit=1000", None, &[])
+            .await;
+        page["events"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 pub fn now() -> u64 {
