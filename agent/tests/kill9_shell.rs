@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::TestHub;
-use common::process::{kill9, spawn_agent};
+use common::process::{kill9, spawn_agent, spawn_agent_with};
 
 /// Live (not zombie) processes whose process group is `pgid`.
 fn group_members(pgid: i32) -> Vec<i32> {
@@ -81,23 +81,68 @@ async fn wait_for_starts(marker: &Path, count: usize) -> Vec<i32> {
     );
 }
 
+/// The records in `<state>/steps/`, as JSON.
+fn step_records(state: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(state.join("steps"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_shell_step_ends_the_old_group_before_the_step_runs_again() {
+    kill_9_during_a_step_then_restart("k9-5", &[], |records| {
+        assert_eq!(
+            records.len(),
+            1,
+            "the running step is recorded: {records:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_spawning_a_step_before_recording_its_group_ends_it_before_a_rerun() {
+    let pause = [(
+        cloudpillar_agent::engine::shell::PAUSE_AFTER_SPAWN_ENV,
+        "120000",
+    )];
+    kill_9_during_a_step_then_restart("k9-6", &pause, |records| {
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert!(
+            records[0]["pgid"].is_null(),
+            "killed before the group was recorded: {records:?}"
+        );
+    })
+    .await;
+}
+
+/// Starts a step under an agent started with `env`, checks the step records with
+/// `at_kill` and kills the agent with SIGKILL, restarts it, and checks that the step ran
+/// again only once its first run's group was gone.
+async fn kill_9_during_a_step_then_restart(
+    device: &str,
+    env: &[(&str, &str)],
+    at_kill: impl FnOnce(&[serde_json::Value]),
+) {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("agent.toml");
     let extra = "[shell]\nstop_grace_secs = 3\n";
-    let text = hub.agent_config("k9-5", dir.path(), "").await;
+    let text = hub.agent_config(device, dir.path(), "").await;
     std::fs::write(&config_path, format!("{text}{extra}")).unwrap();
     let log = dir.path().join("agent.log");
     let (marker, gate) = (dir.path().join("marker"), dir.path().join("gate"));
     let mut cleanup = Cleanup {
-        agent: Some(spawn_agent(&config_path, &log)),
+        agent: Some(spawn_agent_with(&config_path, &log, env)),
         marker: marker.clone(),
     };
-    hub.wait_reported("k9-5", "connected", |r| r["health"] == "connected")
+    hub.wait_reported(device, "connected", |r| r["health"] == "connected")
         .await;
-
     // Each run notes how many processes of the previous run's group are still alive, then
     // its own group id, then waits for the gate with a child process.
     let command = format!(
@@ -114,11 +159,12 @@ while [ ! -e {g} ]; do sleep 0.1; done"#,
     let spec = json!({"id": "k9-shell", "patch": {"installSteps": [
         {"shell": "bash", "command": command}]}});
     hub.patch_desired(
-        "k9-5",
+        device,
         json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
     )
     .await;
     let first = wait_for_starts(&marker, 1).await[0];
+    at_kill(&step_records(&dir.path().join("state")));
     kill9(cleanup.agent.as_mut().unwrap());
     assert!(
         !group_members(first).is_empty(),
@@ -137,7 +183,7 @@ while [ ! -e {g} ]; do sleep 0.1; done"#,
 
     std::fs::write(&gate, "").unwrap();
     let reported = hub
-        .wait_reported("k9-5", "recipe success", |r| {
+        .wait_reported(device, "recipe success", |r| {
             r["changeSpec"]["Status"] == "Success"
         })
         .await;

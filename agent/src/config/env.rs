@@ -9,9 +9,13 @@ use super::ConfigError;
 /// Prefix of every override variable.
 pub const PREFIX: &str = "CP_AGENT_";
 
-/// Variables with the prefix that are not configuration keys: the config file path and
-/// the log filter.
-pub const RESERVED: [&str; 2] = ["CP_AGENT_CONFIG", "CP_AGENT_LOG"];
+/// Variables with the prefix that are not configuration keys: the config file path, the log
+/// filter and a test hook of shell steps (see `engine::shell::PAUSE_AFTER_SPAWN_ENV`).
+pub const RESERVED: [&str; 3] = [
+    "CP_AGENT_CONFIG",
+    "CP_AGENT_LOG",
+    "CP_AGENT_TEST_PAUSE_AFTER_SPAWN_MS",
+];
 
 /// Applies every `CP_AGENT_*` variable in `vars` to `table`.
 pub fn apply_overrides(

@@ -1,17 +1,21 @@
-//! Process groups of running shell steps, recorded before the agent waits on them.
+//! Process groups of running shell steps, recorded before the agent starts them.
 //!
 //! A step runs in its own process group, which outlives an agent killed with `kill -9`.
-//! Each group is written to `<state_dir>/steps/` (leader pid, its start time from
-//! `/proc/<pid>/stat`, the boot id) before the agent waits, and removed once the step ends.
-//! A restarted agent ends every group a previous agent process left (SIGTERM, a grace
-//! period, SIGKILL) before it runs a step again. The start time rules out a reused pid.
+//! Each step is written to `<state_dir>/steps/` twice: before it is started, with a random
+//! run name that every process of the step carries in its environment ([`RUN_ENV`]), and
+//! right after, with its group (leader pid, its start time from `/proc/<pid>/stat`, the
+//! boot id). The record is removed once the step ends. A restarted agent ends every step a
+//! previous agent process left (SIGTERM, a grace period, SIGKILL) before it runs a step
+//! again: by its group, or by the run name in `/proc/<pid>/environ` when the agent was
+//! killed before the group was written. The start time rules out a reused pid. A step whose
+//! processes survive SIGKILL keeps its record, and is tried again at the next start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +27,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long SIGKILL may take to empty a group.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// The environment variable naming the run of a step in all of its processes.
+pub const RUN_ENV: &str = "CLOUDPILLAR_STEP_RUN";
+
 /// A running step's process group as written to disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
@@ -30,10 +37,14 @@ pub struct GroupRecord {
     pub recipe: String,
     /// Action path of the step (with `#onPause`/`#onResume` for hooks).
     pub step: String,
-    /// Process group id, the pid of its leader.
-    pub pgid: i32,
+    /// Random name of this run of the step, the value of [`RUN_ENV`] in its processes (empty
+    /// in records of agents that did not name runs).
+    #[serde(default)]
+    pub run: String,
+    /// Process group id, the pid of its leader; `None` until the step is started.
+    pub pgid: Option<i32>,
     /// Start time of the leader in clock ticks after boot (`/proc/<pid>/stat` field 22).
-    pub start_ticks: u64,
+    pub start_ticks: Option<u64>,
     /// `/proc/sys/kernel/random/boot_id` when the step started.
     pub boot_id: String,
     /// The agent process that started the step (random, once per process).
@@ -49,6 +60,8 @@ pub struct Leftover {
     pub step: String,
     /// What happened to it, for the step's `ResultText`.
     pub text: String,
+    /// Some of its processes survived SIGKILL: the record stays for the next start.
+    pub survived: bool,
 }
 
 /// The records of running step groups below the state directory.
@@ -71,15 +84,34 @@ impl Groups {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Writes the group led by `pid` durably; the step must not be waited on without it.
-    pub fn record(&self, recipe: &str, step: &str, pid: u32) -> Result<(), GroupError> {
+    /// Writes, before the step is started, that it is about to be; returns the run name its
+    /// processes must carry in [`RUN_ENV`].
+    pub fn intend(&self, recipe: &str, step: &str) -> Result<String, GroupError> {
+        let run = format!("{:032x}", rand::random::<u128>());
+        let record = GroupRecord {
+            recipe: recipe.to_owned(),
+            step: step.to_owned(),
+            run: run.clone(),
+            pgid: None,
+            start_ticks: None,
+            boot_id: boot_id(),
+            owner: owner(),
+        };
+        durable::write_json(&self.path(recipe, step), &record)?;
+        Ok(run)
+    }
+
+    /// Writes the group led by `pid` of the step's `run` durably; the step must not be waited
+    /// on without it.
+    pub fn record(&self, recipe: &str, step: &str, run: &str, pid: u32) -> Result<(), GroupError> {
         let pgid = i32::try_from(pid).map_err(|_| GroupError::Stat { pid })?;
         let start_ticks = stat(pgid).ok_or(GroupError::Stat { pid })?.start_ticks;
         let record = GroupRecord {
             recipe: recipe.to_owned(),
             step: step.to_owned(),
-            pgid,
-            start_ticks,
+            run: run.to_owned(),
+            pgid: Some(pgid),
+            start_ticks: Some(start_ticks),
             boot_id: boot_id(),
             owner: owner(),
         };
@@ -99,15 +131,18 @@ impl Groups {
             if record.owner == owner() {
                 continue;
             }
-            let text = end_group(&record, grace).await;
-            tracing::warn!(recipe = %record.recipe, step = %record.step, pgid = record.pgid,
-                %text, "process group left by a previous agent");
+            let (text, survived) = end_group(&record, grace).await;
+            tracing::warn!(recipe = %record.recipe, step = %record.step, pgid = ?record.pgid,
+                %text, "step processes left by a previous agent");
             // The record goes only once the group is gone or known not to be ours.
-            remove_record(&path);
+            if !survived {
+                remove_record(&path);
+            }
             found.push(Leftover {
                 recipe: record.recipe,
                 step: record.step,
                 text,
+                survived,
             });
         }
         found
@@ -157,67 +192,167 @@ pub enum GroupError {
     Write(#[from] DurableError),
 }
 
-/// Stops `record`'s group if it is still the one the step started; says what happened.
-async fn end_group(record: &GroupRecord, grace: Duration) -> String {
-    let pgid = record.pgid;
-    if record.boot_id != boot_id() {
-        return format!("process group {pgid} of a run before the last reboot is gone");
-    }
-    if let Some(leader) = stat(pgid)
-        && leader.start_ticks != record.start_ticks
-    {
-        return format!("process group {pgid} is gone (its pid now belongs to another process)");
-    }
-    // Without its leader, the members that started after it are the step's children.
-    if members(record).is_empty() {
-        return format!("process group {pgid} of the interrupted run had already ended");
-    }
-    signal(pgid, Signal::SIGTERM);
-    if wait_empty(record, grace).await {
-        return format!("process group {pgid} of the interrupted run was stopped with SIGTERM");
-    }
-    signal(pgid, Signal::SIGKILL);
-    let gone = wait_empty(record, KILL_WAIT).await;
-    if gone {
-        format!("process group {pgid} of the interrupted run was killed {grace:?} after SIGTERM")
-    } else {
-        format!("process group {pgid} of the interrupted run survived SIGKILL")
-    }
+/// The processes of a step an earlier agent started: its group, when known, and every
+/// process carrying its run name.
+#[derive(Debug, Clone)]
+struct Target {
+    pgid: Option<i32>,
+    start_ticks: u64,
+    run: String,
 }
 
-async fn wait_empty(record: &GroupRecord, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if members(record).is_empty() {
-            return true;
+impl Target {
+    /// What `record` names, its group found by the run name when the agent was killed before
+    /// writing it; `Err` with the reason when nothing of the step can be left.
+    fn of(record: &GroupRecord) -> Result<Self, String> {
+        if record.boot_id != boot_id() {
+            return Err(match record.pgid {
+                Some(pgid) => {
+                    format!("process group {pgid} of a run before the last reboot is gone")
+                }
+                None => "the step's processes of a run before the last reboot are gone".to_owned(),
+            });
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+        if let (Some(pgid), Some(start_ticks)) = (record.pgid, record.start_ticks) {
+            if let Some(leader) = stat(pgid)
+                && leader.start_ticks != start_ticks
+            {
+                return Err(format!(
+                    "process group {pgid} is gone (its pid now belongs to another process)"
+                ));
+            }
+            return Ok(Self {
+                pgid: Some(pgid),
+                start_ticks,
+                run: record.run.clone(),
+            });
         }
-        tokio::time::sleep(POLL).await;
+        // Killed between starting the step and recording its group: its leader is the
+        // oldest process of the run that leads a group (a child may have made its own).
+        let carriers = carriers(&record.run);
+        let leader = (carriers.iter())
+            .filter(|(pid, s)| s.pgrp == *pid)
+            .min_by_key(|(pid, s)| (s.start_ticks, *pid));
+        Ok(Self {
+            pgid: leader.map(|(pid, _)| *pid),
+            start_ticks: leader.map_or(0, |(_, s)| s.start_ticks),
+            run: record.run.clone(),
+        })
+    }
+
+    /// How `ResultText` names what is left, with the verb that goes with it.
+    fn name(&self) -> (String, &'static str) {
+        match self.pgid {
+            Some(pgid) => (format!("process group {pgid}"), "was"),
+            None => ("the step's processes".to_owned(), "were"),
+        }
+    }
+
+    /// Live (not zombie) processes of the step: members of its group started no earlier
+    /// than its leader (without its leader, those are the step's children), and every
+    /// process carrying its run name.
+    fn members(&self) -> Vec<(i32, ProcStat)> {
+        let own = i32::try_from(std::process::id()).unwrap_or_default();
+        processes()
+            .filter(|(pid, s)| {
+                *pid != own
+                    && s.alive()
+                    && (self.pgid == Some(s.pgrp) && s.start_ticks >= self.start_ticks
+                        || carries(*pid, &self.run))
+            })
+            .collect()
+    }
+
+    /// Signals the group, and every process of the run that left it.
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            send(killpg(Pid::from_raw(pgid), signal), pgid, signal);
+        }
+        for (pid, stat) in self.members() {
+            if self.pgid != Some(stat.pgrp) {
+                send(kill(Pid::from_raw(pid), signal), pid, signal);
+            }
+        }
+    }
+
+    async fn wait_empty(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.members().is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
 
-fn signal(pgid: i32, signal: Signal) {
-    if let Err(error) = killpg(Pid::from_raw(pgid), signal) {
-        tracing::debug!(%error, pgid, ?signal, "process group already gone");
-    }
-}
-
-/// Live (not zombie) processes of the recorded group started no earlier than its leader.
-fn members(record: &GroupRecord) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
+/// Stops what is left of `record`'s step if it is still the one the step started; says
+/// what happened, and whether some of it survived SIGKILL.
+async fn end_group(record: &GroupRecord, grace: Duration) -> (String, bool) {
+    let target = match Target::of(record) {
+        Ok(target) => target,
+        Err(text) => return (text, false),
     };
-    entries
+    let (name, was) = target.name();
+    if target.members().is_empty() {
+        return (
+            format!("{name} of the interrupted run had already ended"),
+            false,
+        );
+    }
+    target.signal(Signal::SIGTERM);
+    if target.wait_empty(grace).await {
+        return (
+            format!("{name} of the interrupted run {was} stopped with SIGTERM"),
+            false,
+        );
+    }
+    target.signal(Signal::SIGKILL);
+    if target.wait_empty(KILL_WAIT).await {
+        let text = format!("{name} of the interrupted run {was} killed {grace:?} after SIGTERM");
+        (text, false)
+    } else {
+        (
+            format!("{name} of the interrupted run survived SIGKILL"),
+            true,
+        )
+    }
+}
+
+fn send(result: nix::Result<()>, id: i32, signal: Signal) {
+    if let Err(error) = result {
+        tracing::debug!(%error, id, ?signal, "step process already gone");
+    }
+}
+
+/// Every process that can be read, with its `stat` fields.
+fn processes() -> impl Iterator<Item = (i32, ProcStat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            stat(*pid).is_some_and(|s| {
-                s.pgrp == record.pgid && s.start_ticks >= record.start_ticks && s.alive()
-            })
-        })
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+}
+
+/// Live processes carrying `run` in [`RUN_ENV`].
+fn carriers(run: &str) -> Vec<(i32, ProcStat)> {
+    processes()
+        .filter(|(pid, s)| s.alive() && carries(*pid, run))
         .collect()
+}
+
+/// Whether `pid`'s environment names the step run `run` (an empty name matches nothing).
+fn carries(pid: i32, run: &str) -> bool {
+    if run.is_empty() {
+        return false;
+    }
+    let entry = format!("{RUN_ENV}={run}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
 /// The fields of `/proc/<pid>/stat` the agent reads.

@@ -15,18 +15,24 @@ fn spawn_group(script: &str) -> Child {
 /// Writes a record as a previous agent process (another owner) would have.
 fn left_by_a_previous_agent(groups_dir: &std::path::Path, child: &Child, start_ticks: u64) {
     let pgid = i32::try_from(child.id()).expect("pid");
+    write_left(groups_dir, "", Some((pgid, start_ticks)));
+}
+
+/// Writes `steps/left.json` of run `run` and `group` (pgid, leader start) for another owner.
+fn write_left(dir: &std::path::Path, run: &str, group: Option<(i32, u64)>) {
     let record = GroupRecord {
         recipe: "r1".into(),
         step: "changeSpec.patch.installSteps[0]".into(),
-        pgid,
-        start_ticks,
+        run: run.into(),
+        pgid: group.map(|g| g.0),
+        start_ticks: group.map(|g| g.1),
         boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .expect("boot id")
             .trim()
             .to_owned(),
         owner: 0,
     };
-    crate::durable::write_json(&groups_dir.join("steps/left.json"), &record).expect("record");
+    crate::durable::write_json(&dir.join("steps/left.json"), &record).expect("record");
 }
 
 fn running(child: &Child) -> bool {
@@ -111,8 +117,11 @@ async fn records_of_this_agent_process_are_left_to_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_group("sleep 30");
     let groups = Groups::new(dir.path());
+    let run = groups
+        .intend("r1", "changeSpec.patch.installSteps[0]")
+        .expect("intend");
     groups
-        .record("r1", "changeSpec.patch.installSteps[0]", child.id())
+        .record("r1", "changeSpec.patch.installSteps[0]", &run, child.id())
         .expect("record");
     assert!(
         groups
@@ -130,4 +139,83 @@ async fn records_of_this_agent_process_are_left_to_it() {
     );
     child.kill().expect("kill");
     let _ = child.wait();
+}
+
+/// A previous agent process recorded the step's intent, started it with its run name and was
+/// killed before it recorded the group.
+fn started_but_unrecorded(dir: &std::path::Path, run: &str, script: &str) -> Child {
+    write_left(dir, run, None);
+    Command::new("bash")
+        .args(["-c", script])
+        .env(RUN_ENV, run)
+        .process_group(0)
+        .spawn()
+        .expect("spawn")
+}
+
+/// Group leaders other than `pgid` that carry `run`.
+fn escaped_children(pgid: i32, run: &str) -> Vec<i32> {
+    (std::fs::read_dir("/proc").expect("proc"))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| stat(*pid).is_some_and(|s| s.pgrp == *pid && *pid != pgid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.windows(run.len()).any(|w| w == run.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_step_started_but_not_recorded_is_found_by_its_run_name_and_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A child that leaves the step's group still carries the run name.
+    let run = "0123456789abcdef0123456789abcdef";
+    let mut child = started_but_unrecorded(dir.path(), run, "setsid sleep 30 & sleep 30; wait");
+    let pgid = i32::try_from(child.id()).expect("pid");
+    let mut escaped = Vec::new();
+    for _ in 0..100 {
+        escaped = escaped_children(pgid, run);
+        if !escaped.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        escaped.len(),
+        1,
+        "the setsid child runs in a group of its own"
+    );
+
+    let found = Groups::new(dir.path())
+        .end_leftovers(Duration::from_secs(5))
+        .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].text,
+        format!("process group {pgid} of the interrupted run was stopped with SIGTERM")
+    );
+    assert!(!found[0].survived);
+    assert!(!running(&child));
+    let _ = child.wait();
+    assert!(
+        stat(escaped[0]).is_none_or(|s| s.state == 'Z'),
+        "the escaped child is stopped too"
+    );
+    assert!(!dir.path().join("steps/left.json").exists());
+}
+
+#[tokio::test]
+async fn an_unrecorded_step_that_already_ended_is_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = "fedcba9876543210fedcba9876543210";
+    let mut child = started_but_unrecorded(dir.path(), run, "exit 0");
+    let _ = child.wait();
+    let found = Groups::new(dir.path())
+        .end_leftovers(Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        found[0].text,
+        "the step's processes of the interrupted run had already ended"
+    );
+    assert!(!dir.path().join("steps/left.json").exists());
 }

@@ -19,6 +19,8 @@ pub mod codes {
     pub const CANCELLED: &str = "cancelled";
     /// The process died from a signal.
     pub const KILLED: &str = "killed";
+    /// Processes of the step's interrupted run survived SIGKILL; it is not run again.
+    pub const STILL_RUNNING: &str = "still_running";
     /// Strict mode forbids shell actions.
     pub const STRICT_MODE: &str = "strict_mode";
     /// The device is in communication-only mode.

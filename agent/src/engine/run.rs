@@ -30,7 +30,7 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
     };
     // Before any step runs again, end what a killed agent left running (one note a step).
     let grace = Duration::from_secs(shared.config.shell.stop_grace_secs);
-    let mut leftovers: BTreeMap<String, String> = BTreeMap::new();
+    let mut leftovers: BTreeMap<String, (String, bool)> = BTreeMap::new();
     for leftover in shared.groups.end_leftovers(grace).await {
         if leftover.recipe == plan.id {
             let step = leftover
@@ -39,7 +39,8 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            leftovers.insert(step, leftover.text);
+            let survived = leftover.survived || leftovers.get(&step).is_some_and(|l| l.1);
+            leftovers.insert(step, (leftover.text, survived));
         }
     }
     let mut status = RecipeStatus::Success;
@@ -68,10 +69,19 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
             }))
             .await;
         tracing::info!(recipe = %plan.id, step = %path, "step started");
-        let mut outcome = execute(&shared, &plan.id, &path, planned.step, &cancel).await;
-        if let Some(note) = leftovers.remove(&path) {
-            outcome.text = format!("{note}; {}", outcome.text);
-        }
+        let outcome = match leftovers.remove(&path) {
+            // Never a second run beside processes of the first that cannot be stopped.
+            Some((note, true)) => StepOutcome::failed(
+                codes::STILL_RUNNING,
+                format!("{note}; the step is not run again beside it"),
+            ),
+            Some((note, false)) => {
+                let mut outcome = execute(&shared, &plan.id, &path, planned.step, &cancel).await;
+                outcome.text = format!("{note}; {}", outcome.text);
+                outcome
+            }
+            None => execute(&shared, &plan.id, &path, planned.step, &cancel).await,
+        };
         if cancel.is_cancelled() && !outcome.is_success() {
             // Superseded or cancelled: the new owner of the journal reports.
             return;

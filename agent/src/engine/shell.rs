@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::groups::Groups;
+use super::groups::{Groups, RUN_ENV};
 use super::outcome::{StepOutcome, codes};
 
 /// Bytes of output kept for `ResultText`.
@@ -162,6 +162,20 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         .process_group(0)
         .kill_on_drop(true);
 
+    // The step is recorded before it starts, under a run name all its processes carry, so a
+    // restart after `kill -9` finds them even if the agent died before recording the group.
+    let recorded = Recorded(step.group);
+    let run = match step
+        .group
+        .map(|g| g.groups.intend(g.recipe, g.step))
+        .transpose()
+    {
+        Ok(run) => run,
+        Err(error) => return StepOutcome::failed(codes::IO_ERROR, error.to_string()),
+    };
+    if let Some(run) = &run {
+        command.env(RUN_ENV, run);
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -169,10 +183,9 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         }
     };
     let pid = child.id();
-    // Recorded before waiting, so a restart after `kill -9` can end what is left.
-    let recorded = Recorded(step.group);
-    if let (Some(group), Some(id)) = (step.group, pid)
-        && let Err(error) = group.groups.record(group.recipe, group.step, id)
+    pause_after_spawn().await;
+    if let (Some(group), Some(run), Some(id)) = (step.group, &run, pid)
+        && let Err(error) = group.groups.record(group.recipe, group.step, run, id)
     {
         kill_group(pid);
         let _ = child.wait().await;
@@ -232,6 +245,22 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
             None => StepOutcome::failed(codes::KILLED, format!("killed by a signal; {tail}")),
         },
         Err(e) => StepOutcome::failed(codes::SPAWN_FAILED, format!("failed to wait: {e}")),
+    }
+}
+
+/// Environment variable (milliseconds, off when unset) that holds every shell step between
+/// starting its process and recording its group: a test hook for a `kill -9` in that window.
+pub const PAUSE_AFTER_SPAWN_ENV: &str = "CP_AGENT_TEST_PAUSE_AFTER_SPAWN_MS";
+
+async fn pause_after_spawn() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        let millis = std::env::var(PAUSE_AFTER_SPAWN_ENV).ok()?.parse().ok()?;
+        tracing::warn!(millis, "shell steps pause after they start (test hook)");
+        Some(Duration::from_millis(millis))
+    });
+    if let Some(pause) = pause {
+        tokio::time::sleep(*pause).await;
     }
 }
 

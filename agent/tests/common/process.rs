@@ -5,6 +5,12 @@ use std::process::{Child, Command, Stdio};
 
 /// Starts the agent binary with `config`, appending its log to `log`.
 pub fn spawn_agent(config: &Path, log: &Path) -> Child {
+    spawn_agent_with(config, log, &[])
+}
+
+/// Starts the agent binary with `config` and the extra environment `env`, appending its log
+/// to `log`.
+pub fn spawn_agent_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -14,6 +20,7 @@ pub fn spawn_agent(config: &Path, log: &Path) -> Child {
         .arg("--config")
         .arg(config)
         .env("CP_AGENT_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
