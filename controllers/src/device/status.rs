@@ -11,14 +11,9 @@ use kube::runtime::controller::Action;
 use super::CONTROLLER;
 use crate::error::{Error, Result};
 use crate::runtime::{Context, ErrorChain};
-use crate::status::{condition, manager, merge_conditions, patch_status};
+use crate::status::{apply_status, condition, manager, merge_conditions};
 
-/// Writes the status `change` makes to the current one, unless it changes nothing.
-///
-/// A merge patch of the difference: `previous` is the freshest status known (the cache, or
-/// this controller's last write while the cache lags), and only this controller writes the
-/// fields it diffs, so what it drops is removed with an explicit `null`. Every new Device
-/// gets one such write; a merge patch costs the API server less than a server-side apply.
+/// Applies the status `change` makes to the current one, unless it changes nothing.
 pub(super) async fn write_status(
     ctx: &Context,
     api: &Api<Device>,
@@ -31,17 +26,11 @@ pub(super) async fn write_status(
     if wanted == *previous {
         return Ok(wanted);
     }
-    // The assignment belongs to the Rollout controller; neither side names it.
-    let owned = |status: &DeviceStatus| DeviceStatus {
-        assignment: None,
-        ..status.clone()
-    };
-    let (before, after) = (owned(previous), owned(&wanted));
-    let manager = manager(CONTROLLER);
-    if let Some(written) = patch_status(api, device, &manager, &before, &after).await? {
-        let status = written.status.unwrap_or_default();
-        ctx.device_status.remember(device, &status);
-    }
+    // The assignment belongs to the Rollout controller's field manager; leave it out.
+    let mut owned = wanted.clone();
+    owned.assignment = None;
+    apply_status(api, device, &manager(CONTROLLER), &owned).await?;
+    ctx.device_status.remember(device, &owned);
     Ok(wanted)
 }
 

@@ -4,10 +4,6 @@
 //! else is never overwritten: the server answers 409, the object is read again and the patch
 //! retried. A 404 while removing means the object is already gone, which is what removal
 //! wanted.
-//!
-//! The patches ask the API server not to look for unknown or duplicate fields
-//! (`fieldValidation=Ignore`): they name one known field, and the default `Warn` would decode
-//! the whole patched object a second, strict way only to send warnings the client drops.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -90,7 +86,7 @@ where
     });
     api.patch(
         &object.name_any(),
-        &PatchParams::default().validation_ignore(),
+        &PatchParams::default(),
         &Patch::Merge(&body),
     )
     .await
