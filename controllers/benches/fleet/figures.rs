@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 
 use kube::Client;
 
-/// `apiserver_request_total` by `verb resource[/subresource] code`, for the resources the
-/// operator writes, and the server's `process_cpu_seconds_total` (key `cpu`). Empty when the
-/// server does not let the caller read `/metrics`.
+/// `apiserver_request_total` by `verb resource[/subresource] code` and the seconds spent
+/// answering them (`apiserver_request_duration_seconds_sum`, key `seconds verb
+/// resource[/subresource]`), for the resources the operator writes, and the server's
+/// `process_cpu_seconds_total` (key `cpu`). Empty when the server does not let the caller read
+/// `/metrics`.
 pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
     let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
         return BTreeMap::new();
@@ -21,13 +23,16 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
             counts.insert("cpu".to_owned(), value.trim().parse::<f64>().unwrap_or(0.0));
             continue;
         }
-        let Some(labels) = line
-            .strip_prefix("apiserver_request_total{")
-            .and_then(|rest| rest.split_once("} "))
-        else {
+        let (seconds, labels) = match line.strip_prefix("apiserver_request_total{") {
+            Some(rest) => (false, rest),
+            None => match line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                Some(rest) => (true, rest),
+                None => continue,
+            },
+        };
+        let Some((labels, value)) = labels.split_once("} ") else {
             continue;
         };
-        let (labels, value) = labels;
         let label = |name: &str| {
             labels
                 .split(',')
@@ -40,9 +45,13 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
             continue;
         }
         let subresource = label("subresource");
-        let key = match subresource.as_str() {
-            "" => format!("{} {resource} {}", label("verb"), label("code")),
-            sub => format!("{} {resource}/{sub} {}", label("verb"), label("code")),
+        let target = match subresource.as_str() {
+            "" => resource,
+            sub => format!("{resource}/{sub}"),
+        };
+        let key = match seconds {
+            true => format!("seconds {} {target}", label("verb")),
+            false => format!("{} {target} {}", label("verb"), label("code")),
         };
         *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
     }
@@ -63,6 +72,10 @@ pub fn print_request_delta(
         let delta = value - before.get(key).copied().unwrap_or(0.0);
         if key == "cpu" {
             println!("fleet: {what}: API server used {delta:.1} s of CPU");
+        } else if let Some(request) = key.strip_prefix("seconds ") {
+            if delta >= 0.1 {
+                println!("fleet: {what}: API server spent {delta:.1} s answering {request}");
+            }
         } else if delta >= 1.0 {
             println!("fleet: {what}: API server answered {delta:.0} x {key}");
         }
