@@ -1,7 +1,8 @@
 //! Twin limits and key rules from `cloudpillar-protocol`, answered with Azure's status codes:
 //! 400 for forbidden keys and nesting deeper than 10, 413 for sections over their size limit.
 
-use cloudpillar_protocol::keys::validate_document_keys;
+use cloudpillar_protocol::causes::ErrorChain;
+use cloudpillar_protocol::keys::{KeyError, validate_document_keys};
 use cloudpillar_protocol::limits::{LimitError, TwinLimits, depth};
 use serde_json::Value;
 
@@ -32,8 +33,7 @@ impl Section {
 
 /// Checks the keys and depth of a patch before it is merged (nulls allowed).
 pub fn check_patch(section: Section, patch: &Value) -> Result<(), Refusal> {
-    validate_document_keys(patch)
-        .map_err(|e| Refusal::bad_request(format!("{}: {e}", section.name())))?;
+    validate_document_keys(patch).map_err(|e| key_refusal(section, &e))?;
     let limits = TwinLimits::default();
     let found = depth(patch);
     if found > limits.max_depth {
@@ -57,8 +57,12 @@ pub fn check_section(section: Section, doc: &Value) -> Result<(), Refusal> {
         Section::Reported => limits.check_reported(doc),
     };
     checked.map_err(|e| limit_refusal(section, &e))?;
-    validate_document_keys(doc)
-        .map_err(|e| Refusal::bad_request(format!("{}: {e}", section.name())))
+    validate_document_keys(doc).map_err(|e| key_refusal(section, &e))
+}
+
+/// The refusal names the key and what is wrong with it, not only where it sits.
+fn key_refusal(section: Section, e: &KeyError) -> Refusal {
+    Refusal::bad_request(format!("{}: {}", section.name(), ErrorChain(e)))
 }
 
 fn limit_refusal(section: Section, e: &LimitError) -> Refusal {

@@ -160,27 +160,11 @@ async fn query_filters_tags_and_reported_with_continuation() {
         .await;
     }
     let q = json!({"query": "SELECT * FROM devices WHERE tags.site = 'a' AND deviceId IN ['q0', 'q2', 'q3']"});
-    let (s, h, page1) = hub
-        .call(
-            Method::POST,
-            "/devices/query",
-            Some(q.clone()),
-            &[("x-ms-max-item-count", "2")],
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(page1.as_array().unwrap().len(), 2);
-    let cont = h["x-ms-continuation"].to_str().unwrap().to_string();
-    let (_, h2, page2) = hub
-        .call(
-            Method::POST,
-            "/devices/query",
-            Some(q),
-            &[("x-ms-max-item-count", "2"), ("x-ms-continuation", &cont)],
-        )
-        .await;
-    assert_eq!(page2[0]["deviceId"], "q3");
-    assert!(h2.get("x-ms-continuation").is_none());
+    let (page1, cont) = query_page(&hub, &q, None).await;
+    assert_eq!(page1, ["q0", "q2"]);
+    let (page2, last) = query_page(&hub, &q, cont.as_deref()).await;
+    assert_eq!(page2, ["q3"]);
+    assert!(last.is_none());
     let (s, _, _) = hub
         .call(
             Method::POST,
@@ -190,6 +174,65 @@ async fn query_filters_tags_and_reported_with_continuation() {
         )
         .await;
     assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn query_continuation_resumes_after_the_last_device_when_earlier_ones_are_deleted() {
+    let hub = TestHub::start().await;
+    for id in ["p0", "p1", "p2", "p3"] {
+        hub.add_device(id).await;
+    }
+    let q = json!({"query": "SELECT * FROM devices"});
+    let (page1, cont) = query_page(&hub, &q, None).await;
+    assert_eq!(page1, ["p0", "p1"]);
+
+    // Devices already returned go away before the next page is read.
+    for id in ["p0", "p1"] {
+        let (s, _, _) = hub
+            .call(Method::DELETE, &format!("/devices/{id}"), None, &[])
+            .await;
+        assert_eq!(s, 204);
+    }
+    let (page2, last) = query_page(&hub, &q, cont.as_deref()).await;
+    assert_eq!(page2, ["p2", "p3"]);
+    assert!(last.is_none());
+}
+
+/// One page of two twins: their device ids and the continuation token, if any.
+async fn query_page(hub: &TestHub, q: &Value, cont: Option<&str>) -> (Vec<String>, Option<String>) {
+    let mut headers = vec![("x-ms-max-item-count", "2")];
+    headers.extend(cont.map(|c| ("x-ms-continuation", c)));
+    let (s, h, page) = hub
+        .call(Method::POST, "/devices/query", Some(q.clone()), &headers)
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let rows = page.as_array().unwrap().iter();
+    let ids = rows
+        .map(|t| t["deviceId"].as_str().unwrap().to_string())
+        .collect();
+    let next = h
+        .get("x-ms-continuation")
+        .map(|v| v.to_str().unwrap().to_string());
+    (ids, next)
+}
+
+#[tokio::test]
+async fn forbidden_twin_key_refusal_names_the_key_and_the_reason() {
+    let hub = TestHub::start().await;
+    hub.add_device("k1").await;
+    let (s, h, body) = hub
+        .call(
+            Method::PATCH,
+            "/twins/k1",
+            Some(json!({"tags": {"site": {"firmware.bin": 1}}})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(h["iothub-errorcode"], "ArgumentInvalid");
+    let message = body["Message"].as_str().unwrap();
+    assert!(message.contains("firmware.bin"), "{message}");
+    assert!(message.contains("'.'"), "{message}");
 }
 
 #[tokio::test]

@@ -91,7 +91,7 @@ pub enum KeyError {
         key: String,
     },
     /// A key somewhere in a document is not acceptable.
-    #[error("invalid key at {path}")]
+    #[error("invalid key at {}", if path.is_empty() { "the top level" } else { path })]
     InDocument {
         /// Dotted path of the object holding the key (empty for the top level).
         path: String,

@@ -7,6 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -17,6 +19,19 @@ use crate::query::Query;
 
 /// Page size when the caller sets no `x-ms-max-item-count`.
 const DEFAULT_PAGE: usize = 100;
+
+fn twin_id(twin: &Value) -> &str {
+    twin["deviceId"].as_str().unwrap_or_default()
+}
+
+/// The device id a continuation token resumes after.
+fn continuation_id(token: &str) -> Result<String, Refusal> {
+    STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| Refusal::bad_request("bad continuation token"))
+}
 
 fn etag_of(twin: &Value) -> String {
     twin["etag"].as_str().unwrap_or_default().to_string()
@@ -75,23 +90,27 @@ pub(super) async fn query(
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(DEFAULT_PAGE);
-    let skip = match header("x-ms-continuation") {
-        Some(token) => token
-            .parse::<usize>()
-            .map_err(|_| Refusal::bad_request("bad continuation token"))?,
-        None => 0,
-    };
-    let matching: Vec<Value> = core
+    let after = header("x-ms-continuation")
+        .map(continuation_id)
+        .transpose()?;
+
+    // Twins come in device id order, so a page resumes after the last id the previous page
+    // returned, whatever was registered or deleted in between.
+    let mut matching = core
         .all_twins()?
         .into_iter()
-        .filter(|t| query.matches(t))
-        .collect();
-    let items: Vec<Value> = matching.iter().skip(skip).take(page).cloned().collect();
+        .filter(|t| after.as_deref().is_none_or(|last| twin_id(t) > last))
+        .filter(|t| query.matches(t));
+    let items: Vec<Value> = matching.by_ref().take(page).collect();
+    let next = match (matching.next(), items.last()) {
+        (Some(_), Some(last)) => Some(STANDARD.encode(twin_id(last))),
+        _ => None,
+    };
     let mut resp = axum::Json(Value::Array(items)).into_response();
     let h = resp.headers_mut();
     h.insert("x-ms-item-type", HeaderValue::from_static("Twin"));
-    if skip + page < matching.len()
-        && let Ok(v) = HeaderValue::from_str(&(skip + page).to_string())
+    if let Some(token) = next
+        && let Ok(v) = HeaderValue::from_str(&token)
     {
         h.insert("x-ms-continuation", v);
     }
