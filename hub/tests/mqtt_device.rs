@@ -331,3 +331,36 @@ async fn direct_method_round_trip() {
         json!({"status": 200, "payload": {"ok": true}})
     );
 }
+
+#[tokio::test]
+async fn retained_telemetry_is_passed_on_with_the_mqtt_retain_property() {
+    let hub = TestHub::start().await;
+    let key = hub.add_device("ret1").await;
+    let dev = hub.connect("ret1", &key, true).await;
+    for (retain, body) in [(true, "kept"), (false, "plain")] {
+        dev.client
+            .publish(
+                "devices/ret1/messages/events/",
+                QoS::AtLeastOnce,
+                retain,
+                body,
+            )
+            .await
+            .unwrap();
+    }
+    let mut telemetry = Vec::new();
+    for _ in 0..50 {
+        let events = hub.events().await;
+        telemetry = events
+            .into_iter()
+            .filter(|e| e["source"] == "Telemetry")
+            .collect();
+        if telemetry.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(telemetry.len(), 2, "{telemetry:?}");
+    assert_eq!(telemetry[0]["properties"]["mqtt-retain"], "true");
+    assert!(telemetry[1]["properties"].get("mqtt-retain").is_none());
+}

@@ -105,6 +105,7 @@ fn error_body(e: &HubError) -> Vec<u8> {
 /// publishes outside the device's topics and for oversize messages.
 pub async fn publish(conn: &Rc<Connection>, publish: v3::Publish) -> Result<(), MqttFault> {
     let topic = publish.publish_topic().to_string();
+    let retain = publish.retain();
     let payload = publish
         .read_all()
         .await
@@ -134,6 +135,10 @@ pub async fn publish(conn: &Rc<Connection>, publish: v3::Publish) -> Result<(), 
                     k if k.starts_with("$.") => None,
                     _ => props.insert(k, v),
                 };
+            }
+            // IoT Hub keeps no retained messages: it passes them on marked as retained.
+            if retain {
+                props.insert("mqtt-retain".into(), "true".into());
             }
             core.d2c(&device, payload.to_vec(), props, system)
                 .await
