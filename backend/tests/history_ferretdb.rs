@@ -19,12 +19,12 @@ async fn inserts_are_idempotent_and_indexed_on_device_and_time() {
         "time": DateTime::from_millis(1_000 + n) }
     };
     history
-        .insert(TELEMETRY, (1..=5).map(record).collect())
+        .insert(TELEMETRY, &(1..=5).map(record).collect::<Vec<_>>())
         .await
         .expect("first insert");
     // The same batch again plus new records: stored once, nothing lost.
     history
-        .insert(TELEMETRY, (1..=8).map(record).collect())
+        .insert(TELEMETRY, &(1..=8).map(record).collect::<Vec<_>>())
         .await
         .expect("replayed insert");
 

@@ -139,7 +139,7 @@ async fn insert_directly(
     let meter = Meter::start();
     for page in pages {
         let inserts = page
-            .into_iter()
+            .iter()
             .map(|(collection, documents)| history.insert(collection, documents));
         futures::future::try_join_all(inserts)
             .await

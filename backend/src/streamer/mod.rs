@@ -287,7 +287,7 @@ impl Streamer {
             "size": i64::try_from(size).unwrap_or(i64::MAX),
         };
         let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
-        (|| history.insert(LOGS, vec![record.clone()]))
+        (|| history.insert(LOGS, std::slice::from_ref(&record)))
             .retry(retry)
             .notify(|error, delay| tracing::warn!(%error, ?delay, "upload link not written"))
             .await

@@ -132,7 +132,7 @@ impl History {
     pub async fn insert(
         &self,
         collection: &'static str,
-        records: Vec<Document>,
+        records: &[Document],
     ) -> Result<(), HistoryError> {
         if records.is_empty() {
             return Ok(());

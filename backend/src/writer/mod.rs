@@ -2,9 +2,10 @@
 //!
 //! It reads the hub's event stream from its checkpoint, turns each event of its partition into
 //! a record ([`records`]), inserts the batch and only then saves the checkpoint past it. While
-//! MongoDB is away the same batch is retried with capped, jittered backoff and the checkpoint
-//! stays where it is, so nothing is skipped; records keep ids derived from their events, so a
-//! batch written twice (after a crash between insert and checkpoint) is stored once.
+//! MongoDB is away each collection's part of the batch is retried with capped, jittered backoff
+//! and the checkpoint stays where it is, so nothing is skipped; records keep ids derived from
+//! their events, so a batch written twice (after a crash between insert and checkpoint) is
+//! stored once.
 
 pub mod history;
 pub mod records;
@@ -12,7 +13,7 @@ pub mod records;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::Retryable;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use mongodb::bson::Document;
 
 use crate::backoff;
@@ -76,7 +77,7 @@ impl Writer {
     /// Runs until the future is dropped. Dropping it at any point loses nothing: work after
     /// the saved checkpoint is redone by the next run.
     pub async fn run(self) {
-        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        let retry = self.retry();
         (|| self.history.ensure_indexes())
             .retry(retry)
             .notify(|error, delay| tracing::warn!(%error, ?delay, "history indexes not ready"))
@@ -111,7 +112,7 @@ impl Writer {
 
     /// Saves the checkpoint, retrying through blob store outages.
     async fn save(&self, checkpoint: &Checkpoint<()>) {
-        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        let retry = self.retry();
         (|| self.checkpoints.save(checkpoint))
             .retry(retry)
             .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
@@ -121,7 +122,7 @@ impl Writer {
 
     /// One page of events from `from`, retried through hub outages.
     async fn read(&self, from: u64) -> EventPage {
-        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
+        let retry = self.retry();
         let read = || {
             self.hub
                 .read_events(from, self.options.batch, self.options.wait)
@@ -135,17 +136,15 @@ impl Writer {
             })
     }
 
-    /// Stores the records of one page, retrying through database outages until they are in
-    /// (the retry policy has no attempt limit, so this returns only once they are stored).
+    /// Stores the records of one page, retrying through database outages until they are in:
+    /// this returns only once every record is stored.
     async fn store(&self, page: &EventPage) {
-        let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
         let batches = self.records(page);
-        let write = || self.write(&batches);
-        write
-            .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "history write failed"))
-            .await
-            .ok();
+        let inserts = batches
+            .iter()
+            .filter(|(_, records)| !records.is_empty())
+            .map(|(collection, records)| self.insert(collection, records));
+        futures::future::join_all(inserts).await;
         if let (Some(first), Some(last)) = (page.events.first(), page.events.last()) {
             let (from, to) = (first.sequence_number, last.sequence_number);
             tracing::debug!(from, to, "history written");
@@ -174,14 +173,20 @@ impl Writer {
         batches
     }
 
-    /// Writes the three collections side by side; within each, records keep stream order.
-    async fn write(
-        &self,
-        batches: &[(&'static str, Vec<Document>); 3],
-    ) -> Result<(), history::HistoryError> {
-        let inserts = batches
-            .iter()
-            .map(|(collection, documents)| self.history.insert(collection, documents.clone()));
-        futures::future::try_join_all(inserts).await.map(|_| ())
+    /// Inserts one collection's records of a page until they are stored. Each collection is
+    /// retried on its own, so one that is already stored is not sent again: FerretDB stores a
+    /// group of 100 records holding a duplicate one record per transaction.
+    async fn insert(&self, collection: &'static str, records: &[Document]) {
+        let mut delays = self.retry().build();
+        while let Err(error) = self.history.insert(collection, records).await {
+            let delay = delays.next().unwrap_or(self.options.retry_ceiling);
+            tracing::warn!(%error, ?delay, collection, "history write failed");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Capped, jittered backoff without an attempt limit.
+    fn retry(&self) -> ExponentialBuilder {
+        backoff::forever(self.options.retry_first, self.options.retry_ceiling)
     }
 }
