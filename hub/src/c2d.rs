@@ -17,35 +17,93 @@ use crate::store::{Batch, C2D, DEVICES, encode, table_err, txn_get, txn_next};
 /// Most messages waiting for one device.
 pub const MAX_PENDING: usize = 50;
 
-/// A queued C2D message. Stored as JSON with `expiryMs` first (see [`Expiry::of_record`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A queued C2D message.
+///
+/// Stored as a record of two parts: a one-line JSON header ([`Header`], `expiryMs` first, see
+/// [`Expiry::of_record`]), a newline, then the raw body bytes. Compact JSON never holds a raw
+/// newline, so the first one ends the header, and a queued body is stored and delivered
+/// without being encoded or parsed. Records written before this layout are one JSON object
+/// with the body as base64 in `body`; they are still read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct C2dMessage {
     /// Expiry, milliseconds since 1970.
     pub expiry_ms: u64,
     /// `message-id` (`$.mid`).
     pub message_id: String,
     /// `correlation-id` (`$.cid`), when set.
-    #[serde(default)]
     pub correlation_id: Option<String>,
     /// Application properties.
-    #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// Body, base64.
-    pub body: String,
+    /// Body bytes.
+    pub body: Vec<u8>,
     /// When it was queued, milliseconds since 1970.
     pub enqueued_ms: u64,
 }
 
-impl C2dMessage {
-    /// The body bytes.
-    pub fn body_bytes(&self) -> Vec<u8> {
-        STANDARD.decode(&self.body).unwrap_or_default()
-    }
+/// The header of a stored [`C2dMessage`]; `body` only in records of the older, all-JSON
+/// layout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    expiry_ms: u64,
+    message_id: String,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    enqueued_ms: u64,
+}
 
+impl C2dMessage {
     /// Whether its time to live has passed.
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expiry_ms <= now_ms
+    }
+
+    /// The stored record: JSON header, newline, raw body.
+    pub fn to_record(&self) -> Vec<u8> {
+        let header = Header {
+            expiry_ms: self.expiry_ms,
+            message_id: self.message_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            properties: self.properties.clone(),
+            body: None,
+            enqueued_ms: self.enqueued_ms,
+        };
+        let mut record = encode(&header);
+        record.reserve_exact(1 + self.body.len());
+        record.push(b'\n');
+        record.extend_from_slice(&self.body);
+        record
+    }
+
+    /// Reads a stored record of either layout; `key` names it in errors.
+    pub fn from_record(key: &str, record: &[u8]) -> Result<Self, StoreError> {
+        let (header, raw) = match record.iter().position(|&b| b == b'\n') {
+            Some(end) => (&record[..end], Some(&record[end + 1..])),
+            None => (record, None),
+        };
+        let header: Header = crate::store::decode(key, header)?;
+        let body = match (raw, header.body) {
+            (Some(raw), _) => raw.to_vec(),
+            (None, Some(text)) => STANDARD
+                .decode(text)
+                .map_err(|source| StoreError::BadBody {
+                    key: key.to_owned(),
+                    source,
+                })?,
+            (None, None) => Vec::new(),
+        };
+        Ok(Self {
+            expiry_ms: header.expiry_ms,
+            message_id: header.message_id,
+            correlation_id: header.correlation_id,
+            properties: header.properties,
+            body,
+            enqueued_ms: header.enqueued_ms,
+        })
     }
 }
 
@@ -72,7 +130,8 @@ impl Expiry {
                 return Ok(Self { expiry_ms });
             }
         }
-        crate::store::decode(key, record)
+        let header = record.split(|&b| b == b'\n').next().unwrap_or(record);
+        crate::store::decode(key, header)
     }
 
     /// Whether its time to live has passed.
@@ -83,16 +142,11 @@ impl Expiry {
 
 /// Queues a message for `device`, refusing it past 64 KiB or 50 pending messages.
 /// Returns the queue sequence number.
-pub fn enqueue(
-    batch: &mut Batch<'_>,
-    device: &str,
-    body: &[u8],
-    message: C2dMessage,
-) -> Result<u64, HubError> {
-    if body.len() > C2D_MAX_BYTES {
+pub fn enqueue(batch: &mut Batch<'_>, device: &str, message: C2dMessage) -> Result<u64, HubError> {
+    if message.body.len() > C2D_MAX_BYTES {
         return Err(Refusal::too_large(format!(
             "C2D body of {} bytes is over the {C2D_MAX_BYTES} byte limit",
-            body.len()
+            message.body.len()
         ))
         .into());
     }
@@ -136,7 +190,7 @@ pub fn enqueue(
         table.remove((device, old)).map_err(StoreError::from)?;
     }
     table
-        .insert((device, seq), encode(&message).as_slice())
+        .insert((device, seq), message.to_record().as_slice())
         .map_err(StoreError::from)?;
     Ok(seq)
 }
@@ -174,16 +228,16 @@ mod tests {
         C2dMessage {
             expiry_ms,
             message_id: "m1".into(),
-            correlation_id: None,
-            properties: BTreeMap::new(),
-            body: STANDARD.encode(b"{\"expiryMs\":1}"),
+            correlation_id: Some("c\n1".into()),
+            properties: [("k".to_owned(), "v\n".to_owned())].into(),
+            body: b"{\"expiryMs\":1}\n\x00\xff".to_vec(),
             enqueued_ms: 5,
         }
     }
 
     #[test]
     fn expiry_is_read_from_the_front_of_a_stored_message() {
-        let record = crate::store::encode(&message(1_796_378_400_123));
+        let record = message(1_796_378_400_123).to_record();
         let expiry = Expiry::of_record("d/1", &record).expect("expiry");
         assert_eq!(expiry.expiry_ms, 1_796_378_400_123);
     }
@@ -197,5 +251,29 @@ mod tests {
         );
         let broken = br#"{"expiryMs":"soon"}"#;
         assert!(Expiry::of_record("d/1", broken).is_err());
+    }
+
+    #[test]
+    fn a_stored_message_keeps_its_raw_body_and_header_through_newlines() {
+        let sent = message(42);
+        let record = sent.to_record();
+        let body_at = record.len() - sent.body.len();
+        assert_eq!(&record[body_at..], sent.body.as_slice(), "body stored raw");
+        assert_eq!(C2dMessage::from_record("d/1", &record).expect("read"), sent);
+    }
+
+    #[test]
+    fn a_record_of_the_all_json_layout_is_still_read() {
+        let record = br#"{"expiryMs":42,"messageId":"m1","correlationId":null,"properties":{"a":"b"},"body":"aGk=","enqueuedMs":5}"#;
+        let read = C2dMessage::from_record("d/1", record).expect("read");
+        assert_eq!(read.body, b"hi");
+        assert_eq!(read.properties.get("a").map(String::as_str), Some("b"));
+        assert_eq!((read.expiry_ms, read.enqueued_ms), (42, 5));
+
+        let bad = br#"{"expiryMs":42,"messageId":"m1","body":"a","enqueuedMs":5}"#;
+        assert!(matches!(
+            C2dMessage::from_record("d/1", bad),
+            Err(StoreError::BadBody { .. })
+        ));
     }
 }

@@ -41,6 +41,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The base64 body of a stored C2D record in the older, all-JSON layout is invalid.
+    #[error("decoding the body of stored record {key}")]
+    BadBody {
+        /// The record key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: base64::DecodeError,
+    },
     /// The writer thread has stopped.
     #[error("the store writer has stopped")]
     WriterGone,

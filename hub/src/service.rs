@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 use crate::c2d::{self, C2dMessage};
@@ -215,7 +213,7 @@ impl Core {
             message_id: message_id.unwrap_or_else(|| format!("{:016x}", self.next_id() ^ now)),
             correlation_id,
             properties,
-            body: STANDARD.encode(&body),
+            body,
             expiry_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             enqueued_ms: now,
         };
@@ -223,7 +221,7 @@ impl Core {
         let id_owned = id.to_string();
         self.store
             .writer()
-            .write(move |b| c2d::enqueue(b, &id_owned, &body, message))
+            .write(move |b| c2d::enqueue(b, &id_owned, message))
             .await?;
         self.push(id, Outbound::C2dWake);
         Ok(mid)
@@ -244,7 +242,7 @@ impl Core {
         let now = now_ms();
         Ok(self
             .store
-            .c2d_queue::<C2dMessage>(id, from)?
+            .c2d_queue(id, from)?
             .into_iter()
             .filter(|(_, m)| !m.expired(now))
             .collect())
@@ -257,12 +255,13 @@ impl Core {
         Ok(queue.iter().filter(|(_, m)| !m.expired(now)).count())
     }
 
-    /// Removes a delivered or expired C2D message.
+    /// Removes a delivered or expired C2D message. The removal is not fsynced on its own: lost
+    /// in a crash, it only makes the message go out again, which at-least-once delivery allows.
     pub async fn c2d_complete(&self, id: &str, seq: u64) -> Result<bool, HubError> {
         let id_owned = id.to_string();
         self.store
             .writer()
-            .write(move |b| c2d::complete(b, &id_owned, seq))
+            .write_relaxed(move |b| c2d::complete(b, &id_owned, seq))
             .await
     }
 

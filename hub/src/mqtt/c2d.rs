@@ -50,7 +50,7 @@ pub async fn deliver_c2d(conn: Rc<Connection>) {
                     return;
                 }
                 // Polled once right away, so the packet is written before the next one.
-                let mut delivery = publish(&conn, &device, qos, seq, &message);
+                let mut delivery = publish(&conn, &device, qos, seq, message);
                 match futures::poll!(&mut delivery) {
                     Poll::Ready(false) => return,
                     Poll::Ready(true) => {}
@@ -93,12 +93,12 @@ fn publish(
     device: &str,
     qos: u8,
     seq: u64,
-    message: &C2dMessage,
+    message: C2dMessage,
 ) -> Delivery {
-    let mut props: Vec<(String, String)> = message.properties.clone().into_iter().collect();
-    props.push(("$.mid".into(), message.message_id.clone()));
-    if let Some(cid) = &message.correlation_id {
-        props.push(("$.cid".into(), cid.clone()));
+    let mut props: Vec<(String, String)> = message.properties.into_iter().collect();
+    props.push(("$.mid".into(), message.message_id));
+    if let Some(cid) = message.correlation_id {
+        props.push(("$.cid".into(), cid));
     }
     props.push((
         "$.to".into(),
@@ -108,7 +108,7 @@ fn publish(
         "devices/{device}/messages/devicebound/{}",
         encode_bag(&props)
     );
-    let body = Bytes::from(message.body_bytes());
+    let body = Bytes::from(message.body);
     let conn = conn.clone();
     let device = device.to_owned();
     Box::pin(async move {

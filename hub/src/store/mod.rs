@@ -16,7 +16,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::c2d::Expiry;
+use crate::c2d::{C2dMessage, Expiry};
 use crate::error::StoreError;
 
 use crate::events::EventBus;
@@ -26,7 +26,7 @@ pub use writer::{Batch, Pending, Retention, Writer};
 pub const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 /// Twins by device id: JSON [`crate::twins::StoredTwin`].
 pub const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
-/// C2D messages by (device id, sequence): JSON [`crate::c2d::C2dMessage`].
+/// C2D messages by (device id, sequence): [`crate::c2d::C2dMessage`] records.
 pub const C2D: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("c2d");
 /// Event log by sequence number: JSON [`crate::events::HubEvent`].
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -104,11 +104,7 @@ impl Store {
     }
 
     /// Reads pending C2D messages of one device in queue order, from queue sequence `from`.
-    pub fn c2d_queue<T: DeserializeOwned>(
-        &self,
-        device: &str,
-        from: u64,
-    ) -> Result<Vec<(u64, T)>, StoreError> {
+    pub fn c2d_queue(&self, device: &str, from: u64) -> Result<Vec<(u64, C2dMessage)>, StoreError> {
         let read = self.db.begin_read()?;
         let t = read
             .open_table(C2D)
@@ -117,7 +113,8 @@ impl Store {
         for row in t.range((device, from)..=(device, u64::MAX))? {
             let (k, v) = row?;
             let seq = k.value().1;
-            out.push((seq, decode(&format!("{device}/{seq}"), v.value())?));
+            let key = format!("{device}/{seq}");
+            out.push((seq, C2dMessage::from_record(&key, v.value())?));
         }
         Ok(out)
     }

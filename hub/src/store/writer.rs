@@ -3,6 +3,10 @@
 //! Invariant: a closure's result is handed back only after the transaction holding its writes
 //! has committed durably, so an acknowledged write survives `kill -9`. A closure that refuses
 //! (returns `Err`) must do so before it writes anything, because its batch still commits.
+//! The one exception is a write queued with [`Writer::write_relaxed`], whose loss in a crash
+//! only repeats work (the removal of a delivered C2D message, which is then delivered again):
+//! a batch of nothing but such writes commits without fsync and becomes durable with the next
+//! durable batch.
 //!
 //! Closures run in the order they were queued, so writes of one device (whose connection
 //! queues them in arrival order) apply in that order. Twins are read and changed through the
@@ -12,7 +16,7 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -29,7 +33,13 @@ const EVENT_SEQ: &str = "event_seq";
 /// Largest number of closures packed into one transaction.
 const MAX_BATCH: usize = 4096;
 
-type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn FnOnce(bool) + Send> + Send>;
+type Apply = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn FnOnce(bool) + Send> + Send>;
+
+/// A queued write and whether its result must wait for fsync.
+struct Job {
+    apply: Apply,
+    durable: bool,
+}
 
 /// One write transaction being filled, and the events its closures appended.
 pub struct Batch<'a> {
@@ -173,6 +183,16 @@ impl Writer {
         self.submit(op)?.wait().await
     }
 
+    /// Like [`Writer::write`] for a write whose loss in a crash only repeats work: when its
+    /// batch holds nothing else, the batch commits without fsync.
+    pub async fn write_relaxed<T, F>(&self, op: F) -> Result<T, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
+    {
+        self.queue(op, false)?.wait().await
+    }
+
     /// Queues `op` for the next write transaction right away (so writes submitted one after
     /// another apply in that order) and returns a handle to await its durable result.
     pub fn submit<T, F>(&self, op: F) -> Result<Pending<T>, HubError>
@@ -180,8 +200,16 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
     {
+        self.queue(op, true)
+    }
+
+    fn queue<T, F>(&self, op: F, durable: bool) -> Result<Pending<T>, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, HubError> + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, HubError>>();
-        let job: Job = Box::new(move |batch| {
+        let apply: Apply = Box::new(move |batch| {
             let result = op(batch);
             Box::new(move |committed: bool| {
                 let result = match result {
@@ -191,6 +219,7 @@ impl Writer {
                 let _ = done_tx.send(result);
             })
         });
+        let job = Job { apply, durable };
         self.tx.send(job).map_err(|_| StoreError::WriterGone)?;
         Ok(Pending(done_rx))
     }
@@ -234,13 +263,18 @@ fn commit_batch(
     retention: Option<Retention>,
     twins: &mut TwinCache,
 ) {
-    let txn = match db.begin_write() {
+    let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => {
             tracing::error!(%error, "store batch could not start");
             return;
         }
     };
+    if jobs.iter().all(|job| !job.durable)
+        && let Err(error) = txn.set_durability(Durability::None)
+    {
+        tracing::debug!(%error, "relaxed batch commits durably");
+    }
     twins.begin();
     let mut batch = Batch {
         txn: &txn,
@@ -248,7 +282,10 @@ fn commit_batch(
         last_seq: None,
         twins,
     };
-    let completions: Vec<_> = jobs.into_iter().map(|job| job(&mut batch)).collect();
+    let completions: Vec<_> = jobs
+        .into_iter()
+        .map(|job| (job.apply)(&mut batch))
+        .collect();
     let finished = batch.twins.flush(&txn).and_then(|()| batch.store_counter());
     if let Err(error) = finished {
         // Without its twins or the counter the batch must not commit: fail every job in it.
