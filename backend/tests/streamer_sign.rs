@@ -99,7 +99,7 @@ async fn next_answer(core: &Core, device: &str) -> C2dMessage {
         let pending = core.c2d_pending(device).expect("queue readable");
         if let Some((seq, message)) = pending.into_iter().next() {
             core.c2d_complete(device, seq).await.expect("completed");
-            return C2dMessage::decode(&message.body_bytes()).expect("protocol message");
+            return C2dMessage::decode(&message.body).expect("protocol message");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -148,7 +148,7 @@ pub fn consume(
             // acknowledging each QoS 1 delivery without waiting for the previous one would.
             let mut taken = Vec::new();
             for (seq, message) in pending.into_iter().take(per_poll) {
-                let decoded = C2dMessage::decode(&message.body_bytes()).expect("protocol message");
+                let decoded = C2dMessage::decode(&message.body).expect("protocol message");
                 apply(&mut state.lock().expect("lock"), decoded);
                 taken.push(seq);
             }
