@@ -36,10 +36,15 @@ async fn setup(
     Ok((service, sim))
 }
 
-fn now_ms() -> u64 {
+/// A start instant just before now. The selector takes events enqueued strictly after it, in
+/// whole milliseconds, and a patch reported right after the consumer starts can be enqueued
+/// within the same millisecond; starting one millisecond earlier keeps such a patch. Events of
+/// that millisecond that the test did not cause are skipped by device and kind.
+fn just_before_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+        .saturating_sub(1)
 }
 
 /// The next reported patch of `device` on `events`, recording every event in `positions`.
@@ -74,7 +79,7 @@ async fn next_reported(
 async fn a_reported_patch_arrives_as_an_event_without_a_resync() -> anyhow::Result<()> {
     let hub = EdgeHub::launch("amqp-fast").await?;
     let (service, mut device) = setup(&hub, "mri-01").await?;
-    let mut positions = EventPositions::starting_at(now_ms());
+    let mut positions = EventPositions::starting_at(just_before_now_ms());
     let mut events = service.subscribe(Checkpoint::Positions(positions.clone()));
     // The client has no resync of its own: the patch can only come back as an event.
     device
@@ -91,7 +96,7 @@ async fn resumes_from_its_checkpoint_after_a_restart_without_loss_or_duplicates(
 -> anyhow::Result<()> {
     let hub = EdgeHub::launch("amqp-resume").await?;
     let (service, mut device) = setup(&hub, "ct-02").await?;
-    let mut positions = EventPositions::starting_at(now_ms());
+    let mut positions = EventPositions::starting_at(just_before_now_ms());
 
     // A first consumer reads three patches, then stops.
     let mut events = service.subscribe(Checkpoint::Positions(positions.clone()));
