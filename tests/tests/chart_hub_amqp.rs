@@ -156,11 +156,13 @@ async fn the_hub_serves_its_event_log_over_amqp_with_the_rendered_arguments() ->
         },
     };
     service.ensure_device(&identity).await?;
+    // The selector takes events enqueued strictly after the start, in whole milliseconds:
+    // start one before now so that a patch written within this millisecond is kept.
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let mut events = service.subscribe(Checkpoint::Positions(EventPositions::starting_at(
-        u64::try_from(since)?,
+        u64::try_from(since)?.saturating_sub(1),
     )));
     let patch = TwinPatch {
         tags: Some(json!({"site": "chart"})),
