@@ -21,9 +21,17 @@ pub enum KeyFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The file holds nothing but whitespace: an empty key would sign tokens with no secret
+    /// and an empty local API secret would let any local process in.
+    #[error("key file {path} is empty")]
+    Empty {
+        /// The key file.
+        path: PathBuf,
+    },
 }
 
-/// Reads a secret file after checking it is 0600 or stricter; the content is trimmed.
+/// Reads a secret file after checking it is 0600 or stricter; the content is trimmed and must
+/// not be empty.
 pub fn read_secret_file(path: &Path) -> Result<String, KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
 
@@ -42,5 +50,11 @@ pub fn read_secret_file(path: &Path) -> Result<String, KeyFileError> {
         path: path.to_owned(),
         source,
     })?;
-    Ok(text.trim().to_owned())
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(KeyFileError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(secret.to_owned())
 }

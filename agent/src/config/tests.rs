@@ -141,6 +141,23 @@ fn key_files_open_to_others_are_refused() {
 }
 
 #[test]
+fn empty_key_files_are_refused_with_their_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in [("api-secret", ""), ("device.key", " \r\n\t\n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = read_secret_file(&path).expect_err("empty");
+        assert!(matches!(err, KeyFileError::Empty { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("key file {} is empty", path.display())
+        );
+    }
+}
+
+#[test]
 fn tpm_section_takes_defaults_and_environment_overrides() {
     let text = format!("{SAMPLE}\n[tpm]\n");
     let config = parse(
