@@ -173,8 +173,17 @@ async fn the_device_mode_reaches_the_twin_and_the_agent_switches_to_it() -> anyh
     })
     .await?;
 
-    // One message per change, each with its Events.
-    let reasons = event_reasons(&client, &ns).await?;
+    // One message per change, each with its Events (an Event is posted just after the status
+    // write the test waited for, so wait for the second Applied one to show).
+    let reasons = eventually("both upgrades' Events", WAIT, || async {
+        let reasons = event_reasons(&client, &ns).await?;
+        let applied = reasons
+            .iter()
+            .filter(|r| *r == "ProvisioningUpgradeApplied")
+            .count();
+        Ok((applied >= 2).then_some(reasons))
+    })
+    .await?;
     let count = |reason: &str| reasons.iter().filter(|r| *r == reason).count();
     assert_eq!(count("ProvisioningUpgradeSent"), 2, "{reasons:?}");
     assert_eq!(count("ProvisioningUpgradeApplied"), 2, "{reasons:?}");
