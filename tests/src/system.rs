@@ -91,7 +91,7 @@ impl System {
         let mut system = Self {
             client,
             namespace,
-            work: tempfile::tempdir().context("work directory")?,
+            work: work_dir()?,
             bin: binaries()?,
             ports,
             options,
@@ -139,7 +139,7 @@ impl System {
             .args(["--enrollment-group", "fleet"])
             .arg("--download-bytes-per-sec")
             .arg(self.options.download_bytes_per_sec.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -399,6 +399,23 @@ impl Drop for System {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// A temporary directory for a test's files and logs; kept after the test when
+/// `CP_TEST_KEEP` is set, so the logs of a failure can be read.
+pub fn work_dir() -> anyhow::Result<tempfile::TempDir> {
+    let mut dir = tempfile::tempdir().context("work directory")?;
+    if std::env::var_os("CP_TEST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test files kept in {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
+/// The log filter for the processes tests start: `CP_TEST_LOG` when set (for example
+/// `info,cloudpillar_hub::mqtt=debug` while chasing a failure), else `info`.
+pub fn log_filter() -> String {
+    std::env::var("CP_TEST_LOG").unwrap_or_else(|_| "info".to_owned())
 }
 
 /// The last `lines` lines of `text`.

@@ -131,6 +131,11 @@ impl Sync {
                 self.on_desired_patch(version, &publish.payload).await;
             }
             Incoming::C2d { properties } => {
+                tracing::debug!(
+                    pkid = publish.pkid,
+                    bytes = publish.payload.len(),
+                    "C2D message received"
+                );
                 if let Some(handler) = self.link.c2d.get() {
                     handler.handle(&properties, &publish.payload).await;
                 } else {

@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use rangemap::RangeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, DurableError};
@@ -54,8 +55,9 @@ pub struct Partial {
     file: File,
     /// The progress.
     pub progress: Progress,
-    /// Bytes written (verified or not) in this run.
-    pub written: u64,
+    /// Bytes on disk: the verified prefix and every chunk written in this run, whatever
+    /// order the chunks came in.
+    present: RangeSet<u64>,
 }
 
 /// Errors of partial-file handling.
@@ -102,14 +104,14 @@ impl Partial {
         }
         file.set_len(progress.verified).map_err(io)?;
         file.sync_all().map_err(io)?;
-        let written = progress.verified;
-        let partial = Self {
+        let mut partial = Self {
             record: record.to_owned(),
             data_path: data_path.to_owned(),
             file,
             progress,
-            written,
+            present: RangeSet::new(),
         };
+        partial.forget_unverified();
         partial.save()?;
         Ok(partial)
     }
@@ -127,11 +129,37 @@ impl Partial {
             source,
         };
         self.file.write_all_at(data, offset).map_err(io)?;
-        self.written = self.written.max(offset + data.len() as u64);
+        let end = offset + data.len() as u64;
+        if end > offset {
+            self.present.insert(offset..end);
+        }
         if self.progress.chunk_size.is_none() && offset == 0 {
             self.progress.chunk_size = Some(data.len() as u64);
         }
         Ok(())
+    }
+
+    /// The end of the bytes on disk without a gap from the start: where the next chunk in
+    /// order goes.
+    pub fn written(&self) -> u64 {
+        self.present.get(&0).map_or(0, |range| range.end)
+    }
+
+    /// Whether every byte of `[start, end)` is on disk.
+    pub fn holds(&self, start: u64, end: u64) -> bool {
+        start >= end
+            || self
+                .present
+                .get(&start)
+                .is_some_and(|range| range.end >= end)
+    }
+
+    /// Keeps only the verified prefix in the record of bytes on disk.
+    fn forget_unverified(&mut self) {
+        self.present.clear();
+        if self.progress.verified > 0 {
+            self.present.insert(0..self.progress.verified);
+        }
     }
 
     /// CRC-32 of the bytes `[start, end)` as they are on disk.
@@ -175,7 +203,7 @@ impl Partial {
         };
         self.file.set_len(self.progress.verified).map_err(io)?;
         self.file.sync_all().map_err(io)?;
-        self.written = self.progress.verified;
+        self.forget_unverified();
         self.save()
     }
 
@@ -242,7 +270,7 @@ mod tests {
         let p = Partial::open(&record, &data, "fw").expect("reopen");
         assert_eq!(std::fs::metadata(&data).expect("meta").len(), 4_915_200);
         assert_eq!(p.progress.verified, 4_915_200);
-        assert_eq!(p.written, 4_915_200, "resume requests from chunk 100");
+        assert_eq!(p.written(), 4_915_200, "resume requests from chunk 100");
         assert_eq!(
             p.chunk_counts(),
             Some((100, 214)),

@@ -36,18 +36,29 @@ pub async fn deliver_c2d(conn: Rc<Connection>) {
     let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
     loop {
         if let Some(qos) = subscribed_qos(&conn) {
-            let pending = conn
-                .core
-                .c2d_pending_from(&device, next_seq)
-                .unwrap_or_default();
+            let pending = match conn.core.c2d_pending_from(&device, next_seq) {
+                Ok(pending) => pending,
+                Err(error) => {
+                    tracing::warn!(device, %error, "C2D queue not readable; retrying at the next wake");
+                    Vec::new()
+                }
+            };
             for (seq, message) in pending {
                 while in_flight.len() >= C2D_IN_FLIGHT {
                     if in_flight.next().await == Some(false) {
                         return;
                     }
                 }
-                if !conn.sink.is_ready() && !conn.sink.ready().await {
-                    return;
+                if !conn.sink.is_ready() {
+                    tracing::debug!(
+                        device,
+                        seq,
+                        credit = conn.sink.credit(),
+                        "C2D waits for the connection to take more"
+                    );
+                    if !conn.sink.ready().await {
+                        return;
+                    }
                 }
                 // Polled once right away, so the packet is written before the next one.
                 let mut delivery = publish(&conn, &device, qos, seq, message);
@@ -112,6 +123,13 @@ fn publish(
     let conn = conn.clone();
     let device = device.to_owned();
     Box::pin(async move {
+        tracing::debug!(
+            device,
+            seq,
+            qos,
+            bytes = body.len(),
+            "C2D message published"
+        );
         let publish = conn.sink.publish(topic);
         let sent = if qos == 0 {
             publish.send_at_most_once(body).is_ok()
@@ -119,8 +137,10 @@ fn publish(
             publish.send_at_least_once(body).await.is_ok()
         };
         if !sent {
+            tracing::debug!(device, seq, "C2D publish not acknowledged: connection gone");
             return false;
         }
+        tracing::debug!(device, seq, "C2D message acknowledged");
         if let Err(error) = conn.core.c2d_complete(&device, seq).await {
             tracing::warn!(device, %error, "delivered C2D message not removed");
         }

@@ -75,7 +75,7 @@ bind = "127.0.0.1:{api_port}"
         let child = Command::new(bin.join("cloudpillar-agent"))
             .arg("--config")
             .arg(&config_path)
-            .env("CP_AGENT_LOG", "info")
+            .env("CP_AGENT_LOG", super::log_filter())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -131,7 +131,7 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = cloudpillar_tests::system::work_dir()?;
         let policy_key = cloudpillar_hub::sas::random_key();
         let api_token = format!("token-{}", free_port()?);
         std::fs::create_dir_all(dir.path().join("secrets"))?;
@@ -227,7 +227,7 @@ impl Role {
         command
             .args(&args)
             .env_clear()
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", cloudpillar_tests::system::log_filter())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

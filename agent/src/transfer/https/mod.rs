@@ -289,7 +289,7 @@ impl HttpsDownloads {
                     return Err(Failure::Retry(with_causes(&error)));
                 }
             };
-            let end = partial.written + (buffer.len() + bytes.len()) as u64;
+            let end = partial.written() + (buffer.len() + bytes.len()) as u64;
             if let Some(total) = partial.progress.total.filter(|total| end > *total) {
                 start_over(partial).map_err(Failure::End)?;
                 let why = format!("the server sent more than the {total} bytes it announced");
@@ -336,10 +336,10 @@ fn flush(partial: &mut Partial, buffer: &mut Vec<u8>) -> Result<(), Failure> {
     if buffer.is_empty() {
         return Ok(());
     }
-    let end = partial.written;
+    let end = partial.written();
     partial
         .write_chunk(end, buffer)
-        .and_then(|()| partial.verify_to(partial.written))
+        .and_then(|()| partial.verify_to(partial.written()))
         .map_err(|error| Failure::End(failed_io(error)))?;
     buffer.clear();
     Ok(())
