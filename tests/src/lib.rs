@@ -11,6 +11,40 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
 
+/// A free loopback TCP port for a process a test starts.
+///
+/// Picked below the kernel's ephemeral range (32768 and up on Linux): a port probed there
+/// and released can be taken by any outgoing connection on the machine before the process
+/// binds it. Ports handed out once by this process are not handed out again.
+pub fn free_port() -> anyhow::Result<u16> {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+    let start = u16::try_from(RandomState::new().hash_one(std::process::id()) % u64::from(COUNT))
+        .unwrap_or(0);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    for step in 0..COUNT {
+        let port = FIRST + (start + step) % COUNT;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST + COUNT
+    )
+}
+
 /// Field manager used by tests when they apply objects.
 pub const FIELD_MANAGER: &str = "cloudpillar-tests";
 
@@ -636,4 +670,18 @@ pub async fn delete_namespace_and_wait(
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_are_handed_out_once() {
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port().expect("port")).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(
+            ports.iter().all(|p| (20_000..32_000).contains(p)),
+            "{ports:?}"
+        );
+    }
 }

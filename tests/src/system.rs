@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cloudpillar_crds::{Device, Rollout};
+
+use crate::free_port;
 use kube::Client;
 use kube::api::Api;
 
@@ -68,12 +70,6 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("probing a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 impl System {

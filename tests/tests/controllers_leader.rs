@@ -14,8 +14,10 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(40);
 
 fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        cloudpillar_tests::free_port()?,
+    )))
 }
 
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {

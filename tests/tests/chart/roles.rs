@@ -110,11 +110,7 @@ pub async fn container(
     })
 }
 
-/// A free port on loopback (bound, then released).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
+pub use cloudpillar_tests::free_port;
 
 /// Local stand-ins for the cluster: ports, the mounted Secrets' files, the volumes.
 pub struct Site {
