@@ -117,16 +117,20 @@ impl Core {
         let removed = {
             let mut sessions = lock(&self.sessions);
             match sessions.get(device) {
-                Some(e) if e.conn_id == conn_id => sessions.remove(device).is_some(),
-                _ => false,
+                Some(e) if e.conn_id == conn_id => sessions.remove(device),
+                _ => None,
             }
         };
-        if removed {
+        if let Some(session) = removed {
             let (hub, id) = (self.config.hostname.clone(), device.to_string());
+            let last_active = activity_time(session.last_activity_ms);
             let logged = self
                 .store
                 .writer()
-                .write(move |b| b.append_event(HubEvent::connection(&hub, &id, false, conn_id)))
+                .write(move |b| {
+                    b.append_event(HubEvent::connection(&hub, &id, false, conn_id))?;
+                    crate::registry::record_activity(b, &id, last_active)
+                })
                 .await;
             if let Err(error) = logged {
                 tracing::warn!(device, %error, "disconnect event not recorded");
@@ -137,10 +141,7 @@ impl Core {
     /// Whether the device has a live connection, and its last activity time.
     pub fn live(&self, device: &str) -> Option<String> {
         let ms = lock(&self.sessions).get(device)?.last_activity_ms;
-        let at = i64::try_from(ms)
-            .ok()
-            .and_then(chrono::DateTime::from_timestamp_millis);
-        Some(at.map(rfc3339).unwrap_or_default())
+        Some(activity_time(ms))
     }
 
     /// Notes device activity.
@@ -213,4 +214,13 @@ impl Core {
 /// Locks a mutex, recovering from poisoning (the maps stay consistent per operation).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An activity time (milliseconds since 1970) as the registry shows it.
+fn activity_time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(rfc3339)
+        .unwrap_or_default()
 }

@@ -109,6 +109,20 @@ pub struct DeviceRecord {
     pub revision: u64,
 }
 
+/// What IoT Hub answers as `lastActivityTime` for a device that never connected.
+pub const NEVER_ACTIVE: &str = "0001-01-01T00:00:00Z";
+
+/// Stores when a device was last active (at its disconnect); a deleted device is left alone.
+/// The etag does not change: activity is not an update of the identity.
+pub fn record_activity(batch: &mut Batch<'_>, id: &str, at: String) -> Result<(), HubError> {
+    let Some(mut device) = txn_get::<DeviceRecord>(batch.txn, DEVICES, id)? else {
+        return Ok(());
+    };
+    device.last_activity_time = at;
+    txn_put(batch.txn, DEVICES, id, &device)?;
+    Ok(())
+}
+
 fn enabled() -> String {
     "enabled".into()
 }
@@ -200,6 +214,11 @@ pub fn put_device(
         wanted.status = enabled();
     }
     wanted.status_updated_time = crate::events::rfc3339(chrono::Utc::now());
+    // Read-only: kept from the stored record whatever the request says.
+    wanted.last_activity_time = existing
+        .as_ref()
+        .map(|old| old.last_activity_time.clone())
+        .unwrap_or_default();
     txn_put(batch.txn, DEVICES, id, &wanted)?;
     Ok((wanted, existing.is_none()))
 }

@@ -21,6 +21,9 @@ impl Core {
             device.connection_state = "Connected".into();
             device.last_activity_time = activity;
         }
+        if device.last_activity_time.is_empty() {
+            device.last_activity_time = registry::NEVER_ACTIVE.into();
+        }
         device.cloud_to_device_message_count =
             self.c2d_depth(&device.device_id).map_or(0, |n| n as u64);
         device

@@ -169,6 +169,18 @@ pub fn service_write(
     let Some(body) = body.as_object() else {
         return Err(Refusal::bad_request("twin body must be a JSON object").into());
     };
+    // A replace takes back a twin as it was read; a patch that names reported properties
+    // asks for what only the device may do, and is refused rather than half applied.
+    if !replace
+        && body
+            .pointer_in("properties", "reported")
+            .is_some_and(|reported| !reported.is_null())
+    {
+        return Err(Refusal::bad_request(
+            "properties.reported is written by the device only: a twin PATCH takes tags and properties.desired",
+        )
+        .into());
+    }
     let tags = section_of(body.get("tags"), "tags")?;
     let desired = section_of(
         body.pointer_in("properties", "desired"),

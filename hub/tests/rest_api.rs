@@ -355,3 +355,81 @@ async fn shutdown_closes_the_store_so_the_hub_restarts_in_process() {
     assert_eq!(s, 200);
     assert_eq!(twin["tags"]["k"], "v");
 }
+
+#[tokio::test]
+async fn last_activity_is_kept_after_a_disconnect_and_never_connected_devices_show_year_one() {
+    let hub = TestHub::start().await;
+    hub.add_device("quiet").await;
+    let (_, _, quiet) = hub.call(Method::GET, "/devices/quiet", None, &[]).await;
+    assert_eq!(quiet["lastActivityTime"], "0001-01-01T00:00:00Z");
+    let (_, _, twin) = hub.call(Method::GET, "/twins/quiet", None, &[]).await;
+    assert_eq!(twin["lastActivityTime"], "0001-01-01T00:00:00Z");
+
+    let device = hub.subscribed("seen", true).await;
+    let (_, _, live) = hub.call(Method::GET, "/devices/seen", None, &[]).await;
+    assert_eq!(live["connectionState"], "Connected");
+    let active = live["lastActivityTime"].as_str().expect("time").to_owned();
+    assert!(active.starts_with("20"), "{active}");
+    device.client.disconnect().await.expect("disconnect");
+    drop(device);
+
+    let mut after = Value::Null;
+    for _ in 0..100 {
+        after = hub.call(Method::GET, "/devices/seen", None, &[]).await.2;
+        if after["connectionState"] == "Disconnected" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(after["connectionState"], "Disconnected");
+    assert_eq!(after["lastActivityTime"], active.as_str(), "{after}");
+
+    // The field is read-only: an update of the identity neither sets nor clears it.
+    let mut update = after.clone();
+    update["lastActivityTime"] = json!("2000-01-01T00:00:00Z");
+    let etag = after["etag"].as_str().expect("etag").to_owned();
+    let (s, _, updated) = hub
+        .call(
+            Method::PUT,
+            "/devices/seen",
+            Some(update),
+            &[("If-Match", &format!("\"{etag}\""))],
+        )
+        .await;
+    assert_eq!(s, 200, "{updated}");
+    assert_eq!(updated["lastActivityTime"], active.as_str());
+}
+
+#[tokio::test]
+async fn a_twin_patch_naming_reported_properties_is_refused_and_changes_nothing() {
+    let hub = TestHub::start().await;
+    hub.add_device("ro").await;
+    let (_, _, before) = hub.call(Method::GET, "/twins/ro", None, &[]).await;
+    let patch = json!({
+        "tags": {"site": "lab"},
+        "properties": {"desired": {"x": 1}, "reported": {"deviceState": "READY"}}
+    });
+    let (s, _, answer) = hub.call(Method::PATCH, "/twins/ro", Some(patch), &[]).await;
+    assert_eq!(s, 400, "{answer}");
+    assert!(
+        answer.to_string().contains("properties.reported"),
+        "the reason names the section: {answer}"
+    );
+    let (_, _, after) = hub.call(Method::GET, "/twins/ro", None, &[]).await;
+    assert_eq!(after["version"], before["version"], "nothing written");
+    assert!(after["tags"].get("site").is_none());
+}
+
+#[tokio::test]
+async fn an_empty_twin_key_is_refused() {
+    let hub = TestHub::start().await;
+    hub.add_device("ek").await;
+    for patch in [
+        json!({"properties": {"desired": {"": 1}}}),
+        json!({"tags": {"site": {"": "x"}}}),
+    ] {
+        let (s, _, answer) = hub.call(Method::PATCH, "/twins/ek", Some(patch), &[]).await;
+        assert_eq!(s, 400, "{answer}");
+        assert!(answer.to_string().contains("empty"), "{answer}");
+    }
+}

@@ -13,6 +13,8 @@
 //! becomes `100%25%2Etxt`. The mapping is one to one: [`decode_key`] refuses escapes the
 //! encoder would not write (lowercase hex, escaped plain characters).
 //!
+//! The empty name, which is no valid key, becomes [`EMPTY_NAME_KEY`] (`%E`).
+//!
 //! # Names too long for a key
 //!
 //! When the encoded name would exceed [`MAX_KEY_BYTES`], [`encode_key`] returns a hash key
@@ -32,10 +34,16 @@ use crate::twin::{METADATA_KEY, VERSION_KEY};
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Start of a hash key standing for a name too long to encode (see the module docs).
 pub const HASHED_KEY_PREFIX: &str = "%H";
+/// The key [`encode_key`] writes for the empty name, which IoT Hub does not take as a key.
+/// An escape is `%` and two hex digits, so the encoder never writes `%E` otherwise.
+pub const EMPTY_NAME_KEY: &str = "%E";
 
 /// Why a key or an encoded name is not acceptable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
+    /// The key is the empty string.
+    #[error("a key is empty")]
+    Empty,
     /// The key holds a character twin keys may not contain.
     #[error(
         "key {:?} contains forbidden character {character:?} at byte {position}",
@@ -103,6 +111,9 @@ pub enum KeyError {
 
 /// Turns any name into a valid twin key (see the module docs for the scheme).
 pub fn encode_key(name: &str) -> String {
+    if name.is_empty() {
+        return EMPTY_NAME_KEY.to_owned();
+    }
     let mut encoded = String::with_capacity(name.len());
     for character in name.chars() {
         if needs_escape(character) {
@@ -137,6 +148,9 @@ pub fn is_hashed_key(key: &str) -> bool {
 /// Recovers the name an [`encode_key`] result stands for.
 pub fn decode_key(key: &str) -> Result<String, KeyError> {
     validate_key(key)?;
+    if key == EMPTY_NAME_KEY {
+        return Ok(String::new());
+    }
     if is_hashed_key(key) {
         return Err(KeyError::HashedKey {
             key: key.to_owned(),
@@ -181,6 +195,9 @@ pub fn decode_key(key: &str) -> Result<String, KeyError> {
 
 /// Checks that `key` may be used as a twin key as it is.
 pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
     if let Some((position, character)) = key.char_indices().find(|(_, c)| is_forbidden(*c)) {
         return Err(KeyError::ForbiddenCharacter {
             key: key.to_owned(),

@@ -143,6 +143,15 @@ fn non_canonical_or_malformed_escapes_are_refused() {
     ));
 }
 
+#[test]
+fn the_empty_name_has_a_key_of_its_own_and_an_empty_key_is_refused() {
+    assert_eq!(validate_key(""), Err(KeyError::Empty));
+    let key = encode_key("");
+    assert_eq!(validate_key(&key), Ok(()));
+    assert_eq!(decode_key(&key), Ok(String::new()));
+    assert_ne!(decode_key(&encode_key("%E")), Ok(String::new()));
+}
+
 proptest! {
     #[test]
     fn any_name_encodes_to_a_valid_key_that_decodes_back(name in any::<String>()) {
