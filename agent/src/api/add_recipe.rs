@@ -39,7 +39,7 @@ pub struct AddRecipeAnswer {
 /// AddRecipe.
 #[utoipa::path(post, path = "/api/v1/AddRecipe", request_body = AddRecipe, responses(
     (status = 202, body = AddRecipeAnswer), (status = 200, body = AddRecipeAnswer),
-    (status = 400), (status = 401), (status = 503)))]
+    (status = 400), (status = 401), (status = 413), (status = 503)))]
 pub async fn handle(
     State(state): State<Arc<ApiState>>,
     StrictJson(body, raw): StrictJson<AddRecipe>,

@@ -6,6 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Largest request body the API reads; a larger one answers 413 with the reason.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// Error body of every refused call.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -36,7 +39,8 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body parsed strictly: unknown fields, wrong types and bad syntax answer 400 with
-/// the parser's reason (axum's own extractor would answer 422).
+/// the parser's reason (axum's own extractor would answer 422); a body over [`BODY_LIMIT`]
+/// answers 413.
 #[derive(Debug)]
 pub struct StrictJson<T>(pub T, pub axum::body::Bytes);
 
@@ -56,7 +60,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("failed to read body: {e}")))?;
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is over the limit of {BODY_LIMIT} bytes"),
+                ),
+                _ => ApiError::bad_request(format!("failed to read body: {e}")),
+            })?;
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
         Ok(Self(value, bytes))

@@ -112,6 +112,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         );
     Router::new()
         .nest(&format!("/api/{API_VERSION}"), guarded)
+        .layer(axum::extract::DefaultBodyLimit::max(json::BODY_LIMIT))
         .with_state(state)
 }
 

@@ -169,6 +169,25 @@ async fn busy_answers_503_except_state_provisioning_and_ready() {
 }
 
 #[tokio::test]
+async fn a_body_over_the_limit_answers_413_with_the_reason() {
+    let api = start().await;
+    let padding = "x".repeat(json::BODY_LIMIT);
+    let answer = api
+        .call(Method::POST, "AddRecipe")
+        .json(&json!({"changeSpec": {"id": "big", "note": padding}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = answer.json().await.expect("json");
+    let reason = body["error"].as_str().expect("reason");
+    assert!(
+        reason.contains(&format!("limit of {} bytes", json::BODY_LIMIT)),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn strict_json_answers_400_with_a_reason() {
     let api = start().await;
     let unknown = api

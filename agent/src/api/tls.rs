@@ -40,7 +40,7 @@ pub async fn server_config(dir: &Path) -> Result<RustlsConfig, TlsError> {
             "::1".to_owned(),
         ];
         let cert = rcgen::generate_simple_self_signed(names)?;
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::state_dir::create_private_dir(dir).map_err(io)?;
         write_private(&key_path, cert.signing_key.serialize_pem().as_bytes()).map_err(io)?;
         crate::durable::write_atomic(&cert_path, cert.cert.pem().as_bytes())
             .map_err(|e| io(std::io::Error::other(e)))?;

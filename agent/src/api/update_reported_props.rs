@@ -40,7 +40,7 @@ pub struct Property {
 
 /// UpdateReportedProps.
 #[utoipa::path(put, path = "/api/v1/UpdateReportedProps", request_body = UpdateReportedProps,
-    responses((status = 204), (status = 400), (status = 401), (status = 503)))]
+    responses((status = 204), (status = 400), (status = 401), (status = 413), (status = 503)))]
 pub async fn handle(
     State(state): State<Arc<ApiState>>,
     StrictJson(body, _): StrictJson<UpdateReportedProps>,
