@@ -30,14 +30,16 @@ pub struct Agent {
     pub device: Arc<Device>,
     /// The reported document.
     pub reported: Arc<Reported>,
+    /// The lock on the state directory, released when the agent is dropped.
+    _lock: crate::state_dir::StateDirLock,
 }
 
 /// Starts every part of the agent for `config`.
 pub async fn start(config: Config) -> anyhow::Result<Agent> {
     use anyhow::Context as _;
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("failed to create state dir {}", config.state_dir.display()))?;
+    // Before anything in it is read: one agent per state directory.
+    let lock = crate::state_dir::open(&config.state_dir)?;
     std::fs::create_dir_all(config.work_dir()).context("failed to create the work dir")?;
 
     let reported = Arc::new(Reported::open(&config.state_dir));
@@ -116,6 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
         link,
         device,
         reported,
+        _lock: lock,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Crash-safe file writes: a file is either the old or the new content, never a mix.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -35,14 +36,15 @@ pub enum DurableError {
     },
 }
 
-/// Writes `bytes` to `path` through a synced temporary file, a rename and a directory sync.
+/// Writes `bytes` to `path` (0600, its directory 0700 when made here) through a synced
+/// temporary file, a rename and a directory sync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DurableError> {
     let err = |source| DurableError::Write {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
+    crate::state_dir::create_private_dir(dir).map_err(err)?;
     let mut tmp = tempfile_in(dir, path).map_err(err)?;
     tmp.1.write_all(bytes).map_err(err)?;
     tmp.1.sync_all().map_err(err)?;
@@ -91,7 +93,13 @@ fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let file = std::fs::File::create(&tmp)?;
+    // State files are the agent's own: 0600, whatever the umask lets others read.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::state_dir::FILE_MODE)
+        .open(&tmp)?;
     Ok((tmp, file))
 }
 

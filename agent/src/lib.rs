@@ -14,5 +14,6 @@ pub mod link;
 pub mod mode;
 pub mod reported;
 pub mod state;
+pub mod state_dir;
 pub mod transfer;
 pub mod zones;

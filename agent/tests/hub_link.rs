@@ -162,7 +162,9 @@ async fn device_to_cloud_messages_queued_offline_survive_a_restart_and_are_deliv
         link.send(message).await.unwrap();
     }
 
-    // A new process on the same state dir starts BUSY, like the one that stopped.
+    // A new process on the same state dir starts BUSY, like the one that stopped; the
+    // first releases the state directory's lock when it is dropped.
+    drop(first);
     let mut events = hub.hub.events();
     let second = cloudpillar_agent::daemon::start(parse_config(&text))
         .await

@@ -81,7 +81,7 @@ pub fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::state_dir::create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()

@@ -1,9 +1,9 @@
 //! The agent binary as a separate process, for tests that kill it with SIGKILL.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-/// Starts the agent binary with `config`, appending its log to `log`.
+/// Starts the agent binary with `config`, appending its log and errors to `log`.
 pub fn spawn_agent(config: &Path, log: &Path) -> Child {
     spawn_agent_with(config, log, &[])
 }
@@ -21,7 +21,8 @@ pub fn spawn_agent_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Chil
         .arg(config)
         .env("CP_AGENT_LOG", "info")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        // The agent logs to stdout; errors at start go to stderr.
+        .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap()
