@@ -13,6 +13,8 @@ use cloudpillar_hub::HubEvent;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::Receiver;
 
+use common::process::{kill9, spawn_agent};
+use common::relay::Relay;
 use common::{TestHub, parse_config};
 
 /// Uploads seen on the hub's event stream, assembled by offset.
@@ -21,6 +23,8 @@ struct Uploads {
     files: BTreeMap<String, Vec<u8>>,
     /// Ids in the order their first chunk came.
     order: Vec<String>,
+    /// Which bytes of each upload came (chunks may come out of order, leaving gaps).
+    filled: BTreeMap<String, Vec<bool>>,
     /// Ids whose `last` chunk came (the backend commits them), each time it came.
     committed: Vec<String>,
 }
@@ -38,15 +42,20 @@ impl Uploads {
             self.order.push(id.clone());
         }
         let file = self.files.entry(id.clone()).or_default();
-        // Chunks may come again (at least once), but never with other bytes.
-        let overlap = file.len().saturating_sub(offset).min(data.len());
-        assert_eq!(
-            &file[offset..offset + overlap],
-            &data[..overlap],
-            "upload {id} written over at {offset}"
-        );
+        let filled = self.filled.entry(id.clone()).or_default();
         file.resize(file.len().max(offset + data.len()), 0);
-        file[offset..offset + data.len()].copy_from_slice(&data);
+        filled.resize(file.len(), false);
+        // Chunks may come again (at least once), and after a later one, but never with other
+        // bytes.
+        for (n, byte) in data.iter().enumerate() {
+            let at = offset + n;
+            assert!(
+                !filled[at] || file[at] == *byte,
+                "upload {id} written over at {at}"
+            );
+            file[at] = *byte;
+            filled[at] = true;
+        }
         if chunk["last"] == true {
             self.committed.push(id);
         }
@@ -55,9 +64,12 @@ impl Uploads {
     /// Waits until an upload holds exactly `content`; returns its id.
     async fn wait_for(&mut self, events: &mut Receiver<Arc<HubEvent>>, content: &[u8]) -> String {
         let wanted = String::from_utf8_lossy(content).into_owned();
-        let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
-                if let Some((id, _)) = self.files.iter().find(|(_, c)| c.as_slice() == content) {
+                let whole = |id: &String| self.filled[id].iter().all(|f| *f);
+                if let Some((id, _)) =
+                    (self.files.iter()).find(|(id, c)| c.as_slice() == content && whole(id))
+                {
                     return id.clone();
                 }
                 let event = events.recv().await.unwrap();
@@ -252,4 +264,122 @@ async fn eight_hundred_small_files_under_one_upload_step_all_arrive() {
             "file {i} missing"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_chunks_dropped_by_the_full_offline_queue_are_sent_again_and_the_upload_is_whole() {
+    let hub = TestHub::start().await;
+    let relay = Relay::start(hub.hub.mqtt_addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 1 KiB chunks and a queue of 16 messages: a 96 KiB append while offline overflows it.
+    let text = hub
+        .agent_config("up-drop", dir.path(), "")
+        .await
+        .replace(
+            &format!("port = {}\n", hub.hub.mqtt_addr().port()),
+            &format!("port = {}\n", relay.addr.port()),
+        )
+        .replace(
+            "stall_secs = 2\n",
+            "stall_secs = 2\noffline_queue_limit = 16\nupload_chunk_bytes = 1024\n",
+        );
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let log = dir.path().join("state/work/app.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut content = b"started\n".to_vec();
+    std::fs::write(&log, &content).unwrap();
+    let mut agent = spawn_agent(&config_path, &agent_log);
+    hub.wait_reported("up-drop", "connected", |r| r["health"] == "connected")
+        .await;
+    let mut events = hub.hub.events();
+    let mut uploads = Uploads::default();
+    let spec = json!({"id": "drop-1", "patch": {"postInstallConfig": [{"action": "periodicUpload",
+        "filename": log.display().to_string(), "interval": 1, "enabled": true}]}});
+    hub.patch_desired(
+        "up-drop",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    let id = uploads.wait_for(&mut events, &content).await;
+
+    // Offline: the log grows past what the queue holds, and its oldest chunks are dropped.
+    relay.cut();
+    for n in 0..1536 {
+        content.extend_from_slice(
+            format!("line {n:05} of the growing log....................\n").as_bytes(),
+        );
+    }
+    std::fs::write(&log, &content).unwrap();
+    for _ in 0..300 {
+        let said = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        if said.contains("oldest log chunk dropped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    relay.restore();
+
+    // Back online: the upload is the whole file, under the name it had.
+    assert_eq!(uploads.wait_for(&mut events, &content).await, id);
+    assert!(uploads.committed.contains(&id), "{}", uploads.summary());
+    hub.wait_reported("up-drop", "drops counted", |r| {
+        r["d2cDropped"].as_u64().is_some_and(|n| n > 0)
+    })
+    .await;
+    let said = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(said.contains("dropped log chunk queued again"), "{said}");
+    kill9(&mut agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_step_naming_denied_files_fails_with_each_file_and_its_reject_text() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("state/work/logs");
+    let root = format!("{:?}", logs.display().to_string());
+    let extra = format!(
+        "strict_mode = true\n\
+         [zones.LogAllow]\naction = \"upload\"\nroot = {root}\npatterns = [\"*.log\"]\n\
+         [zones.LogDeny]\naction = \"upload\"\nkind = \"deny\"\nroot = {root}\n\
+         patterns = [\"secret*.log\"]\n"
+    );
+    let config = parse_config(&hub.agent_config("up-deny", dir.path(), &extra).await);
+    std::fs::create_dir_all(&logs).unwrap();
+    for name in ["app.log", "secret-a.log", "secret-b.log"] {
+        std::fs::write(logs.join(name), "text\n").unwrap();
+    }
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("up-deny", "connected", |r| r["health"] == "connected")
+        .await;
+    let spec = json!({"id": "deny-1", "patch": {"postInstallConfig": [{"action": "periodicUpload",
+        "filename": logs.join("*.log").display().to_string(), "interval": 1, "enabled": true}]}});
+    hub.patch_desired(
+        "up-deny",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    let reported = hub
+        .wait_reported("up-deny", "recipe ended", |r| {
+            r["changeSpec"]["id"] == "deny-1"
+                && r["changeSpec"]["Status"]
+                    .as_str()
+                    .is_some_and(|s| s != "InProgress")
+        })
+        .await;
+    let step = &reported["changeSpec"]["patch"]["postInstallConfig"][0];
+    assert_eq!(reported["changeSpec"]["Status"], "Failure", "{reported}");
+    assert_eq!(step["ResultCode"], "zone_denied", "{step}");
+    let denied = |name: &str| {
+        format!(
+            "{}: Denied by local a restriction \"LogDeny\"",
+            logs.join(name).display()
+        )
+    };
+    assert_eq!(
+        step["ResultText"],
+        format!("{}; {}", denied("secret-a.log"), denied("secret-b.log"))
+    );
 }

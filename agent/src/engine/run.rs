@@ -298,6 +298,11 @@ pub(super) async fn upload(
         Ok(p) => p,
         Err(e) => return StepOutcome::failed(codes::BAD_PATH, e.to_string()),
     };
+    if crate::mode::strict(&shared.config)
+        && let Some(denied) = denied_uploads(&shared.zones, &pattern)
+    {
+        return StepOutcome::failed(codes::ZONE_DENIED, denied);
+    }
     let Some(transfers) = shared.transfers.clone() else {
         return StepOutcome::failed(codes::IO_ERROR, "no hub link to upload over");
     };
@@ -305,4 +310,20 @@ pub(super) async fn upload(
     transfers
         .start_periodic_upload(key, pattern, step.interval_secs)
         .await
+}
+
+/// The files matching `pattern` that the zones deny, each with the zone's reject text
+/// (`/var/log/app/x.log: Denied by local a restriction "LogDeny"`); `None` when none is.
+/// A step naming a denied file fails and uploads nothing; a file that appears later and is
+/// denied is reported in `lastUploadDenial` by the uploader.
+fn denied_uploads(zones: &zones::Zones, pattern: &std::path::Path) -> Option<String> {
+    let denied: Vec<String> = crate::transfer::upload::matching_files(pattern)
+        .into_iter()
+        .filter_map(|file| {
+            let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+            let denial = zones.check(ZoneAction::Upload, &file, size).err()?;
+            Some(format!("{}: {denial}", file.display()))
+        })
+        .collect();
+    (!denied.is_empty()).then(|| denied.join("; "))
 }

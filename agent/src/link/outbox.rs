@@ -4,12 +4,19 @@
 //! queued survives a restart and an outage. The queue holds at most `limit` messages: when
 //! it is full the oldest droppable message (a log chunk) makes room and is counted; when
 //! nothing can be dropped the sender waits.
+//!
+//! A dropped upload chunk leaves a hole in its upload: its file id, offset, length and
+//! `last` flag go to `<state_dir>/outbox/holes.json` before the chunk's file is removed, so
+//! the uploader sends those bytes again (see [`Outbox::holes`]), after a restart too. The
+//! backend commits an upload only once every byte up to its `last` chunk has come, so an
+//! upload with a hole is never complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cloudpillar_protocol::encoding::{decode_base64_strict, encode_base64};
+use cloudpillar_protocol::messages::D2cMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -23,12 +30,33 @@ struct Stored {
     droppable: bool,
 }
 
+/// An upload chunk the full queue dropped: the uploader must send these bytes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hole {
+    /// Offset of the chunk in its file.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Whether it was the upload's final chunk.
+    pub last: bool,
+    /// Which drop made it: a hole dropped again after it was taken is a new one.
+    pub drop: u64,
+}
+
+/// What `holes.json` keeps: log chunks dropped so far, and the holes still open.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Drops {
+    dropped: u64,
+    /// Upload file id → its open holes.
+    holes: BTreeMap<String, BTreeSet<Hole>>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     next: u64,
     /// Sequence number → droppable.
     entries: BTreeMap<u64, bool>,
-    dropped: u64,
+    drops: Drops,
 }
 
 /// Errors of the queue.
@@ -51,6 +79,7 @@ pub enum OutboxError {
 #[derive(Debug)]
 pub struct Outbox {
     dir: PathBuf,
+    holes_path: PathBuf,
     limit: usize,
     inner: Mutex<Inner>,
     changed: Notify,
@@ -60,11 +89,20 @@ impl Outbox {
     /// Opens the queue in `state_dir`, keeping what an earlier run left.
     pub fn open(state_dir: &Path, limit: usize) -> Result<Self, OutboxError> {
         let dir = state_dir.join("outbox");
-        std::fs::create_dir_all(&dir).map_err(|source| OutboxError::List {
+        crate::state_dir::create_private_dir(&dir).map_err(|source| OutboxError::List {
             dir: dir.clone(),
             source,
         })?;
-        let mut inner = Inner::default();
+        let holes_path = dir.join("holes.json");
+        let mut inner = Inner {
+            drops: durable::read_json(&holes_path)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "dropped-chunk record unreadable; starting empty");
+                    None
+                })
+                .unwrap_or_default(),
+            ..Inner::default()
+        };
         let listing = std::fs::read_dir(&dir).map_err(|source| OutboxError::List {
             dir: dir.clone(),
             source,
@@ -86,6 +124,7 @@ impl Outbox {
         }
         Ok(Self {
             dir,
+            holes_path,
             limit: limit.max(1),
             inner: Mutex::new(inner),
             changed: Notify::new(),
@@ -117,13 +156,22 @@ impl Outbox {
             let Some(victim) = oldest_droppable else {
                 return Ok(false);
             };
+            // The hole is on disk before the chunk is gone: a crash in between sends it twice
+            // at worst, which the backend takes as bytes it already has.
+            inner.drops.dropped += 1;
+            if let Some((file_id, hole)) = self.chunk_of(victim, inner.drops.dropped) {
+                tracing::warn!(dropped = inner.drops.dropped, %file_id, offset = hole.offset,
+                    "outbox full; oldest log chunk dropped, to be sent again");
+                inner.drops.holes.entry(file_id).or_default().insert(hole);
+            } else {
+                tracing::warn!(
+                    dropped = inner.drops.dropped,
+                    "outbox full; oldest log chunk dropped"
+                );
+            }
+            durable::write_json(&self.holes_path, &inner.drops)?;
             inner.entries.remove(&victim);
-            inner.dropped += 1;
             let _ = std::fs::remove_file(self.path(victim));
-            tracing::warn!(
-                dropped = inner.dropped,
-                "outbox full; oldest log chunk dropped"
-            );
         }
         let seq = inner.next;
         let stored = Stored {
@@ -135,6 +183,59 @@ impl Outbox {
         inner.next += 1;
         inner.entries.insert(seq, droppable);
         Ok(true)
+    }
+
+    /// The upload chunk stored as `seq`, as a hole made by drop number `drop`.
+    fn chunk_of(&self, seq: u64, drop: u64) -> Option<(String, Hole)> {
+        let stored: Stored = durable::read_json(&self.path(seq)).ok().flatten()?;
+        let payload = decode_base64_strict("payload", &stored.payload).ok()?;
+        match D2cMessage::decode(&payload).ok()? {
+            D2cMessage::UploadFileChunk(chunk) => Some((
+                chunk.file_id,
+                Hole {
+                    offset: chunk.offset,
+                    len: chunk.data.len() as u64,
+                    last: chunk.last,
+                    drop,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// The open holes of upload `file_id`, lowest offset first.
+    pub fn holes(&self, file_id: &str) -> Vec<Hole> {
+        (self.inner.lock().ok())
+            .and_then(|i| {
+                i.drops
+                    .holes
+                    .get(file_id)
+                    .map(|h| h.iter().copied().collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Closes `hole` of `file_id` once its bytes are queued again (or, for an upload that
+    /// will never be finished, when they no longer matter).
+    pub fn fill(&self, file_id: &str, hole: Hole) -> Result<(), OutboxError> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Ok(());
+        };
+        let Some(holes) = inner.drops.holes.get_mut(file_id) else {
+            return Ok(());
+        };
+        if !holes.remove(&hole) {
+            return Ok(());
+        }
+        if holes.is_empty() {
+            inner.drops.holes.remove(file_id);
+        }
+        Ok(durable::write_json(&self.holes_path, &inner.drops)?)
+    }
+
+    /// Whether a message can be queued without dropping one.
+    pub fn has_room(&self) -> bool {
+        self.len() < self.limit
     }
 
     /// The oldest message, if any.
@@ -172,9 +273,9 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Log chunks dropped because the queue was full.
+    /// Log chunks dropped because the queue was full (since the state directory was made).
     pub fn dropped(&self) -> u64 {
-        self.inner.lock().map(|i| i.dropped).unwrap_or(0)
+        self.inner.lock().map(|i| i.drops.dropped).unwrap_or(0)
     }
 
     /// Waits until a message is pushed or removed.
@@ -254,6 +355,66 @@ mod tests {
             outbox.remove(seq);
         }
         assert_eq!(payloads, [0, 2, 3]);
+    }
+
+    fn chunk(offset: u64, last: bool) -> Outgoing {
+        let message =
+            D2cMessage::UploadFileChunk(cloudpillar_protocol::messages::UploadFileChunk {
+                file_id: "abc-app.log".into(),
+                offset,
+                data: vec![7; 10],
+                last,
+            });
+        Outgoing {
+            properties: vec![],
+            payload: message.encode().expect("encode"),
+            droppable: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_upload_chunk_leaves_a_hole_that_survives_a_restart_until_filled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let outbox = Outbox::open(dir.path(), 2).expect("open");
+            for (n, offset) in [0u64, 10, 20].into_iter().enumerate() {
+                outbox
+                    .push(chunk(offset, n == 2), true)
+                    .await
+                    .expect("push");
+            }
+            assert!(!outbox.has_room());
+        }
+        let outbox = Outbox::open(dir.path(), 2).expect("reopen");
+        assert_eq!(outbox.dropped(), 1);
+        let holes = outbox.holes("abc-app.log");
+        let expected = Hole {
+            offset: 0,
+            len: 10,
+            last: false,
+            drop: 1,
+        };
+        assert_eq!(holes, [expected]);
+        assert!(outbox.holes("other").is_empty());
+
+        // A hole dropped again after it was taken is a new one: filling the old one keeps it.
+        while let Some((seq, _)) = outbox.peek() {
+            outbox.remove(seq);
+        }
+        outbox.push(chunk(0, false), true).await.expect("again");
+        outbox.push(chunk(30, false), true).await.expect("next");
+        outbox
+            .push(chunk(40, false), true)
+            .await
+            .expect("drops the re-sent chunk");
+        outbox.fill("abc-app.log", expected).expect("fill");
+        let left = outbox.holes("abc-app.log");
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!((left[0].offset, left[0].drop), (0, 2));
+        outbox.fill("abc-app.log", left[0]).expect("fill");
+        let outbox = Outbox::open(dir.path(), 2).expect("reopen");
+        assert!(outbox.holes("abc-app.log").is_empty());
+        assert_eq!(outbox.dropped(), 2);
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 
 use std::fs::{File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,6 +26,7 @@ use super::upload::{matching_files, open_regular, upload_file_id};
 use super::upload_record::{UploadRecord, blocking};
 use crate::config::{Config, ZoneAction};
 use crate::link::Link;
+use crate::link::outbox::Hole;
 use crate::zones::Zones;
 
 /// A file whose mtime is at least this old is trusted not to change without a new mtime
@@ -155,7 +156,9 @@ async fn upload_round(
         Ok((reader, seen))
     })
     .await?;
-    if upload.seen == Some(seen) {
+    // Chunks the full queue dropped are holes to send again (see `link::outbox`).
+    let holes = ctx.link.outbox.holes(&upload.id);
+    if upload.seen == Some(seen) && holes.is_empty() {
         return Ok(());
     }
     if crate::mode::strict(&ctx.config)
@@ -193,7 +196,16 @@ async fn upload_round(
         ))
     })
     .await?;
-    if !continues && seen.size > 0 {
+    if continues {
+        reading = resend_holes(ctx, &upload.id, upload.sent, reading, holes).await?;
+    } else if seen.size > 0 {
+        // The earlier upload stays unfinished: its holes no longer matter.
+        for hole in holes {
+            ctx.link
+                .outbox
+                .fill(&upload.id, hole)
+                .map_err(std::io::Error::other)?;
+        }
         let uploads = upload.uploads + 1;
         let start = format!("{}|{uploads}|{}|{}", ctx.scope, seen.size, seen.mtime_ns);
         *upload = FileUpload {
@@ -242,6 +254,47 @@ async fn upload_round(
             .map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// Queues again the chunks of upload `id` that the full queue dropped, while there is room
+/// for them (else they would only push out other chunks); each hole closes once its bytes are
+/// queued. A hole past `sent` closes at once: the round sends those bytes anyway.
+async fn resend_holes(
+    ctx: &UploadContext,
+    id: &str,
+    sent: u64,
+    mut reading: Reading,
+    holes: Vec<Hole>,
+) -> std::io::Result<Reading> {
+    let other = std::io::Error::other;
+    for hole in holes {
+        if hole.offset + hole.len > sent {
+            ctx.link.outbox.fill(id, hole).map_err(other)?;
+            continue;
+        }
+        if !ctx.link.outbox.has_room() {
+            break;
+        }
+        let data;
+        (reading, data) = blocking(move || {
+            let mut data = vec![0u8; usize::try_from(hole.len).unwrap_or(usize::MAX)];
+            reading.reader.read_exact_at(&mut data, hole.offset)?;
+            Ok((reading, data))
+        })
+        .await?;
+        let message = D2cMessage::UploadFileChunk(UploadFileChunk {
+            file_id: id.to_owned(),
+            offset: hole.offset,
+            data,
+            last: hole.last,
+        });
+        super::hub::try_send(&ctx.link, &message, true)
+            .await
+            .map_err(std::io::Error::other)?;
+        ctx.link.outbox.fill(id, hole).map_err(other)?;
+        tracing::info!(file_id = %id, offset = hole.offset, "dropped log chunk queued again");
+    }
+    Ok(reading)
 }
 
 /// Reads the next `want` bytes into `reading.buf`; for the `last` chunk also checks that the

@@ -255,6 +255,7 @@ pub fn parse_config(text: &str) -> cloudpillar_agent::config::Config {
 }
 pub mod files;
 pub mod process;
+pub mod relay;
 pub mod streamer;
 pub mod swtpm;
 
