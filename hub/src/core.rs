@@ -59,6 +59,9 @@ pub struct Core {
     /// Service policy key (base64).
     pub policy_key: String,
     sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Last activity (ms) of devices that disconnected since the hub started; the registry
+    /// holds it too, a moment later.
+    departed: Mutex<HashMap<String, u64>>,
     methods: Mutex<HashMap<String, MethodWaiter>>,
     next_id: AtomicU64,
     /// Completed DPS operations by operation id: their `registrationState`.
@@ -74,6 +77,7 @@ impl Core {
             bus,
             policy_key,
             sessions: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashMap::new()),
             methods: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dps_ops: Mutex::new(HashMap::new()),
@@ -117,7 +121,14 @@ impl Core {
         let removed = {
             let mut sessions = lock(&self.sessions);
             match sessions.get(device) {
-                Some(e) if e.conn_id == conn_id => sessions.remove(device),
+                Some(e) if e.conn_id == conn_id => {
+                    let removed = sessions.remove(device);
+                    if let Some(session) = &removed {
+                        // Answered from here while the registry write is under way.
+                        lock(&self.departed).insert(device.to_owned(), session.last_activity_ms);
+                    }
+                    removed
+                }
                 _ => None,
             }
         };
@@ -136,6 +147,16 @@ impl Core {
                 tracing::warn!(device, %error, "disconnect event not recorded");
             }
         }
+    }
+
+    /// The last activity of a device that disconnected since the hub started.
+    pub fn departed(&self, device: &str) -> Option<String> {
+        lock(&self.departed).get(device).copied().map(activity_time)
+    }
+
+    /// Forgets a deleted device's activity.
+    pub fn forget(&self, device: &str) {
+        lock(&self.departed).remove(device);
     }
 
     /// Whether the device has a live connection, and its last activity time.

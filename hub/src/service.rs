@@ -20,6 +20,8 @@ impl Core {
         if let Some(activity) = self.live(&device.device_id) {
             device.connection_state = "Connected".into();
             device.last_activity_time = activity;
+        } else if let Some(activity) = self.departed(&device.device_id) {
+            device.last_activity_time = activity;
         }
         if device.last_activity_time.is_empty() {
             device.last_activity_time = registry::NEVER_ACTIVE.into();
@@ -87,6 +89,7 @@ impl Core {
                 c2d::purge(b, &id_owned)
             })
             .await?;
+        self.forget(id);
         self.push(id, Outbound::Close);
         Ok(())
     }
