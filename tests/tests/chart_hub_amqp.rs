@@ -2,6 +2,7 @@
 //! `hub.amqp.enabled` the container port and both Services carry it, and the hub started with
 //! exactly the rendered arguments serves the event log there (a twin change read back over
 //! AMQP with TLS and the policy key, as a reader of Azure IoT Hub's built-in endpoint would).
+//! The `Hub` object the chart creates names that endpoint in `spec.eventHub` when it is served.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use roles::{Role, Site, cloudpillar_binary, container, rendered_objects};
 
 const STATEFULSET: &str = "templates/hub/statefulset.yaml";
 const SERVICES: &str = "templates/hub/service.yaml";
+const HUB_OBJECT: &str = "templates/hub-resource.yaml";
 const STARTUP: Duration = Duration::from_secs(60);
 
 /// The ports of each rendered hub Service but the metrics one, by Service name.
@@ -101,6 +103,54 @@ async fn the_amqp_endpoint_is_rendered_only_when_enabled() -> anyhow::Result<()>
         };
         ensure!(port["nodePort"] == node_port, "{name}: {port}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_hub_object_names_the_amqp_endpoint_only_when_it_is_served() -> anyhow::Result<()> {
+    let hub_object = |objects: Vec<Value>| -> anyhow::Result<cloudpillar_crds::Hub> {
+        let found = objects
+            .into_iter()
+            .find(|o| o["kind"] == "Hub")
+            .context("the chart renders no Hub")?;
+        Ok(serde_json::from_value(found)?)
+    };
+    let off = hub_object(rendered_objects("cloudpillar", &[], HUB_OBJECT).await?)?;
+    ensure!(off.spec.event_hub.is_none(), "{:?}", off.spec.event_hub);
+
+    let on = [
+        "--set",
+        "hub.amqp.enabled=true",
+        "--set",
+        "hub.ports.amqp=5672",
+        "--set",
+        "hub.amqp.eventHubName=fleet-events",
+    ];
+    let hub = hub_object(rendered_objects("cloudpillar", &on, HUB_OBJECT).await?)?;
+    let endpoint = hub.spec.event_hub.context("no spec.eventHub")?;
+    // The hub Service (not the headless one) on the AMQP port, and the name the hub serves.
+    let service = service_ports(&on)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .find(|name| !name.ends_with("-headless"))
+        .context("no hub Service")?;
+    ensure!(
+        endpoint.host == format!("{service}.cloudpillar.svc:5672"),
+        "{endpoint:?}"
+    );
+    let served = container("cloudpillar", &on, STATEFULSET, "hub").await?;
+    let name_arg = format!("--event-hub-name={}", endpoint.name);
+    ensure!(
+        endpoint.name == "fleet-events" && served.args.contains(&name_arg),
+        "{endpoint:?} against {:?}",
+        served.args
+    );
+    // Signed in with the Hub's own policy and the operator's default consumer group.
+    ensure!(
+        endpoint.access_policy.is_none() && endpoint.consumer_group == "$Default",
+        "{endpoint:?}"
+    );
     Ok(())
 }
 
