@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cloudpillar_backend::blob::{BlobConfig, BlobStores};
-use cloudpillar_backend::keys::{KeyHolder, LocalSigner, PublishedKeys, SECRET_ACTIVE_KEY};
+use cloudpillar_backend::keys::{
+    KeyHolder, LocalSigner, PublishedKeys, SECRET_ACTIVE_KEY, SignAccess,
+};
+use cloudpillar_backend::roles::KeyholderArgs;
 use cloudpillar_protocol::signing::{SigningKey, TrustStore, VerifyingKey};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -148,7 +151,11 @@ async fn http_api_publishes_keys_and_guards_signing_with_the_token() {
         .await
         .expect("put");
     let holder = holder_with(&SigningKey::generate().expect("key"));
-    let app = cloudpillar_backend::keys::router(holder.clone(), stores, Some("s3cret".into()));
+    let app = cloudpillar_backend::keys::router(
+        holder.clone(),
+        stores,
+        SignAccess::Token("s3cret".into()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -212,6 +219,93 @@ async fn http_api_publishes_keys_and_guards_signing_with_the_token() {
     agent_trust(&keys)
         .verify(b"payload", blob["signature"].as_str().expect("sig"))
         .expect("ok");
+}
+
+/// The key holder settings as the binary parses them from `args`.
+fn keyholder_args(args: &[&str]) -> KeyholderArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        keys: KeyholderArgs,
+    }
+    let argv = std::iter::once("keyholder").chain(args.iter().copied());
+    <Cli as clap::Parser>::try_parse_from(argv)
+        .expect("arguments parse")
+        .keys
+}
+
+#[tokio::test]
+async fn signing_needs_the_token_the_file_holds_now_checked_before_the_body() {
+    let (dir, stores) = fs_stores().await;
+    let token_file = dir.path().join("sign-token");
+    std::fs::write(&token_file, "first-token\n").expect("token written");
+    let file_arg = token_file.display().to_string();
+    let access = keyholder_args(&["--sign-token-file", &file_arg])
+        .sign_access()
+        .expect("a token file is enough");
+    let holder = holder_with(&SigningKey::generate().expect("key"));
+    let app = cloudpillar_backend::keys::router(holder, stores, access);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/sign/recipe",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = cloudpillar_backend::http_client().expect("client");
+    let post = |authorization: &str, body: &'static str| {
+        http.post(&url)
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let good = r#"{"changeSpec": {"id": "r1"}}"#;
+
+    // A body that is not a request is refused for its missing token first.
+    let status = |response: reqwest::Result<reqwest::Response>| response.expect("post").status();
+    assert_eq!(status(post("Bearer wrong", "not json").await), 401);
+    assert_eq!(status(post("Bearer first-token", "not json").await), 400);
+    // The scheme in any case.
+    assert_eq!(status(post("bearer first-token", good).await), 200);
+    assert_eq!(status(post("BEARER  first-token", good).await), 200);
+    assert_eq!(status(post("Basic first-token", good).await), 401);
+
+    // A rotated token counts at once; the old one no longer does.
+    std::fs::write(&token_file, "second-token").expect("token rotated");
+    assert_eq!(status(post("Bearer first-token", good).await), 401);
+    assert_eq!(status(post("Bearer second-token", good).await), 200);
+    // An emptied file signs for nobody.
+    std::fs::write(&token_file, "").expect("token emptied");
+    assert_eq!(status(post("Bearer ", good).await), 503);
+}
+
+#[test]
+fn unauthenticated_signing_must_be_asked_for_and_stay_on_loopback() {
+    let missing = keyholder_args(&[]).sign_access().expect_err("no token");
+    assert!(
+        missing.to_string().contains("--sign-token-file"),
+        "{missing}"
+    );
+    let open = keyholder_args(&["--allow-unauthenticated-signing"]).sign_access();
+    assert!(matches!(open, Ok(SignAccess::Open)), "{open:?}");
+    let v6 = keyholder_args(&["--allow-unauthenticated-signing", "--listen", "[::1]:8090"]);
+    assert!(matches!(v6.sign_access(), Ok(SignAccess::Open)));
+    let exposed = keyholder_args(&[
+        "--allow-unauthenticated-signing",
+        "--listen",
+        "0.0.0.0:8090",
+    ])
+    .sign_access()
+    .expect_err("not on every address");
+    assert!(exposed.to_string().contains("loopback"), "{exposed}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").expect("written");
+    let empty = empty.display().to_string();
+    let refused = keyholder_args(&["--sign-token-file", &empty]).sign_access();
+    assert!(refused.is_err(), "an empty token file");
 }
 
 #[tokio::test]

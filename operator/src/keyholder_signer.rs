@@ -268,7 +268,11 @@ mod tests {
         let stores = BlobStores::open(&BlobConfig::Filesystem { root })
             .await
             .expect("blob stores");
-        let app = cloudpillar_backend::keys::router(holder, stores, Some("secret-token".into()));
+        let app = cloudpillar_backend::keys::router(
+            holder,
+            stores,
+            cloudpillar_backend::keys::SignAccess::Token("secret-token".into()),
+        );
         (serve(app).await, key)
     }
 

@@ -67,7 +67,11 @@ mod tests {
             .put("dev-1/diag.bin", Bytes::from_static(b"diagnostics"))
             .await
             .expect("upload");
-        let app = cloudpillar_backend::keys::router(holder, stores, Some("t0ken".into()));
+        let app = cloudpillar_backend::keys::router(
+            holder,
+            stores,
+            cloudpillar_backend::keys::SignAccess::Token("t0ken".into()),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

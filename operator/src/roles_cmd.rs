@@ -248,18 +248,10 @@ pub struct KeyholderRoleArgs {
 /// Runs the key holder's HTTP API with its requests counted; ready once the keys are loaded
 /// and while the blob store answers (blob signatures read from it).
 pub async fn keyholder(args: KeyholderRoleArgs) -> anyhow::Result<()> {
+    let access = args.keys.sign_access().context("checking who may sign")?;
     let holder = cloudpillar_backend::roles::key_holder(&args.keys)
         .await
         .context("loading the signing keys")?;
-    let token = match &args.keys.sign_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the sign token file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
     let stores = BlobStores::open_prefixed(&args.blob.config(), &args.blob.blob_container_prefix)
         .await
         .context("opening the blob store")?;
@@ -275,7 +267,7 @@ pub async fn keyholder(args: KeyholderRoleArgs) -> anyhow::Result<()> {
     let app = metrics.layer(cloudpillar_backend::keys::router(
         holder.clone(),
         stores,
-        token,
+        access,
     ));
     let listen = args.keys.listen;
     let listener = tokio::net::TcpListener::bind(listen)

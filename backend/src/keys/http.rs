@@ -4,19 +4,23 @@
 //! - `POST /v1/sign/recipe` `{"changeSpec": {...}}`: `SignRecipe`;
 //! - `POST /v1/sign/blob` `{"container": "patches", "path": "..."}`: `SignBlob`.
 //!
-//! The signing routes require `Authorization: Bearer {token}` when a token is configured; serve
-//! them on loopback or behind a NetworkPolicy otherwise.
+//! The signing routes require `Authorization: Bearer {token}` (scheme in any case), checked
+//! before the body is read, unless [`SignAccess::Open`] (loopback only, see the role settings).
+//! A token file is read again for every request, so a rotated Kubernetes Secret counts at once.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloudpillar_protocol::encoding::encode_base64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{KeyError, KeyHolder, Signed};
 use crate::blob::{BlobError, BlobStores};
@@ -111,24 +115,92 @@ impl KeyHolder {
     }
 }
 
+/// Who may use the signing routes.
+#[derive(Debug, Clone)]
+pub enum SignAccess {
+    /// Callers presenting this token.
+    Token(Arc<str>),
+    /// Callers presenting the token this file holds now (read for every request).
+    TokenFile(PathBuf),
+    /// Anyone who reaches the listener.
+    Open,
+}
+
+impl SignAccess {
+    /// `None` when `headers` carry the wanted bearer token, else the answer refusing them.
+    async fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let wanted: Arc<str> = match self {
+            Self::Open => return None,
+            Self::Token(token) => token.clone(),
+            Self::TokenFile(path) => match tokio::fs::read_to_string(path).await {
+                Ok(text) if !text.trim().is_empty() => Arc::from(text.trim()),
+                read => {
+                    let reason = read
+                        .err()
+                        .map_or("it is empty".to_owned(), |e| e.to_string());
+                    tracing::warn!(path = %path.display(), %reason, "sign token file unusable");
+                    let body = Json(serde_json::json!({ "error": "sign token unavailable" }));
+                    return Some((StatusCode::SERVICE_UNAVAILABLE, body).into_response());
+                }
+            },
+        };
+        if bearer(headers).is_some_and(|given| same_token(given, &wanted)) {
+            return None;
+        }
+        let body = Json(serde_json::json!({ "error": "missing or wrong bearer token" }));
+        Some((StatusCode::UNAUTHORIZED, body).into_response())
+    }
+}
+
+/// The token of an `Authorization: Bearer {token}` header, the scheme in any case.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Compares digests, so the time taken tells nothing about how much of a guess was right.
+fn same_token(given: &str, wanted: &str) -> bool {
+    let (given, wanted) = (Sha256::digest(given), Sha256::digest(wanted));
+    given
+        .iter()
+        .zip(wanted.iter())
+        .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+        == 0
+}
+
+async fn require_token(
+    State(access): State<Arc<SignAccess>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match access.refusal(request.headers()).await {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Api {
     holder: KeyHolder,
     blobs: BlobStores,
-    token: Option<Arc<str>>,
 }
 
-/// The key holder's routes; `token`, when set, guards the signing routes.
-pub fn router(holder: KeyHolder, blobs: BlobStores, token: Option<String>) -> Router {
-    let api = Api {
-        holder,
-        blobs,
-        token: token.map(Arc::from),
-    };
-    Router::new()
-        .route("/v1/keys", get(keys))
+/// The key holder's routes; `access` guards the signing routes.
+pub fn router(holder: KeyHolder, blobs: BlobStores, access: SignAccess) -> Router {
+    let api = Api { holder, blobs };
+    let signing = Router::new()
         .route("/v1/sign/recipe", post(sign_recipe))
         .route("/v1/sign/blob", post(sign_blob))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(access),
+            require_token,
+        ));
+    Router::new()
+        .route("/v1/keys", get(keys))
+        .merge(signing)
         .with_state(api)
 }
 
@@ -139,28 +211,14 @@ async fn keys(State(api): State<Api>) -> Response {
     }
 }
 
-async fn sign_recipe(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Json(request): Json<SignRecipeRequest>,
-) -> Response {
-    if let Some(refused) = api.refuse_unauthorized(&headers) {
-        return refused;
-    }
+async fn sign_recipe(State(api): State<Api>, Json(request): Json<SignRecipeRequest>) -> Response {
     match api.holder.sign_recipe(&request.change_spec).await {
         Ok(signed) => Json(SignResponse::from(signed)).into_response(),
         Err(error) => failure(StatusCode::BAD_GATEWAY, &error),
     }
 }
 
-async fn sign_blob(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Json(request): Json<SignBlobRequest>,
-) -> Response {
-    if let Some(refused) = api.refuse_unauthorized(&headers) {
-        return refused;
-    }
+async fn sign_blob(State(api): State<Api>, Json(request): Json<SignBlobRequest>) -> Response {
     let container = match request.container.as_str() {
         "patches" => &api.blobs.patches,
         "uploads" => &api.blobs.uploads,
@@ -181,21 +239,6 @@ async fn sign_blob(
             _ => failure(StatusCode::BAD_GATEWAY, &*source),
         },
         Err(error) => failure(StatusCode::BAD_GATEWAY, &error),
-    }
-}
-
-impl Api {
-    fn refuse_unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
-        let wanted = self.token.as_deref()?;
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given == Some(wanted) {
-            return None;
-        }
-        let body = Json(serde_json::json!({ "error": "missing or wrong bearer token" }));
-        Some((StatusCode::UNAUTHORIZED, body).into_response())
     }
 }
 

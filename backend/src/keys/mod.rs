@@ -13,7 +13,9 @@ mod http;
 mod keyvault;
 mod local;
 
-pub use http::{KeyEntry, PublishedKeys, SignBlobRequest, SignRecipeRequest, SignResponse, router};
+pub use http::{
+    KeyEntry, PublishedKeys, SignAccess, SignBlobRequest, SignRecipeRequest, SignResponse, router,
+};
 pub use keyvault::{FileToken, KeyVaultSigner, StaticToken, TokenProvider};
 pub use local::{LocalSigner, SECRET_ACTIVE_KEY, retired_key};
 

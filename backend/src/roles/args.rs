@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::blob::{AzureBlobConfig, BlobConfig};
 use crate::hub_link::{HubLink, RestHub};
+use crate::keys::SignAccess;
 use crate::partition::Partition;
 
 use super::RoleError;
@@ -170,9 +171,38 @@ pub struct KeyholderArgs {
     /// File holding a Key Vault access token, re-read for every request.
     #[arg(long, env = "CP_KEY_VAULT_TOKEN_FILE")]
     pub key_vault_token_file: Option<PathBuf>,
-    /// File holding the bearer token the signing routes require.
+    /// File holding the bearer token the signing routes require; read again for every
+    /// request, so a rotated Secret counts at once.
     #[arg(long, env = "CP_SIGN_TOKEN_FILE")]
     pub sign_token_file: Option<PathBuf>,
+    /// Serve the signing routes without a token, to anyone who reaches `--listen`; refused
+    /// unless `--listen` is a loopback address.
+    #[arg(long, conflicts_with = "sign_token_file")]
+    pub allow_unauthenticated_signing: bool,
+}
+
+impl KeyholderArgs {
+    /// Who may sign: the holders of the token file's token (the file must hold one now), or
+    /// anyone on this machine when unauthenticated signing is allowed on a loopback address.
+    pub fn sign_access(&self) -> Result<SignAccess, RoleError> {
+        match (&self.sign_token_file, self.allow_unauthenticated_signing) {
+            (Some(path), _) => {
+                if read_text(path)?.is_empty() {
+                    return Err(RoleError::Conflict {
+                        reason: "the --sign-token-file is empty",
+                    });
+                }
+                Ok(SignAccess::TokenFile(path.clone()))
+            }
+            (None, true) if self.listen.ip().is_loopback() => Ok(SignAccess::Open),
+            (None, true) => Err(RoleError::Conflict {
+                reason: "--allow-unauthenticated-signing needs a loopback --listen address",
+            }),
+            (None, false) => Err(RoleError::Missing {
+                setting: "--sign-token-file (or --allow-unauthenticated-signing on loopback)",
+            }),
+        }
+    }
 }
 
 /// Tuning shared by the event consumers.

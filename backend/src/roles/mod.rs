@@ -252,13 +252,9 @@ pub async fn key_holder(args: &KeyholderArgs) -> Result<KeyHolder, RoleError> {
 
 /// Runs the key holder role: loads the keys and serves the key API.
 pub async fn run_keyholder(args: &KeyholderArgs, blob: &BlobArgs) -> Result<(), RoleError> {
+    let access = args.sign_access()?;
     let holder = key_holder(args).await?;
-    let token = args
-        .sign_token_file
-        .as_deref()
-        .map(args::read_text)
-        .transpose()?;
-    let app = crate::keys::router(holder.clone(), open_stores(blob).await?, token);
+    let app = crate::keys::router(holder.clone(), open_stores(blob).await?, access);
     let serve_error = |source| RoleError::Serve {
         addr: args.listen,
         source,
