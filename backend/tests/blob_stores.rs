@@ -3,7 +3,9 @@
 mod common;
 
 use bytes::Bytes;
-use cloudpillar_backend::blob::{BlobConfig, BlobStores, UploadAssembler, UploadProgress};
+use cloudpillar_backend::blob::{
+    BlobConfig, BlobStores, CommittedUpload, UploadAssembler, UploadChunk, UploadProgress,
+};
 use futures::TryStreamExt;
 
 /// Writes, range-reads, block-writes, lists and deletes through one set of containers.
@@ -74,6 +76,43 @@ async fn round_trip(stores: &BlobStores, prefix: &str) {
     assert!(!stores.patches.exists(&whole).await.expect("exists"));
 }
 
+/// A chunk without upload id, carried by event 7.
+fn plain_chunk<'a>(
+    device: &'a str,
+    file_id: &'a str,
+    offset: u64,
+    data: Bytes,
+    size: Option<u64>,
+) -> UploadChunk<'a> {
+    UploadChunk {
+        device,
+        file_id,
+        upload_id: None,
+        offset,
+        data,
+        size,
+        seq: 7,
+        time_ms: 1_000,
+    }
+}
+
+/// The upload a chunk of [`plain_chunk`] completes.
+fn committed(path: &str, size: u64) -> CommittedUpload {
+    CommittedUpload {
+        path: path.into(),
+        size,
+        upload_id: None,
+        seq: 7,
+        time_ms: 1_000,
+    }
+}
+
+/// True when nothing of `device`'s uploads without upload id is staged.
+async fn nothing_staged(stores: &BlobStores, device: &str) -> bool {
+    let staging = format!("upload-staging/{device}");
+    stores.state.list(&staging).await.expect("list").is_empty()
+}
+
 /// Chunks arriving out of order and twice assemble into the exact file.
 async fn upload_assembles(stores: &BlobStores, device: &str) {
     let data = common::pattern(200_000, 11);
@@ -87,13 +126,13 @@ async fn upload_assembles(stores: &BlobStores, device: &str) {
     for index in order {
         let (offset, chunk) = chunks[index];
         let progress = assembler
-            .accept(
+            .accept(plain_chunk(
                 device,
                 "app.log",
                 offset,
                 Bytes::copy_from_slice(chunk),
                 Some(data.len() as u64),
-            )
+            ))
             .await
             .expect("accept");
         assert!(
@@ -103,53 +142,47 @@ async fn upload_assembles(stores: &BlobStores, device: &str) {
     }
     let (offset, chunk) = chunks[1];
     let progress = assembler
-        .accept(
+        .accept(plain_chunk(
             device,
             "app.log",
             offset,
             Bytes::copy_from_slice(chunk),
             Some(data.len() as u64),
-        )
+        ))
         .await
         .expect("accept last");
     let path = format!("{device}/app.log");
     assert_eq!(
         progress,
-        UploadProgress::Committed {
-            path: path.clone(),
-            size: data.len() as u64
-        }
+        UploadProgress::Committed(committed(&path, data.len() as u64))
     );
     assert_eq!(stores.uploads.read_all(&path).await.expect("read"), data);
     assert!(
-        stores
-            .state
-            .list(&format!("upload-staging/{device}"))
-            .await
-            .expect("list")
-            .is_empty()
+        nothing_staged(stores, device).await,
+        "staging left after the commit"
     );
 
     // A replayed chunk after the commit changes nothing.
     let (offset, chunk) = chunks[2];
     let replay = UploadAssembler::new(stores.uploads.clone(), stores.state.clone())
-        .accept(
+        .accept(plain_chunk(
             device,
             "app.log",
             offset,
             Bytes::copy_from_slice(chunk),
             Some(data.len() as u64),
-        )
+        ))
         .await
         .expect("replay");
     assert_eq!(
         replay,
-        UploadProgress::Committed {
-            path: path.clone(),
-            size: data.len() as u64
-        }
+        UploadProgress::Committed(committed(&path, data.len() as u64))
     );
     assert_eq!(stores.uploads.read_all(&path).await.expect("read"), data);
+    assert!(
+        nothing_staged(stores, device).await,
+        "the replayed chunk was staged"
+    );
 }
 
 #[tokio::test]
@@ -182,13 +215,13 @@ async fn upload_assembly_survives_a_restart_between_chunks() {
     let data = common::pattern(100_000, 3);
     let first = UploadAssembler::new(stores.uploads.clone(), stores.state.clone());
     first
-        .accept(
+        .accept(plain_chunk(
             "dev-1",
             "f",
             50_000,
             Bytes::copy_from_slice(&data[50_000..]),
             None,
-        )
+        ))
         .await
         .expect("second half");
     drop(first);
@@ -196,21 +229,18 @@ async fn upload_assembly_survives_a_restart_between_chunks() {
     let reopened = BlobStores::open(&config).await.expect("reopen");
     let second = UploadAssembler::new(reopened.uploads.clone(), reopened.state.clone());
     let progress = second
-        .accept(
+        .accept(plain_chunk(
             "dev-1",
             "f",
             0,
             Bytes::copy_from_slice(&data[..50_000]),
             Some(100_000),
-        )
+        ))
         .await
         .expect("first half");
     assert_eq!(
         progress,
-        UploadProgress::Committed {
-            path: "dev-1/f".into(),
-            size: 100_000
-        }
+        UploadProgress::Committed(committed("dev-1/f", 100_000))
     );
     assert_eq!(
         reopened.uploads.read_all("dev-1/f").await.expect("read"),

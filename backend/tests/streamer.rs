@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +12,9 @@ use cloudpillar_backend::partition::Partition;
 use cloudpillar_backend::streamer::{Streamer, StreamerOptions};
 use cloudpillar_backend::writer::history::{History, LOGS};
 use cloudpillar_protocol::messages::{D2cMessage, StreamRangeRequest, UploadFileChunk};
-use common::rig::{HubRig, consume, wait_until};
+use common::rig::{HubRig, Received, consume, wait_until};
 use mongodb::bson::doc;
+use tokio::task::JoinHandle;
 
 const CHUNK: usize = 47 * 1024;
 
@@ -40,6 +41,17 @@ async fn fs_stores(dir: &tempfile::TempDir) -> BlobStores {
     })
     .await
     .expect("open")
+}
+
+/// Filesystem stores in `dir` holding `data` as patch file `file`, and a hub.
+async fn hub_with_patch(dir: &tempfile::TempDir, file: &str, data: &[u8]) -> (BlobStores, HubRig) {
+    let stores = fs_stores(dir).await;
+    stores
+        .patches
+        .put(file, Bytes::copy_from_slice(data))
+        .await
+        .expect("patch stored");
+    (stores, HubRig::start().await)
 }
 
 /// One device downloads `data` stored as `file` in `stores`, through the embedded hub or
@@ -139,6 +151,7 @@ async fn upload_once(
         let (n, piece) = chunks[index];
         let chunk = UploadFileChunk {
             file_id: "logs/app.log".into(),
+            upload_id: None,
             offset: (n * CHUNK) as u64,
             data: piece.to_vec(),
             last: n == last,
@@ -187,6 +200,106 @@ async fn upload_lands_in_the_upload_container_and_is_linked_from_logs() {
     let blob = link.get_document("blob").expect("blob");
     assert_eq!(blob.get_str("container").expect("container"), "uploads");
     assert_eq!(blob.get_str("path").expect("path"), "dev-up/logs/app.log");
+    history.database().drop().await.expect("drop");
+    running.abort();
+}
+
+/// Sends the chunks of `data` with the given indices as one upload of `file`.
+async fn send_chunks(
+    rig: &HubRig,
+    device: &str,
+    (file, upload_id): (&str, &str),
+    data: &[u8],
+    indices: &[usize],
+) {
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
+    for &index in indices {
+        let chunk = UploadFileChunk {
+            file_id: file.into(),
+            upload_id: Some(upload_id.into()),
+            offset: (index * CHUNK) as u64,
+            data: chunks[index].to_vec(),
+            last: index == chunks.len() - 1,
+        };
+        rig.send_d2c(device, &D2cMessage::UploadFileChunk(chunk))
+            .await;
+    }
+}
+
+/// Waits until `path` in `container` holds exactly `data`.
+async fn wait_for_blob(container: &cloudpillar_backend::blob::Container, path: &str, data: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while container.read_all(path).await.ok().as_deref() != Some(data) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never held the expected bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn late_duplicates_of_a_stored_upload_leave_nothing_and_a_new_upload_replaces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = fs_stores(&dir).await;
+    let history = History::connect(&common::mongodb_url(), &common::unique("again"))
+        .await
+        .expect("history");
+    let rig = HubRig::start().await;
+    let device = "dev-again";
+    rig.add_device(device).await;
+    let streamer = Streamer::new(
+        rig.link(),
+        stores.clone(),
+        Some(history.clone()),
+        Partition::all(),
+        options(),
+    );
+    let running = tokio::spawn(streamer.run());
+    let (file, path) = ("logs/app.log", format!("{device}/logs/app.log"));
+    let first = common::pattern(3 * CHUNK + 10, 71);
+    let second = common::pattern(2 * CHUNK + 500, 72);
+
+    // The first upload is stored; then late duplicates of it arrive (a middle chunk, the last).
+    send_chunks(&rig, device, (file, "one"), &first, &[0, 1, 2, 3]).await;
+    wait_for_blob(&stores.uploads, &path, &first).await;
+    send_chunks(&rig, device, (file, "one"), &first, &[1, 3]).await;
+
+    // A new upload under the same name replaces it; more late duplicates of the first follow.
+    send_chunks(&rig, device, (file, "two"), &second, &[1, 0, 2]).await;
+    wait_for_blob(&stores.uploads, &path, &second).await;
+    send_chunks(&rig, device, (file, "one"), &first, &[0, 2]).await;
+    // Chunks are handled in event order, each completely before the checkpoint passes it.
+    let last = *rig.core().bus.last_sequence().borrow();
+    wait_for_checkpoint(&stores, Partition::all(), last).await;
+
+    let stored = stores.uploads.read_all(&path).await.expect("read");
+    assert!(stored == second, "the first upload's bytes came back");
+    for staging in ["upload-staging", "upload-parts"] {
+        let left = stores.state.list(staging).await.expect("list");
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+    let records: Vec<mongodb::bson::Document> = {
+        use futures::TryStreamExt;
+        history
+            .collection(LOGS)
+            .find(doc! { "deviceId": device, "fileId": file })
+            .sort(doc! { "seq": -1 })
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("records")
+    };
+    assert_eq!(records.len(), 2, "one record per upload: {records:?}");
+    let (newest, oldest) = (&records[0], &records[1]);
+    assert_eq!(newest.get_str("uploadId").expect("id"), "two");
+    assert_eq!(newest.get_i64("size").expect("size"), second.len() as i64);
+    assert_eq!(oldest.get_i64("size").expect("size"), first.len() as i64);
+    let time =
+        |record: &mongodb::bson::Document| record.get_datetime("time").expect("time").to_owned();
+    assert!(time(newest) >= time(oldest), "{records:?}");
+    assert!(newest.get_i64("seq").expect("seq") > oldest.get_i64("seq").expect("seq"));
     history.database().drop().await.expect("drop");
     running.abort();
 }
@@ -261,14 +374,8 @@ async fn streamer_killed_mid_transfer_resumes_from_its_checkpoint() {
 #[tokio::test]
 async fn two_replicas_split_devices_without_double_sending() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stores = fs_stores(&dir).await;
-    let rig = HubRig::start().await;
     let data = common::pattern(600 * 1024, 51);
-    stores
-        .patches
-        .put("shared.bin", Bytes::from(data.clone()))
-        .await
-        .expect("patch stored");
+    let (stores, rig) = hub_with_patch(&dir, "shared.bin", &data).await;
     let devices: Vec<String> = (0..8).map(|n| format!("dev-r{n}")).collect();
     let owners: Vec<u32> = devices.iter().map(|d| Partition::of(d, 2)).collect();
     assert!(
@@ -288,32 +395,117 @@ async fn two_replicas_split_devices_without_double_sending() {
         consumers.push(consume(rig.core(), device, 5));
         rig.send_d2c(device, &range_request("shared.bin", 0)).await;
     }
-    for (device, (received, _)) in devices.iter().zip(&consumers) {
-        wait_until(Duration::from_secs(60), device, || {
-            received.lock().expect("lock").complete()
-        })
-        .await;
-    }
+    wait_complete(&devices, &consumers).await;
     // Let a double sender, if any, show itself before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (device, (received, task)) in devices.iter().zip(consumers) {
-        let got = received.lock().expect("lock");
-        assert_eq!(got.file, data, "{device} byte-exact");
-        assert!(
-            got.chunk_counts.values().all(|&n| n == 1),
-            "{device} got a chunk twice"
-        );
-        let ranges = got.verified.len();
-        assert_eq!(
-            ranges,
-            data.len().div_ceil(16 * CHUNK),
-            "{device} got a CRC twice"
-        );
+        assert_sent_once(device, &received.lock().expect("lock"), &data);
         task.abort();
     }
     for replica in replicas {
         replica.abort();
     }
+}
+
+#[tokio::test]
+async fn a_new_replica_count_continues_where_the_old_layout_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = common::pattern(200 * 1024, 53);
+    let (stores, rig) = hub_with_patch(&dir, "layout.bin", &data).await;
+    let start = |partition: Partition| {
+        let streamer = Streamer::new(rig.link(), stores.clone(), None, partition, options());
+        tokio::spawn(streamer.run())
+    };
+
+    // One replica serves the first devices and records how far it got.
+    const OLD: &[&str] = &["dev-o0", "dev-o1", "dev-o2", "dev-o3"];
+    let single = start(Partition::all());
+    let mut old = Vec::new();
+    for device in OLD {
+        rig.add_device(device).await;
+        old.push(consume(rig.core(), device, 5));
+        rig.send_d2c(device, &range_request("layout.bin", 0)).await;
+    }
+    wait_complete(OLD, &old).await;
+    let last = *rig.core().bus.last_sequence().borrow();
+    wait_for_checkpoint(&stores, Partition::all(), last).await;
+    single.abort();
+    let _ = single.await;
+
+    // Requests sent while no replica runs, then two replicas take over.
+    const NEW: &[&str] = &["dev-n0", "dev-n1", "dev-n2", "dev-n3", "dev-n4", "dev-n5"];
+    let owners: Vec<u32> = NEW.iter().map(|d| Partition::of(d, 2)).collect();
+    assert!(
+        owners.contains(&0) && owners.contains(&1),
+        "both replicas get devices"
+    );
+    let mut new = Vec::new();
+    for device in NEW {
+        rig.add_device(device).await;
+        new.push(consume(rig.core(), device, 5));
+        rig.send_d2c(device, &range_request("layout.bin", 0)).await;
+    }
+    let replicas: Vec<_> = (0..2)
+        .map(|index| start(Partition::new(index, 2).expect("partition")))
+        .collect();
+    wait_complete(NEW, &new).await;
+    // Let a replica that started over, if any, send the old requests again before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (device, (got, task)) in OLD.iter().chain(NEW).zip(old.into_iter().chain(new)) {
+        assert_sent_once(device, &got.lock().expect("lock"), &data);
+        task.abort();
+    }
+    for replica in replicas {
+        replica.abort();
+    }
+}
+
+/// The saved `next` of the streamer checkpoint of `partition`.
+async fn saved_next(stores: &BlobStores, partition: Partition) -> Option<u64> {
+    let path = format!("checkpoints/streamer/{partition}.json");
+    let bytes = stores.state.read_all(&path).await.ok()?;
+    let saved: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    saved["next"].as_u64()
+}
+
+/// Waits until the streamer checkpoint of `partition` is past event `seq`.
+async fn wait_for_checkpoint(stores: &BlobStores, partition: Partition, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while saved_next(stores, partition).await <= Some(seq) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint never passed {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every device in `devices` has its whole download.
+async fn wait_complete(
+    devices: &[impl AsRef<str>],
+    received: &[(Arc<Mutex<Received>>, JoinHandle<()>)],
+) {
+    for (device, (got, _)) in devices.iter().zip(received) {
+        wait_until(Duration::from_secs(60), device.as_ref(), || {
+            got.lock().expect("lock").complete()
+        })
+        .await;
+    }
+}
+
+/// Checks that `device` got `data` byte-exact with every chunk and CRC range once.
+fn assert_sent_once(device: &str, got: &Received, data: &[u8]) {
+    assert!(got.file == data, "{device} byte-exact");
+    assert!(
+        got.chunk_counts.values().all(|&n| n == 1),
+        "{device} got a chunk twice"
+    );
+    assert_eq!(
+        got.verified.len(),
+        data.len().div_ceil(16 * CHUNK),
+        "{device} got a CRC range twice"
+    );
 }
 
 #[tokio::test]
@@ -355,6 +547,38 @@ async fn device_reads_back_its_own_upload_but_not_another_devices() {
     running.abort();
     own_task.abort();
     other_task.abort();
+}
+
+#[tokio::test]
+async fn a_range_from_the_end_or_past_it_is_answered_at_once_with_the_file_size() {
+    let rig = HubRig::start().await;
+    rig.add_device("dev-past").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = fs_stores(&dir).await;
+    stores
+        .patches
+        .put("small.bin", Bytes::from(common::pattern(1000, 81)))
+        .await
+        .expect("patch stored");
+    let streamer = Streamer::new(rig.link(), stores, None, Partition::all(), options());
+    let running = tokio::spawn(streamer.run());
+    let (received, device) = consume(rig.core(), "dev-past", 5);
+
+    // Past the end, then exactly at it: one empty chunk at the end each, carrying the size.
+    for (from, answers) in [(5000, 1), (1000, 2)] {
+        rig.send_d2c("dev-past", &range_request("small.bin", from))
+            .await;
+        wait_until(Duration::from_secs(10), "an answer", || {
+            received.lock().expect("lock").chunk_counts.get(&1000) == Some(&answers)
+        })
+        .await;
+    }
+    let got = received.lock().expect("lock");
+    assert_eq!(got.size, Some(1000));
+    assert_eq!(got.chunk_counts.len(), 1, "{:?}", got.chunk_counts);
+    assert!(got.verified.is_empty(), "no CRC for an empty range");
+    running.abort();
+    device.abort();
 }
 
 #[tokio::test]

@@ -77,6 +77,7 @@ async fn upload(rig: &HubRig, device: &str, file_id: &str, data: &[u8]) {
     for (index, piece) in pieces.iter().enumerate() {
         let chunk = UploadFileChunk {
             file_id: file_id.into(),
+            upload_id: None,
             offset: (index * CHUNK) as u64,
             data: piece.to_vec(),
             last: index + 1 == pieces.len(),
@@ -197,6 +198,7 @@ async fn sign_file_for_an_upload_that_never_completes_is_refused_after_the_wait(
     // Only the first of two chunks arrives.
     let chunk = UploadFileChunk {
         file_id: "diagnostics/half.bin".into(),
+        upload_id: None,
         offset: 0,
         data: vec![1; CHUNK],
         last: false,

@@ -38,6 +38,8 @@ pub const MAX_RAW_CHUNK: usize = 47 * 1024;
 pub const MAX_UPLOAD_CHUNK: usize = 128 * 1024;
 /// Longest file id, in UTF-8 bytes.
 pub const MAX_FILE_ID_BYTES: usize = 256;
+/// Longest upload id, in bytes (ASCII letters, digits, `-`, `_` and `.`).
+pub const MAX_UPLOAD_ID_BYTES: usize = 64;
 /// Application property that carries the message type next to the body.
 pub const MESSAGE_TYPE_PROPERTY: &str = "messageType";
 
@@ -152,11 +154,19 @@ impl std::fmt::Debug for UpgradeProvisioning {
 }
 
 /// One chunk of an upload. `offset` is the position of `data[0]` in the file.
+///
+/// `upload_id` tells uploads under the same `file_id` apart: chunks of an upload already
+/// stored are dropped, and a new `upload_id` replaces the stored file. Without it the file id
+/// alone names the upload, so a file id is uploaded once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadFileChunk {
-    /// Transfer id.
+    /// Transfer id: the name the file is stored under.
     pub file_id: String,
+    /// Identity of this upload of `file_id`, the same in all its chunks: 1 to
+    /// [`MAX_UPLOAD_ID_BYTES`] ASCII letters, digits, `-`, `_` or `.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
     /// Byte offset of this chunk in the file.
     pub offset: u64,
     /// Chunk bytes, at most [`MAX_UPLOAD_CHUNK`]; base64 in JSON.
@@ -306,6 +316,17 @@ impl D2cMessage {
 
     fn check(&self) -> Result<(), MessageError> {
         match self {
+            Self::UploadFileChunk(chunk)
+                if chunk
+                    .upload_id
+                    .as_deref()
+                    .is_some_and(|id| !valid_upload_id(id)) =>
+            {
+                Err(MessageError::Invalid {
+                    message_type: self.message_type(),
+                    reason: "uploadId must be 1 to 64 letters, digits, '-', '_' or '.'",
+                })
+            }
             Self::UploadFileChunk(chunk) => check_transfer(
                 self.message_type(),
                 &chunk.file_id,
@@ -323,4 +344,15 @@ impl D2cMessage {
             Self::SignFile(request) => check_file_id(self.message_type(), &request.file_id),
         }
     }
+}
+
+/// True for an upload id of 1 to [`MAX_UPLOAD_ID_BYTES`] ASCII letters, digits, `-`, `_` or
+/// `.`, other than `.` and `..` (it becomes one folder name of the back end's staging area).
+pub fn valid_upload_id(id: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !id.is_empty()
+        && id.len() <= MAX_UPLOAD_ID_BYTES
+        && id != "."
+        && id != ".."
+        && id.chars().all(allowed)
 }

@@ -116,13 +116,41 @@ fn upgrade_provisioning_spells_method_and_mode_in_capitals_and_hides_the_key() {
 fn upload_chunk_and_stream_range_round_trip() {
     let upload = D2cMessage::UploadFileChunk(UploadFileChunk {
         file_id: "log-1".into(),
+        upload_id: None,
         offset: 0,
         data: vec![1, 2, 3],
         last: true,
     });
     let body = upload.encode().expect("encodes");
     assert_eq!(body_json(&body)["last"], true);
+    assert!(
+        body_json(&body).get("uploadId").is_none(),
+        "absent when not set"
+    );
     assert_eq!(D2cMessage::decode(&body).expect("decodes"), upload);
+
+    let identified = D2cMessage::UploadFileChunk(UploadFileChunk {
+        file_id: "log-1".into(),
+        upload_id: Some("2026-12-05.run_7".into()),
+        offset: 3,
+        data: vec![4],
+        last: false,
+    });
+    let body = identified.encode().expect("encodes");
+    assert_eq!(body_json(&body)["uploadId"], "2026-12-05.run_7");
+    assert_eq!(D2cMessage::decode(&body).expect("decodes"), identified);
+    for bad in ["", "..", "a/b", "with space", &"x".repeat(65)] {
+        let body = format!(
+            r#"{{"type":"UploadFileChunk","fileId":"f","uploadId":"{bad}","offset":0,"data":""}}"#
+        );
+        assert!(
+            matches!(
+                D2cMessage::decode(body.as_bytes()),
+                Err(MessageError::Invalid { .. })
+            ),
+            "uploadId {bad:?} accepted"
+        );
+    }
 
     let resume = D2cMessage::StreamRangeRequest(StreamRangeRequest {
         file_id: "fw".into(),
@@ -201,6 +229,7 @@ fn full_upload_chunk_with_the_longest_file_id_fits_a_d2c_message() {
     let chunk = |size: usize| {
         D2cMessage::UploadFileChunk(UploadFileChunk {
             file_id: "f".repeat(MAX_FILE_ID_BYTES),
+            upload_id: Some("u".repeat(64)),
             offset: u64::MAX - MAX_UPLOAD_CHUNK as u64,
             data: vec![0xff; size],
             last: true,

@@ -361,6 +361,7 @@ mod tests {
         let message =
             D2cMessage::UploadFileChunk(cloudpillar_protocol::messages::UploadFileChunk {
                 file_id: "abc-app.log".into(),
+                upload_id: None,
                 offset,
                 data: vec![7; 10],
                 last,

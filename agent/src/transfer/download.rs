@@ -106,6 +106,10 @@ pub async fn run(
         match event {
             ChunkEvent::Chunk(chunk, done) => {
                 if let Some(total) = chunk.total_size {
+                    if let Err(why) = still_fits(total, partial.progress.verified) {
+                        let _ = done.send(());
+                        return give_up(&partial, &why);
+                    }
                     partial.progress.total = Some(total);
                 }
                 if let Err(e) = write_chunk(&mut partial, &chunk) {
@@ -141,6 +145,18 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Refuses a file now smaller than the bytes already verified of it: the name holds another
+/// file, so resuming cannot work (the streamer answers such a request with one empty chunk).
+fn still_fits(total: u64, verified: u64) -> Result<(), String> {
+    if total < verified {
+        return Err(format!(
+            "the file on the server has {total} bytes, fewer than the {verified} already \
+             verified here: it was replaced under the same name"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes the part of `chunk` past the verified length, at its offset: chunks may come in
@@ -367,5 +383,40 @@ mod tests {
         let (outcome, _, written) = download(events).await;
         assert!(outcome.expect("outcome").is_success());
         assert!(written == data, "file differs");
+    }
+
+    #[tokio::test]
+    async fn a_file_now_smaller_than_the_verified_bytes_fails_the_step_with_both_sizes() {
+        let data = content();
+        let verified = 2 * CHUNK;
+        let range = VerifyRangeCrc {
+            file_id: FILE.to_owned(),
+            range_start: 0,
+            range_end: verified as u64,
+            crc: crc32(&data[..verified]),
+        };
+        // The streamer's answer to a request past the end of a 1000 byte file.
+        let end = DownloadFileChunk {
+            file_id: FILE.to_owned(),
+            offset: 1000,
+            data: Vec::new(),
+            total_size: Some(1000),
+        };
+        let events = vec![
+            chunk(&data, 0),
+            chunk(&data, 1),
+            ChunkEvent::Verify(range, oneshot::channel().0),
+            ChunkEvent::Chunk(end, oneshot::channel().0),
+        ];
+        let (outcome, _, written) = download(events).await;
+        let outcome = outcome.expect("failed at once, not after a timeout");
+        assert!(!outcome.is_success());
+        assert_eq!(outcome.code, codes::INTEGRITY_MISMATCH);
+        assert!(
+            outcome.text.contains("1000 bytes") && outcome.text.contains(&verified.to_string()),
+            "{}",
+            outcome.text
+        );
+        assert!(written.is_empty(), "nothing placed");
     }
 }

@@ -230,7 +230,9 @@ async fn upload_round(
             return Ok(());
         }
         let message = D2cMessage::UploadFileChunk(UploadFileChunk {
+            // `upload.id` is new for every upload of the file, so it names the upload.
             file_id: upload.id.clone(),
+            upload_id: None,
             offset,
             data: reading.buf.clone(),
             last,
@@ -284,6 +286,7 @@ async fn resend_holes(
         .await?;
         let message = D2cMessage::UploadFileChunk(UploadFileChunk {
             file_id: id.to_owned(),
+            upload_id: None,
             offset: hole.offset,
             data,
             last: hole.last,

@@ -113,7 +113,9 @@ pub async fn upload_file(
         reader.read_exact(&mut buf[..want]).map_err(read)?;
         let last = offset + want as u64 >= size;
         let message = D2cMessage::UploadFileChunk(UploadFileChunk {
+            // Every upload has a file id of its own (see `upload_file_id`).
             file_id: file_id.to_owned(),
+            upload_id: None,
             offset,
             data: buf[..want].to_vec(),
             last,

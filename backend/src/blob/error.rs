@@ -44,6 +44,17 @@ pub enum BlobError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A service-state object does not hold what it should.
+    #[error("blob {container}/{path} is corrupt")]
+    Corrupt {
+        /// Container name.
+        container: String,
+        /// Object path inside the container.
+        path: String,
+        /// Parse error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// An object path is not acceptable (empty, `..`, control characters).
     #[error("invalid blob path {path:?}")]
     InvalidPath {

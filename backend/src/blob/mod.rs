@@ -11,7 +11,7 @@ mod upload;
 
 pub use azure::{AZURITE_ACCOUNT, AZURITE_KEY, AzureBlobConfig};
 pub use error::BlobError;
-pub use upload::{UploadAssembler, UploadProgress};
+pub use upload::{CommittedUpload, UploadAssembler, UploadChunk, UploadProgress};
 
 use std::ops::Range;
 use std::path::PathBuf;

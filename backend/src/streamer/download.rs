@@ -79,6 +79,21 @@ impl Download {
         let (container, path) = self.source()?;
         let size = self.retry_blob(|| container.size(path)).await?;
         let end = self.to.map_or(size, |to| to.min(size));
+        if self.from >= end {
+            // Nothing to send: one empty chunk carrying the size answers at once, so a device
+            // asking from its end finishes and one asking past it fails without a timeout.
+            let empty = C2dMessage::DownloadFileChunk(DownloadFileChunk {
+                file_id: self.file_id.clone(),
+                offset: self.from.min(size),
+                data: Vec::new(),
+                total_size: Some(size),
+            });
+            let message_id = format!("cp-{}-empty-{}", self.seq, self.from);
+            Window::new(self)
+                .send_all([outgoing(&empty, message_id)])
+                .await?;
+            return Ok(0);
+        }
         let step = self.options.crc_range.max(1);
         let read = |start: u64| {
             let range = start..end.min(start.saturating_add(step));
@@ -91,11 +106,7 @@ impl Download {
         };
         let mut window = Window::new(self);
         let pace = Pace::new(self.options.rate_limit);
-        let mut current = if self.from < end {
-            Some(read(self.from).await?)
-        } else {
-            None
-        };
+        let mut current = Some(read(self.from).await?);
         while let Some((range, data)) = current.take() {
             // Send this CRC range's chunks while the next range is read.
             let upcoming = (range.end < end).then(|| read(range.end));

@@ -10,7 +10,8 @@ use tokio::task::AbortHandle;
 
 use super::StreamerOptions;
 use crate::backoff;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Progress};
+use crate::partition::Partition;
 
 /// What the checkpoint keeps about a range request at or after its `next` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,17 @@ pub enum JobProgress {
     },
     /// Finished, replaced by a newer request, or dropped.
     Done,
+}
+
+impl Progress for JobProgress {
+    /// A running download goes with its device; a finished one is kept by every replica, as
+    /// only the replica owning the event's device ever looks it up.
+    fn belongs_to(&self, partition: Partition) -> bool {
+        match self {
+            Self::Running { device, .. } => partition.owns(device),
+            Self::Done => true,
+        }
+    }
 }
 
 /// How to start a request met in the stream.

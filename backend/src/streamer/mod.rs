@@ -8,9 +8,11 @@
 //!    in offset order and a `VerifyRangeCRC {fileId, rangeStart, rangeEnd, crc}` after
 //!    every CRC range (see [`download`]). A newer request for the same device and file replaces
 //!    an unfinished one.
-//! 2. D2C `UploadFileChunk {fileId, offset, data, last?}`: staged at its offset; the file is
-//!    committed to `uploads/{device}/{fileId}` once every byte up to the `last` chunk's end has
-//!    arrived, and a `logs` record linking the blob is written when a history database is set.
+//! 2. D2C `UploadFileChunk {fileId, uploadId?, offset, data, last?}`: staged at its offset; the
+//!    file is committed to `uploads/{device}/{fileId}` once every byte up to the `last` chunk's
+//!    end has arrived, and a `logs` record linking the blob is written when a history database
+//!    is set. Chunks of an upload already stored are dropped; a new `uploadId` replaces the file
+//!    (see [`crate::blob::UploadAssembler`]).
 //! 3. D2C `SignFile {fileId: "uploads/{device}/{path}"}`: one of the device's own uploads is
 //!    signed by the key holder and answered with `FileSigned` or `SignFileFailed` (see [`sign`]).
 //!
@@ -28,12 +30,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
+use cloudpillar_protocol::causes::with_causes;
 use cloudpillar_protocol::messages::{D2cMessage, StreamRangeRequest, UploadFileChunk};
 use mongodb::bson::{DateTime, doc};
 use tokio::task::JoinSet;
 
 use crate::backoff;
-use crate::blob::{BlobError, BlobStores, UploadAssembler, UploadProgress};
+use crate::blob::{
+    BlobError, BlobStores, CommittedUpload, UploadAssembler, UploadChunk, UploadProgress,
+};
 use crate::checkpoint::CheckpointStore;
 use crate::hub_link::{Event, HubLink, SOURCE_TELEMETRY};
 use crate::keys::KeyHolder;
@@ -249,43 +254,64 @@ impl Streamer {
     /// counts as handled only once its bytes (and, for the final chunk, the link) are stored.
     async fn accept_chunk(&self, event: &Event, chunk: UploadFileChunk) {
         let device = event.device_id.as_str();
-        let size = chunk.last.then(|| chunk.offset + chunk.data.len() as u64);
         let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
-        let data = bytes::Bytes::from(chunk.data);
-        let accept = || {
-            self.assembler
-                .accept(device, &chunk.file_id, chunk.offset, data.clone(), size)
+        let size = chunk.last.then(|| chunk.offset + chunk.data.len() as u64);
+        let staged = UploadChunk {
+            device,
+            file_id: &chunk.file_id,
+            upload_id: chunk.upload_id.as_deref(),
+            offset: chunk.offset,
+            data: bytes::Bytes::from(chunk.data),
+            size,
+            seq: event.sequence_number,
+            time_ms: event.enqueued_ms,
         };
-        let progress = accept
+        let progress = (|| self.assembler.accept(staged.clone()))
             .retry(retry)
-            .when(|error| !matches!(error, BlobError::InvalidPath { .. }))
+            .when(|error| {
+                !matches!(
+                    error,
+                    BlobError::InvalidPath { .. } | BlobError::Corrupt { .. }
+                )
+            })
             .notify(
                 |error, delay| tracing::warn!(%error, ?delay, device, "upload chunk not stored"),
             )
             .await;
         match progress {
-            Ok(UploadProgress::Committed { path, size }) => {
-                self.link_upload(event, &chunk.file_id, &path, size).await;
-                self.upload_committed(device, &path).await;
+            Ok(UploadProgress::Committed(upload)) => {
+                self.link_upload(device, &chunk.file_id, &upload).await;
+                self.upload_committed(device, &upload.path).await;
             }
             Ok(UploadProgress::Staged { .. }) => {}
-            Err(error) => tracing::warn!(%error, device, file = %chunk.file_id, "upload refused"),
+            Ok(UploadProgress::Superseded) => tracing::debug!(
+                device, file = %chunk.file_id, offset = chunk.offset,
+                "chunk of a replaced upload dropped"
+            ),
+            Err(error) => tracing::warn!(
+                error = %with_causes(&error), device, file = %chunk.file_id, "upload refused"
+            ),
         }
     }
 
-    /// Records where a committed upload is, so people find what a device sent.
-    async fn link_upload(&self, event: &Event, file_id: &str, path: &str, size: u64) {
+    /// Records where a committed upload is, so people find what a device sent: one record per
+    /// upload, named by the event that completed it (written again unchanged after a replay);
+    /// the newest record of a device and file id describes the stored file.
+    async fn link_upload(&self, device: &str, file_id: &str, upload: &CommittedUpload) {
         let Some(history) = &self.history else { return };
-        let record = doc! {
-            "_id": format!("upload:{}:{file_id}", event.device_id),
-            "deviceId": &event.device_id,
-            "time": DateTime::from_millis(i64::try_from(event.enqueued_ms).unwrap_or(i64::MAX)),
-            "seq": i64::try_from(event.sequence_number).unwrap_or(i64::MAX),
+        let mut record = doc! {
+            "_id": format!("upload:{device}:{file_id}:{}", upload.seq),
+            "deviceId": device,
+            "time": DateTime::from_millis(i64::try_from(upload.time_ms).unwrap_or(i64::MAX)),
+            "seq": i64::try_from(upload.seq).unwrap_or(i64::MAX),
             "kind": "upload",
             "fileId": file_id,
-            "blob": { "container": self.blobs.uploads.name(), "path": path },
-            "size": i64::try_from(size).unwrap_or(i64::MAX),
+            "blob": { "container": self.blobs.uploads.name(), "path": &upload.path },
+            "size": i64::try_from(upload.size).unwrap_or(i64::MAX),
         };
+        if let Some(id) = &upload.upload_id {
+            record.insert("uploadId", id);
+        }
         let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
         (|| history.insert(LOGS, std::slice::from_ref(&record)))
             .retry(retry)
