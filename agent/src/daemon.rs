@@ -122,6 +122,15 @@ pub async fn start(config: Config) -> anyhow::Result<Agent> {
     })
 }
 
+impl Agent {
+    /// Stops for SIGTERM or SIGINT: the running shell step's process group is stopped and the
+    /// step left to run again at the next start. State is written as it changes (journal,
+    /// reported document, step records), so nothing else waits to be saved.
+    pub async fn shut_down(&self) {
+        self.engine.shut_down().await;
+    }
+}
+
 /// The local API secret: from the configured file, or generated once into the state dir.
 fn api_secret(config: &Config) -> anyhow::Result<String> {
     use anyhow::Context as _;

@@ -36,5 +36,7 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("agent stopping");
+    agent.shut_down().await;
+    tracing::info!("agent stopped");
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::TestHub;
-use common::process::{kill9, spawn_agent};
+use common::process::{kill9, spawn_agent, wait_exit};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_on_the_same_state_dir_exits_naming_the_holder_and_leaves_the_step() {
@@ -143,18 +143,4 @@ async fn wait_for(check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out");
-}
-
-fn wait_exit(
-    child: &mut std::process::Child,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }

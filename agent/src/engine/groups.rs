@@ -12,13 +12,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio_util::sync::CancellationToken;
 
 use crate::durable::{self, DurableError};
 
@@ -49,6 +51,10 @@ pub struct GroupRecord {
     pub boot_id: String,
     /// The agent process that started the step (random, once per process).
     pub owner: u64,
+    /// How the agent stopped the step when it was itself stopped (SIGTERM or SIGINT); the
+    /// next start reports this and runs the step again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// A group a previous agent process left behind, after the attempt to end it.
@@ -68,13 +74,90 @@ pub struct Leftover {
 #[derive(Debug, Clone)]
 pub struct Groups {
     dir: PathBuf,
+    shutdown: Arc<Shutdown>,
+}
+
+/// The agent's own shutdown: steps hold `gate` for reading while they run, so the shutdown
+/// waits for every running step to be stopped; none starts once `token` is cancelled.
+#[derive(Debug)]
+struct Shutdown {
+    token: CancellationToken,
+    gate: Arc<RwLock<()>>,
+    grace: Duration,
+}
+
+/// Held by a running step: the agent's shutdown waits for it.
+#[derive(Debug)]
+pub struct Running {
+    _gate: OwnedRwLockReadGuard<()>,
+    token: CancellationToken,
+}
+
+impl Running {
+    /// Resolves when the agent begins to stop.
+    pub async fn stopping(&self) {
+        self.token.cancelled().await;
+    }
 }
 
 impl Groups {
-    /// Records live in `<state_dir>/steps/`.
-    pub fn new(state_dir: &Path) -> Self {
+    /// Records live in `<state_dir>/steps/`; an agent shutdown stops a step with SIGTERM and
+    /// `grace` later SIGKILL.
+    pub fn new(state_dir: &Path, grace: Duration) -> Self {
         Self {
             dir: state_dir.join("steps"),
+            shutdown: Arc::new(Shutdown {
+                token: CancellationToken::new(),
+                gate: Arc::new(RwLock::new(())),
+                grace,
+            }),
+        }
+    }
+
+    /// Admits a step to start; `None` once the agent is stopping.
+    pub async fn enter(&self) -> Option<Running> {
+        let gate = Arc::clone(&self.shutdown.gate).read_owned().await;
+        let token = self.shutdown.token.clone();
+        (!token.is_cancelled()).then_some(Running { _gate: gate, token })
+    }
+
+    /// Whether the agent is stopping: a step that ends now is not journaled, it runs again
+    /// at the next start.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.token.is_cancelled()
+    }
+
+    /// Begins the agent's shutdown and waits until every running step was stopped.
+    pub async fn shut_down(&self) {
+        self.shutdown.token.cancel();
+        drop(self.shutdown.gate.write().await);
+    }
+
+    /// Stops the step's group for the agent's shutdown (SIGTERM, the grace period, SIGKILL)
+    /// and keeps its record, noting how it was stopped, so the next start runs it again as
+    /// after a `kill -9`.
+    pub async fn stop_for_shutdown(&self, recipe: &str, step: &str) {
+        let path = self.path(recipe, step);
+        let record = match durable::read_json::<GroupRecord>(&path) {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "step group record unreadable at shutdown");
+                return;
+            }
+        };
+        let (text, survived) = end_group(&record, self.shutdown.grace).await;
+        let text = format!(
+            "{} when the agent stopped",
+            text.replace(" of the interrupted run", "")
+        );
+        tracing::info!(recipe, step, %text, survived, "step stopped for the agent's shutdown");
+        let record = GroupRecord {
+            stopped: Some(text),
+            ..record
+        };
+        if let Err(error) = durable::write_json(&path, &record) {
+            tracing::warn!(%error, "failed to note the stopped step; the next start finds it");
         }
     }
 
@@ -96,6 +179,7 @@ impl Groups {
             start_ticks: None,
             boot_id: boot_id(),
             owner: owner(),
+            stopped: None,
         };
         durable::write_json(&self.path(recipe, step), &record)?;
         Ok(run)
@@ -114,6 +198,7 @@ impl Groups {
             start_ticks: Some(start_ticks),
             boot_id: boot_id(),
             owner: owner(),
+            stopped: None,
         };
         durable::write_json(&self.path(recipe, step), &record)?;
         Ok(())
@@ -131,7 +216,10 @@ impl Groups {
             if record.owner == owner() {
                 continue;
             }
-            let (text, survived) = end_group(&record, grace).await;
+            let (mut text, survived) = end_group(&record, grace).await;
+            if let (Some(stopped), false) = (&record.stopped, survived) {
+                text.clone_from(stopped);
+            }
             tracing::warn!(recipe = %record.recipe, step = %record.step, pgid = ?record.pgid,
                 %text, "step processes left by a previous agent");
             // The record goes only once the group is gone or known not to be ours.

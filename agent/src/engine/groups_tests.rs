@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use super::groups::*;
 
+const GRACE: Duration = Duration::from_secs(10);
+
 fn spawn_group(script: &str) -> Child {
     Command::new("bash")
         .args(["-c", script])
@@ -31,6 +33,7 @@ fn write_left(dir: &std::path::Path, run: &str, group: Option<(i32, u64)>) {
             .trim()
             .to_owned(),
         owner: 0,
+        stopped: None,
     };
     crate::durable::write_json(&dir.join("steps/left.json"), &record).expect("record");
 }
@@ -64,7 +67,7 @@ async fn a_leftover_group_is_stopped_with_sigterm_and_its_record_removed() {
     let start = stat(pid).expect("stat").start_ticks;
     left_by_a_previous_agent(dir.path(), &child, start);
 
-    let groups = Groups::new(dir.path());
+    let groups = Groups::new(dir.path(), GRACE);
     let found = groups.end_leftovers(Duration::from_secs(5)).await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].recipe, "r1");
@@ -83,7 +86,7 @@ async fn a_group_that_ignores_sigterm_is_killed_after_the_grace() {
     let pid = i32::try_from(child.id()).expect("pid");
     left_by_a_previous_agent(dir.path(), &child, stat(pid).expect("stat").start_ticks);
 
-    let found = Groups::new(dir.path())
+    let found = Groups::new(dir.path(), GRACE)
         .end_leftovers(Duration::from_millis(300))
         .await;
     assert!(
@@ -103,7 +106,7 @@ async fn a_pid_with_another_start_time_is_never_signalled() {
     let start = stat(pid).expect("stat").start_ticks;
     left_by_a_previous_agent(dir.path(), &child, start.saturating_sub(1));
 
-    let found = Groups::new(dir.path())
+    let found = Groups::new(dir.path(), GRACE)
         .end_leftovers(Duration::from_millis(300))
         .await;
     assert!(found[0].text.contains("another process"), "{found:?}");
@@ -116,7 +119,7 @@ async fn a_pid_with_another_start_time_is_never_signalled() {
 async fn records_of_this_agent_process_are_left_to_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_group("sleep 30");
-    let groups = Groups::new(dir.path());
+    let groups = Groups::new(dir.path(), GRACE);
     let run = groups
         .intend("r1", "changeSpec.patch.installSteps[0]")
         .expect("intend");
@@ -186,7 +189,7 @@ async fn a_step_started_but_not_recorded_is_found_by_its_run_name_and_stopped() 
         "the setsid child runs in a group of its own"
     );
 
-    let found = Groups::new(dir.path())
+    let found = Groups::new(dir.path(), GRACE)
         .end_leftovers(Duration::from_secs(5))
         .await;
     assert_eq!(found.len(), 1);
@@ -210,7 +213,7 @@ async fn an_unrecorded_step_that_already_ended_is_forgotten() {
     let run = "fedcba9876543210fedcba9876543210";
     let mut child = started_but_unrecorded(dir.path(), run, "exit 0");
     let _ = child.wait();
-    let found = Groups::new(dir.path())
+    let found = Groups::new(dir.path(), GRACE)
         .end_leftovers(Duration::from_secs(5))
         .await;
     assert_eq!(

@@ -128,7 +128,10 @@ impl Engine {
         trust: TrustStore,
     ) -> Self {
         let shared = Arc::new(Shared {
-            groups: groups::Groups::new(&config.state_dir),
+            groups: groups::Groups::new(
+                &config.state_dir,
+                std::time::Duration::from_secs(config.shell.stop_grace_secs),
+            ),
             config,
             zones,
             journal: Mutex::new(journal),
@@ -332,6 +335,13 @@ impl Engine {
             token,
         ));
         true
+    }
+
+    /// Stops for the agent's shutdown: the running shell step's process group is stopped
+    /// (SIGTERM, `shell.stop_grace_secs`, SIGKILL) and its record kept, so the next start
+    /// runs the step again as after a `kill -9`; no step starts after this.
+    pub async fn shut_down(&self) {
+        self.shared.groups.shut_down().await;
     }
 
     /// Id and status of the current run.

@@ -82,6 +82,10 @@ pub async fn run_recipe(shared: Arc<Shared>, plan: Arc<Plan>, cancel: Cancellati
             }
             None => execute(&shared, &plan.id, &path, planned.step, &cancel).await,
         };
+        if shared.groups.stopping() {
+            // The agent stops: nothing is journaled, the next start runs the step again.
+            return;
+        }
         if cancel.is_cancelled() && !outcome.is_success() {
             // Superseded or cancelled: the new owner of the journal reports.
             return;

@@ -162,9 +162,24 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
         .process_group(0)
         .kill_on_drop(true);
 
+    // Once the agent is stopping no step starts; a running one holds off its shutdown.
+    let running = match step.group {
+        Some(group) => match group.groups.enter().await {
+            Some(running) => Some(running),
+            None => return StepOutcome::failed(codes::CANCELLED, "the agent is stopping"),
+        },
+        None => None,
+    };
+    let stopping = async {
+        match &running {
+            Some(running) => running.stopping().await,
+            None => std::future::pending().await,
+        }
+    };
+
     // The step is recorded before it starts, under a run name all its processes carry, so a
     // restart after `kill -9` finds them even if the agent died before recording the group.
-    let recorded = Recorded(step.group);
+    let mut recorded = Recorded(step.group);
     let run = match step
         .group
         .map(|g| g.groups.intend(g.recipe, g.step))
@@ -220,6 +235,15 @@ pub async fn run(step: ShellRun<'_>, cancel: &CancellationToken) -> StepOutcome 
             kill_group(pid);
             let _ = child.wait().await;
             return StepOutcome::failed(codes::CANCELLED, "cancelled");
+        }
+        () = stopping => {
+            // The agent stops: the record stays for the next start, which runs the step again.
+            if let Some(group) = recorded.0.take() {
+                group.groups.stop_for_shutdown(group.recipe, group.step).await;
+            }
+            kill_group(pid);
+            let _ = child.wait().await;
+            return StepOutcome::failed(codes::CANCELLED, "the agent stopped");
         }
     };
     drop(recorded);

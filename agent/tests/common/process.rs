@@ -1,7 +1,7 @@
 //! The agent binary as a separate process, for tests that kill it with SIGKILL.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 
 /// Starts the agent binary with `config`, appending its log and errors to `log`.
 pub fn spawn_agent(config: &Path, log: &Path) -> Child {
@@ -33,4 +33,16 @@ pub fn kill9(child: &mut Child) {
     // std's kill sends SIGKILL on Unix.
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Waits up to `within` for the agent to exit by itself.
+pub fn wait_exit(child: &mut Child, within: std::time::Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
 }
