@@ -305,6 +305,36 @@ async fn late_duplicates_of_a_stored_upload_leave_nothing_and_a_new_upload_repla
 }
 
 #[tokio::test]
+async fn an_upload_chunk_without_the_message_type_property_is_routed_by_its_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = fs_stores(&dir).await;
+    let rig = HubRig::start().await;
+    rig.add_device("dev-bare").await;
+    let streamer = Streamer::new(
+        rig.link(),
+        stores.clone(),
+        None,
+        Partition::all(),
+        options(),
+    );
+    let running = tokio::spawn(streamer.run());
+    let chunk = D2cMessage::UploadFileChunk(UploadFileChunk {
+        file_id: "bare.txt".into(),
+        upload_id: None,
+        offset: 0,
+        data: b"no properties".to_vec(),
+        last: true,
+    });
+    let body = chunk.encode().expect("encodes");
+    rig.core()
+        .d2c("dev-bare", body, Default::default(), Default::default())
+        .await
+        .expect("d2c accepted");
+    wait_for_blob(&stores.uploads, "dev-bare/bare.txt", b"no properties").await;
+    running.abort();
+}
+
+#[tokio::test]
 async fn upload_to_azurite_store_round_trips_byte_exact() {
     let stores = common::azurite_stores().await;
     let (_rig, running) = upload_once(stores, None, &common::unique("dev-up-")).await;

@@ -7,6 +7,7 @@
 //! resends at most one CRC range plus what was in flight. The next CRC range is read while
 //! the current one is sent. Flow control and fair sharing are in [`super::window`].
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,7 +185,7 @@ impl Download {
                     return Err(Stopped::NoFile(Box::new(error)));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, ?delay, file = %self.file_id, "patch read failed");
+                    tracing::warn!(error = %ErrorChain(&error), ?delay, file = %self.file_id, "patch read failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.options.retry_ceiling);
                 }

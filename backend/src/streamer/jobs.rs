@@ -1,5 +1,6 @@
 //! Downloads in progress and what the streamer's checkpoint records about them.
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -176,7 +177,7 @@ impl Jobs {
             }
             (|| store.save(&now))
                 .retry(retry)
-                .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
+                .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "checkpoint not saved"))
                 .await
                 .ok();
             tracing::debug!(

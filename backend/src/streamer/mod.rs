@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use cloudpillar_protocol::causes::with_causes;
+use cloudpillar_protocol::causes::{ErrorChain, with_causes};
 use cloudpillar_protocol::messages::{D2cMessage, StreamRangeRequest, UploadFileChunk};
 use mongodb::bson::{DateTime, doc};
 use tokio::task::JoinSet;
@@ -174,7 +174,7 @@ impl Streamer {
         let checkpoints = self.checkpoints();
         let saved = (|| checkpoints.load())
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "streamer checkpoint unreadable"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "streamer checkpoint unreadable"))
             .await
             .unwrap_or_default();
         tracing::info!(partition = %self.partition, from = saved.next, "streamer started");
@@ -190,7 +190,7 @@ impl Streamer {
             };
             let Ok(page) = read
                 .retry(retry)
-                .notify(|error, delay| tracing::warn!(%error, ?delay, next, "event read failed"))
+                .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, next, "event read failed"))
                 .await
             else {
                 continue;
@@ -218,7 +218,10 @@ impl Streamer {
             }
             Ok(D2cMessage::UploadFileChunk(chunk)) => self.accept_chunk(event, chunk).await,
             Ok(D2cMessage::SignFile(request)) => self.sign_upload(event, request, tasks).await,
-            Err(error) => tracing::warn!(%error, device, seq, "transfer message refused"),
+            Err(error) => {
+                let error = ErrorChain(&error);
+                tracing::warn!(%error, device, seq, "transfer message refused");
+            }
         }
     }
 
@@ -275,7 +278,7 @@ impl Streamer {
                 )
             })
             .notify(
-                |error, delay| tracing::warn!(%error, ?delay, device, "upload chunk not stored"),
+                |error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, device, "upload chunk not stored"),
             )
             .await;
         match progress {
@@ -315,7 +318,7 @@ impl Streamer {
         let retry = backoff::forever(self.options.retry_first, self.options.retry_ceiling);
         (|| history.insert(LOGS, std::slice::from_ref(&record)))
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "upload link not written"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "upload link not written"))
             .await
             .ok();
     }

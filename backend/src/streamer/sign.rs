@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cloudpillar_protocol::causes::with_causes;
+use cloudpillar_protocol::causes::{ErrorChain, with_causes};
 use cloudpillar_protocol::messages::{
     C2dMessage, FileSigned, MESSAGE_TYPE_PROPERTY, SignFileFailed, SignFileRequest,
 };
@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Streamer, UPLOADS_PREFIX};
-use crate::blob::Container;
+use crate::blob::{BlobError, Container};
 use crate::hub_link::{C2dSend, Event, HubLinkError};
 use crate::keys::{KeyError, KeyHolder, Signed};
 
@@ -105,6 +105,28 @@ pub(super) enum SignRefusal {
         #[source]
         source: KeyError,
     },
+}
+
+impl SignRefusal {
+    /// The reason told to the device: what it asked for and why it failed, never the key
+    /// holder's or the blob store's internals (their addresses, their errors), which only the
+    /// streamer's log shows.
+    fn device_reason(&self) -> String {
+        match self {
+            Self::Sign {
+                source: KeyError::ReadBlob { source },
+                ..
+            } if matches!(
+                **source,
+                BlobError::NotFound { .. } | BlobError::InvalidPath { .. }
+            ) =>
+            {
+                format!("{self}: {source}")
+            }
+            Self::Sign { .. } => format!("{self}: the key holder could not sign it"),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// A request waiting for its upload's commit.
@@ -254,9 +276,9 @@ impl Streamer {
                 })
             }
             Err(refusal) => {
-                let reason = with_causes(&refusal);
-                tracing::warn!(device, file = %file_id, %reason, "upload not signed");
-                C2dMessage::SignFileFailed(SignFileFailed::new(file_id, &reason))
+                let error = with_causes(&refusal);
+                tracing::warn!(device, file = %file_id, %error, "upload not signed");
+                C2dMessage::SignFileFailed(SignFileFailed::new(file_id, &refusal.device_reason()))
             }
         };
         self.send_answer(device, seq, &message).await;
@@ -268,7 +290,7 @@ impl Streamer {
         let body = match message.encode() {
             Ok(body) => body,
             Err(error) => {
-                tracing::error!(%error, device, seq, "sign answer refused by the protocol");
+                tracing::error!(error = %ErrorChain(&error), device, seq, "sign answer refused by the protocol");
                 return;
             }
         };
@@ -291,11 +313,11 @@ impl Streamer {
                     return;
                 }
                 Err(error) if Instant::now() >= deadline => {
-                    tracing::warn!(%error, device, seq, "sign answer dropped after retries");
+                    tracing::warn!(error = %ErrorChain(&error), device, seq, "sign answer dropped after retries");
                     return;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, ?delay, device, seq, "sign answer not queued yet");
+                    tracing::debug!(error = %ErrorChain(&error), ?delay, device, seq, "sign answer not queued yet");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.options.retry_ceiling);
                 }
@@ -307,6 +329,43 @@ impl Streamer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_hears_why_signing_failed_but_not_where_the_key_holder_lives() {
+        let remote = KeyError::Sign {
+            key: "the key holder".into(),
+            reason: "upload dev-1/d/a.bin".into(),
+            source: Some(Box::new(std::io::Error::other(
+                "error sending request for url (http://keyholder.cp.svc:8090/v1/sign/blob)",
+            ))),
+        };
+        let refusal = SignRefusal::Sign {
+            path: "dev-1/d/a.bin".into(),
+            source: remote,
+        };
+        assert!(
+            with_causes(&refusal).contains("keyholder.cp.svc"),
+            "the log keeps it"
+        );
+        assert_eq!(
+            refusal.device_reason(),
+            "signing dev-1/d/a.bin failed: the key holder could not sign it"
+        );
+
+        let missing = SignRefusal::Sign {
+            path: "dev-1/d/b.bin".into(),
+            source: KeyError::ReadBlob {
+                source: Box::new(BlobError::NotFound {
+                    container: "uploads".into(),
+                    path: "dev-1/d/b.bin".into(),
+                }),
+            },
+        };
+        assert_eq!(
+            missing.device_reason(),
+            "signing dev-1/d/b.bin failed: blob uploads/dev-1/d/b.bin not found"
+        );
+    }
 
     #[test]
     fn only_names_inside_the_devices_own_upload_area_are_signed() {

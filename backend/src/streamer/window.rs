@@ -12,6 +12,7 @@
 //! more downloads want to send than there are slots they take turns message by message
 //! instead of whichever task reaches the hub first filling its writer.
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -137,7 +138,10 @@ impl<'a> Window<'a> {
             // The hub cannot tell: send until it refuses.
             Ok(None) => self.room = max,
             Err(HubLinkError::DeviceNotFound { .. }) => return Err(Stopped::DeviceGone),
-            Err(error) => tracing::warn!(%error, device = %self.job.device, "queue depth unknown"),
+            Err(error) => {
+                let error = ErrorChain(&error);
+                tracing::warn!(%error, device = %self.job.device, "queue depth unknown");
+            }
         }
         Ok(())
     }
@@ -177,7 +181,7 @@ impl Download {
                 }
                 Err(HubLinkError::DeviceNotFound { .. }) => return Err(Stopped::DeviceGone),
                 Err(error) => {
-                    tracing::warn!(%error, ?delay, device = %self.device, "c2d send failed");
+                    tracing::warn!(error = %ErrorChain(&error), ?delay, device = %self.device, "c2d send failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.options.retry_ceiling);
                 }

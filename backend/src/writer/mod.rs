@@ -10,6 +10,7 @@
 pub mod history;
 pub mod records;
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,12 +81,12 @@ impl Writer {
         let retry = self.retry();
         (|| self.history.ensure_indexes())
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "history indexes not ready"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "history indexes not ready"))
             .await
             .ok();
         let mut checkpoint: Checkpoint<()> = (|| self.checkpoints.load())
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "writer checkpoint unreadable"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "writer checkpoint unreadable"))
             .await
             .unwrap_or_default();
         tracing::info!(partition = %self.partition, from = checkpoint.next, "writer started");
@@ -115,7 +116,7 @@ impl Writer {
         let retry = self.retry();
         (|| self.checkpoints.save(checkpoint))
             .retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "checkpoint not saved"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, "checkpoint not saved"))
             .await
             .ok();
     }
@@ -128,7 +129,7 @@ impl Writer {
                 .read_events(from, self.options.batch, self.options.wait)
         };
         read.retry(retry)
-            .notify(|error, delay| tracing::warn!(%error, ?delay, from, "event read failed"))
+            .notify(|error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, from, "event read failed"))
             .await
             .unwrap_or(EventPage {
                 events: Vec::new(),
@@ -180,7 +181,7 @@ impl Writer {
         let mut delays = self.retry().build();
         while let Err(error) = self.history.insert(collection, records).await {
             let delay = delays.next().unwrap_or(self.options.retry_ceiling);
-            tracing::warn!(%error, ?delay, collection, "history write failed");
+            tracing::warn!(error = %ErrorChain(&error), ?delay, collection, "history write failed");
             tokio::time::sleep(delay).await;
         }
     }
