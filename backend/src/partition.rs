@@ -13,9 +13,13 @@ pub struct Partition {
     count: u32,
 }
 
-/// A partition index outside `0..count`.
+/// A partition count of 0, or an index outside `0..count`.
 #[derive(Debug, thiserror::Error)]
-#[error("partition index {index} is not below the partition count {count}")]
+#[error("{}", if *count == 0 {
+    "the partition count must be at least 1".to_owned()
+} else {
+    format!("partition index {index} is not below the partition count {count}")
+})]
 pub struct InvalidPartition {
     /// The index given.
     pub index: u32,
@@ -95,8 +99,13 @@ mod tests {
 
     #[test]
     fn index_must_be_below_count() {
-        assert!(Partition::new(2, 2).is_err());
-        assert!(Partition::new(0, 0).is_err());
+        let error = Partition::new(2, 2).expect_err("index too high");
+        assert_eq!(
+            error.to_string(),
+            "partition index 2 is not below the partition count 2"
+        );
+        let error = Partition::new(0, 0).expect_err("no partitions");
+        assert_eq!(error.to_string(), "the partition count must be at least 1");
         assert!(Partition::all().owns("anything"));
     }
 }

@@ -87,7 +87,23 @@ impl HubArgs {
             .ok_or(RoleError::Missing {
                 setting: "--hub-policy-key-file",
             })?;
+        let parsed = reqwest::Url::parse(&url).map_err(|error| RoleError::Invalid {
+            setting: "--hub-url",
+            reason: format!("{url:?} is not a URL ({error})"),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(RoleError::Invalid {
+                setting: "--hub-url",
+                reason: format!("{url:?} is not an http(s) URL with a host"),
+            });
+        }
         let key = read_text(key_file)?;
+        if cloudpillar_hub::sas::generate(&key, &self.hub_hostname, 0, None).is_err() {
+            return Err(RoleError::Invalid {
+                setting: "--hub-policy-key-file",
+                reason: format!("{} does not hold a base64 key", key_file.display()),
+            });
+        }
         let mut builder = reqwest::Client::builder();
         crate::install_tls_provider();
         if let Some(ca) = &self.hub_ca_file {
@@ -231,4 +247,45 @@ pub(super) fn read_text(path: &std::path::Path) -> Result<String, RoleError> {
             path: path.display().to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(url: &str, key_file: &std::path::Path) -> HubArgs {
+        HubArgs {
+            hub_url: Some(url.to_owned()),
+            hub_hostname: "hub.local".into(),
+            hub_policy_name: "service".into(),
+            hub_policy_key_file: Some(key_file.to_owned()),
+            hub_ca_file: None,
+        }
+    }
+
+    #[test]
+    fn a_hub_url_or_policy_key_that_cannot_work_stops_the_role_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+        std::fs::write(&good, "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy0wMTIzNDU2Nzg=\n").expect("key");
+        std::fs::write(&bad, "not base64!\n").expect("key");
+        let message = |args: HubArgs| match args.connect() {
+            Ok(_) => "accepted".to_owned(),
+            Err(error) => error.to_string(),
+        };
+
+        assert_eq!(message(hub("https://hub.local:8443", &good)), "accepted");
+        for url in ["notaurl", "ftp://hub.local", "unix:/run/hub.sock"] {
+            let text = message(hub(url, &good));
+            assert!(
+                text.starts_with("setting --hub-url is invalid"),
+                "{url}: {text}"
+            );
+        }
+        let text = message(hub("https://hub.local:8443", &bad));
+        assert!(
+            text.starts_with("setting --hub-policy-key-file is invalid"),
+            "{text}"
+        );
+    }
 }

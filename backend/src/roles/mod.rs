@@ -28,6 +28,14 @@ pub enum RoleError {
         /// The flag name.
         setting: &'static str,
     },
+    /// A setting's value cannot work.
+    #[error("setting {setting} is invalid: {reason}")]
+    Invalid {
+        /// The flag name.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Settings contradict each other.
     #[error("conflicting settings: {reason}")]
     Conflict {
