@@ -43,6 +43,25 @@ async fn fs_stores(dir: &tempfile::TempDir) -> BlobStores {
     .expect("open")
 }
 
+/// Filesystem stores in `dir`, a hub with `device`, and one streamer serving every device.
+async fn one_streamer(
+    dir: &tempfile::TempDir,
+    device: &str,
+) -> (BlobStores, HubRig, JoinHandle<()>) {
+    let stores = fs_stores(dir).await;
+    let rig = HubRig::start().await;
+    rig.add_device(device).await;
+    let streamer = Streamer::new(
+        rig.link(),
+        stores.clone(),
+        None,
+        Partition::all(),
+        options(),
+    );
+    let running = tokio::spawn(streamer.run());
+    (stores, rig, running)
+}
+
 /// Filesystem stores in `dir` holding `data` as patch file `file`, and a hub.
 async fn hub_with_patch(dir: &tempfile::TempDir, file: &str, data: &[u8]) -> (BlobStores, HubRig) {
     let stores = fs_stores(dir).await;
@@ -305,19 +324,47 @@ async fn late_duplicates_of_a_stored_upload_leave_nothing_and_a_new_upload_repla
 }
 
 #[tokio::test]
+async fn a_stored_upload_that_grows_is_stored_again_with_the_new_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let device = "dev-grow";
+    let (stores, rig, running) = one_streamer(&dir, device).await;
+    let path = format!("{device}/grow.log");
+    let full = common::pattern(5 * CHUNK + 7, 91);
+    // As the agent sends a log that grows: the bytes so far end with a last chunk, and the
+    // new bytes continue under the same file id, again ending with a last chunk.
+    let send = |data: Vec<u8>, offset: usize, last: bool| {
+        let chunk = D2cMessage::UploadFileChunk(UploadFileChunk {
+            file_id: "grow.log".into(),
+            upload_id: None,
+            offset: offset as u64,
+            data,
+            last,
+        });
+        let rig = &rig;
+        async move { rig.send_d2c(device, &chunk).await }
+    };
+    send(full[..2 * CHUNK].to_vec(), 0, false).await;
+    send(full[2 * CHUNK..3 * CHUNK].to_vec(), 2 * CHUNK, true).await;
+    wait_for_blob(&stores.uploads, &path, &full[..3 * CHUNK]).await;
+    send(full[3 * CHUNK..4 * CHUNK].to_vec(), 3 * CHUNK, false).await;
+    // A late duplicate of the first round's last chunk changes nothing.
+    send(full[2 * CHUNK..3 * CHUNK].to_vec(), 2 * CHUNK, true).await;
+    send(full[4 * CHUNK..].to_vec(), 4 * CHUNK, true).await;
+    wait_for_blob(&stores.uploads, &path, &full).await;
+
+    let last = *rig.core().bus.last_sequence().borrow();
+    wait_for_checkpoint(&stores, Partition::all(), last).await;
+    let stored = stores.uploads.read_all(&path).await.expect("read");
+    assert!(stored == full, "the whole grown log");
+    let left = stores.state.list("upload-staging").await.expect("list");
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+    running.abort();
+}
+
+#[tokio::test]
 async fn an_upload_chunk_without_the_message_type_property_is_routed_by_its_body() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stores = fs_stores(&dir).await;
-    let rig = HubRig::start().await;
-    rig.add_device("dev-bare").await;
-    let streamer = Streamer::new(
-        rig.link(),
-        stores.clone(),
-        None,
-        Partition::all(),
-        options(),
-    );
-    let running = tokio::spawn(streamer.run());
+    let (stores, rig, running) = one_streamer(&dir, "dev-bare").await;
     let chunk = D2cMessage::UploadFileChunk(UploadFileChunk {
         file_id: "bare.txt".into(),
         upload_id: None,

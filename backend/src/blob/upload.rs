@@ -10,8 +10,10 @@
 //!
 //! The commit marker makes a finished upload final: a chunk of an upload it lists (a late
 //! duplicate, or a replay after a restart) is dropped without being staged, and staging a crash
-//! left behind is deleted then. A new upload id under the same file id is a new upload and
-//! replaces the stored file. Without an upload id the file id alone names the upload, so such
+//! left behind is deleted then. Only bytes past the end of the latest stored upload continue it
+//! (a log that grew is sent on under the same id): they are staged, and once they reach the new
+//! last chunk the stored bytes and the new ones are written as the file again. A new upload id
+//! under the same file id is a new upload and replaces the stored file. Without an upload id the file id alone names the upload, so such
 //! a file id is stored once.
 //!
 //! A crash between any two steps is repaired by replaying the same chunks: staging is
@@ -21,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -131,13 +134,15 @@ impl Commits {
 struct Pending {
     chunks: BTreeMap<u64, u64>,
     size: Option<u64>,
+    /// Bytes `[0, base)` are the upload as stored already (a stored upload that grows).
+    base: u64,
 }
 
 impl Pending {
-    /// Bytes covered by the staged chunks, overlaps counted once.
+    /// Bytes covered by the stored part and the staged chunks, overlaps counted once.
     fn covered(&self) -> u64 {
-        let mut covered = 0;
-        let mut end = 0;
+        let mut covered = self.base;
+        let mut end = self.base;
         for (&offset, &len) in &self.chunks {
             let start = offset.max(end);
             let stop = offset + len;
@@ -152,7 +157,7 @@ impl Pending {
     /// True when the chunks cover `[0, size)` without a gap.
     fn is_complete(&self) -> bool {
         let Some(size) = self.size else { return false };
-        let mut end = 0;
+        let mut end = self.base;
         for (&offset, &len) in &self.chunks {
             if offset > end {
                 return false;
@@ -230,18 +235,37 @@ impl UploadAssembler {
         let mut pending = self.pending.lock().await;
 
         // First chunk of this upload since start or since its last commit: is it stored?
+        let len = chunk.data.len() as u64;
         if !pending.contains_key(&key) {
-            if let Some(done) = self.commits(&names).await?.finished(chunk.upload_id) {
-                let staged = self.restore(&names.staging).await?;
-                self.delete_parts(&names, &staged).await?;
-                return Ok(done);
-            }
-            let restored = self.restore(&names.staging).await?;
+            let restored = match self.commits(&names).await?.finished(chunk.upload_id) {
+                // Bytes past the stored end continue the upload (a log that grew).
+                Some(UploadProgress::Committed(stored)) if chunk.offset + len > stored.size => {
+                    let mut restored = self.restore(&names.staging).await?;
+                    restored.base = stored.size;
+                    restored
+                }
+                Some(done) => {
+                    let staged = self.restore(&names.staging).await?;
+                    self.delete_parts(&names, &staged).await?;
+                    return Ok(done);
+                }
+                None => self.restore(&names.staging).await?,
+            };
             pending.insert(key.clone(), restored);
         }
 
+        // A growing upload takes only bytes past its stored part; earlier ones are repeats.
+        if let Some(file) = pending.get(&key)
+            && file.base > 0
+            && chunk.offset + len <= file.base
+        {
+            return Ok(UploadProgress::Staged {
+                received: file.covered(),
+                size: file.size,
+            });
+        }
+
         // Stage the chunk under a name that makes duplicates overwrite themselves.
-        let len = chunk.data.len() as u64;
         if len > 0 {
             self.state
                 .put(&names.part(chunk.offset, len), chunk.data.clone())
@@ -343,6 +367,20 @@ impl UploadAssembler {
     ) -> Result<(), BlobError> {
         let mut writer = self.uploads.writer(&names.target).await?;
         let mut written = 0u64;
+        if staged.base > 0 {
+            written = self.copy_stored(names, staged.base, &mut writer).await?;
+            if written < staged.base {
+                let _ = writer.abort().await;
+                return Err(BlobError::Read {
+                    container: self.uploads.name().to_owned(),
+                    path: names.target.clone(),
+                    source: object_store::Error::Generic {
+                        store: "uploads",
+                        source: "the stored file is shorter than its commit marker says".into(),
+                    },
+                });
+            }
+        }
         for (&offset, &len) in &staged.chunks {
             if offset + len <= written || written >= size {
                 continue;
@@ -360,6 +398,29 @@ impl UploadAssembler {
             }
         }
         writer.finish().await
+    }
+
+    /// Writes the first `base` bytes of the stored file (a growing upload's stored part);
+    /// returns how many there were.
+    async fn copy_stored(
+        &self,
+        names: &Names,
+        base: u64,
+        writer: &mut super::BlobWriter,
+    ) -> Result<u64, BlobError> {
+        let mut pieces = self.uploads.read_stream(&names.target).await?;
+        let mut copied = 0u64;
+        while copied < base {
+            let Some(piece) = pieces.try_next().await? else {
+                break;
+            };
+            let keep = usize::try_from(base - copied)
+                .unwrap_or(usize::MAX)
+                .min(piece.len());
+            copied += keep as u64;
+            writer.write(piece.slice(..keep)).await?;
+        }
+        Ok(copied)
     }
 }
 
