@@ -157,3 +157,35 @@ async fn security_fixture_from_desired_is_refused_with_the_reason_in_reported() 
     );
     assert_eq!(reported["deviceState"], "READY");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_step_field_refuses_the_recipe_naming_the_field_and_its_path() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("spell-1", dir.path(), "").await);
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("spell-1", "connected", |r| r["health"] == "connected")
+        .await;
+    let counter = dir.path().join("count");
+    let spec = json!({"id": "spell", "patch": {"installSteps": [
+        {"shell": "bash", "command": format!("echo ran >> {}", counter.display())},
+        {"shell": "bash", "command": "true", "timout": 30}]}});
+    hub.patch_desired(
+        "spell-1",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec)}),
+    )
+    .await;
+    let reported = hub
+        .wait_reported("spell-1", "recipe refused", |r| {
+            r["changeSpec"]["id"] == "spell" && r["changeSpec"]["Status"] != "InProgress"
+        })
+        .await;
+    let report = &reported["changeSpec"];
+    assert_eq!(report["Status"], "Refused", "{report}");
+    assert_eq!(report["ResultCode"], "bad_recipe");
+    assert_eq!(
+        report["ResultText"],
+        "changeSpec.patch.installSteps[1].timout: unknown field \"timout\""
+    );
+    assert!(!counter.exists(), "no step ran");
+}

@@ -149,6 +149,46 @@ fn a_broken_shape_refuses_the_whole_plan() {
     );
     let not_a_list = Plan::from_value(&json!({"id": "x", "patch": {"installSteps": {}}}), None);
     assert!(matches!(not_a_list, Err(PlanError::BadSection { .. })));
+    let misspelled = json!({"id": "x", "patch": {"transitPackage": [
+        {"action": "singularDownload", "source": "a", "destinationPath": "./a"},
+        {"action": "singularDownload", "sorce": "b", "destinationPath": "./b"}]}});
+    assert_eq!(
+        Plan::from_value(&misspelled, None).map_err(|e| e.to_string()),
+        Err("changeSpec.patch.transitPackage[1].sorce: unknown field \"sorce\"".to_owned())
+    );
+}
+
+#[test]
+fn every_field_of_a_step_is_a_known_field() {
+    let full = cloudpillar_protocol::recipe::Action {
+        action: Some(cloudpillar_protocol::recipe::ActionKind::ExecuteOnce),
+        description: Some(String::new()),
+        shell: Some(String::new()),
+        command: Some(String::new()),
+        on_pause: Some(String::new()),
+        on_resume: Some(String::new()),
+        success_codes: Some(vec![]),
+        timeout: Some(1),
+        source: Some(String::new()),
+        protocol: Some(String::new()),
+        destination_path: Some(String::new()),
+        sign: Some(String::new()),
+        retransmission_rewind: Some(1),
+        filename: Some(String::new()),
+        interval: Some(1),
+        enabled: Some(true),
+    };
+    let value = serde_json::to_value(&full).expect("json");
+    let mut members: Vec<&str> = value
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut known = cloudpillar_protocol::recipe::ACTION_FIELDS.to_vec();
+    members.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(members, known);
 }
 
 #[test]

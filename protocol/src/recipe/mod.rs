@@ -22,7 +22,9 @@ mod validate;
 mod zone_vars;
 
 pub use crlf::{has_crlf_in_bash, normalize_crlf};
-pub use model::{Action, ActionKind, ChangeSpec, RecipeError, Section, Stage};
+pub use model::{
+    ACTION_FIELDS, Action, ActionKind, ChangeSpec, RecipeError, Section, Stage, unknown_field,
+};
 pub use order::section_order;
 pub use plan::{
     DEFAULT_DOWNLOAD_PROTOCOL, DEFAULT_UPLOAD_INTERVAL_SECS, DownloadStep, Plan, PlanError,

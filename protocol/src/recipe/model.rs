@@ -132,6 +132,35 @@ impl ActionKind {
     }
 }
 
+/// The members a step may have, as a recipe spells them (the fields of [`Action`]). Any
+/// other member, a misspelled one above all, is refused with its path by
+/// [`crate::recipe::validate`] and by [`crate::recipe::Plan`] before anything runs.
+pub const ACTION_FIELDS: [&str; 16] = [
+    "action",
+    "description",
+    "shell",
+    "command",
+    "onPause",
+    "onResume",
+    "successCodes",
+    "timeout",
+    "source",
+    "protocol",
+    "destinationPath",
+    "sign",
+    "retransmissionRewind",
+    "filename",
+    "interval",
+    "enabled",
+];
+
+/// The first member of the step `action` that is not among [`ACTION_FIELDS`].
+pub fn unknown_field(action: &serde_json::Value) -> Option<&str> {
+    (action.as_object()?.keys())
+        .map(String::as_str)
+        .find(|member| !ACTION_FIELDS.contains(member))
+}
+
 /// One step. Which members apply depends on the kind; [`crate::recipe::validate`] checks that
 /// the ones a kind needs are there. Members not named here stay in the document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -4,12 +4,13 @@
 //! which is right before signing. A device reads a delivered recipe more leniently: a step
 //! it cannot run keeps its place with the reason and fails when its turn comes, so the steps
 //! before it still run and the report still shows the recipe's shape. The shape itself must
-//! hold: an `id`, and sections that are objects of known stages, each a list.
+//! hold: an `id`, and sections that are objects of known stages, each a list, of steps with
+//! no member a step cannot have (a misspelled field refuses the recipe, with its path).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Action, ActionKind, Stage, action_path};
+use super::{Action, ActionKind, Stage, action_path, unknown_field};
 
 /// Default `interval` of a periodicUpload, in seconds.
 pub const DEFAULT_UPLOAD_INTERVAL_SECS: u64 = 600;
@@ -26,6 +27,14 @@ pub enum PlanError {
     /// `id` is missing or not a string.
     #[error("changeSpec has no string id")]
     MissingId,
+    /// A step has a member no step has (a misspelled field): refused before anything runs.
+    #[error("{path}: unknown field {field:?}")]
+    UnknownField {
+        /// Where, e.g. `changeSpec.patch.transitPackage[0].sorce`.
+        path: String,
+        /// The member.
+        field: String,
+    },
     /// A section names an unknown stage, or a stage is not a list.
     #[error("changeSpec section {section:?}: {reason}")]
     BadSection {
@@ -288,6 +297,14 @@ fn read_section(name: &str, stages: &Map<String, Value>) -> Result<PlanSection, 
         let list = list
             .as_array()
             .ok_or_else(|| bad(format!("{} is not a list", stage.name())))?;
+        for (index, step) in list.iter().enumerate() {
+            if let Some(field) = unknown_field(step) {
+                return Err(PlanError::UnknownField {
+                    path: format!("{}.{field}", action_path(name, stage, index)),
+                    field: field.to_owned(),
+                });
+            }
+        }
         planned.push((stage, list.iter().map(Step::from_value).collect()));
     }
     Ok(PlanSection {

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Stage, raw_actions, zone_variables};
+use super::{ACTION_FIELDS, Stage, raw_actions, zone_variables};
 use crate::encoding::decode_base64_strict;
 use crate::keys::{KeyError, validate_document_keys};
 use crate::limits::{TwinLimits, depth, twin_size};
@@ -130,6 +130,12 @@ fn check_action(path: &str, action: &Value, issues: &mut Issues) {
         return;
     };
     let at = |member: &str| format!("{path}.{member}");
+    for member in members
+        .keys()
+        .filter(|m| !ACTION_FIELDS.contains(&m.as_str()))
+    {
+        issues.add(at(member), format!("unknown field {member:?}"));
+    }
     for member in TEXT_MEMBERS {
         if members.get(member).is_some_and(|v| !v.is_string()) {
             issues.add(at(member), "must be a string");
