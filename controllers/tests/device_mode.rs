@@ -98,6 +98,12 @@ async fn event_reasons(client: &kube::Client, ns: &str) -> anyhow::Result<Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_mode_reaches_the_twin_and_the_agent_switches_to_it() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("CP_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_ansi(false)
+        .try_init();
     let client = kube_client().await?;
     install_crds(&client).await?;
     let ns = test_namespace(&client, "ctl-mode").await?;

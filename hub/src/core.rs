@@ -110,7 +110,11 @@ impl Core {
         let (hub, id) = (self.config.hostname.clone(), device.to_string());
         self.store
             .writer()
-            .write(move |b| b.append_event(HubEvent::connection(&hub, &id, true, conn_id)))
+            .write(move |b| {
+                b.append_event(HubEvent::connection(&hub, &id, true, conn_id))?;
+                let now = activity_time(now_ms());
+                crate::registry::record_connection(b, &id, true, now.clone(), now)
+            })
             .await?;
         Ok(conn_id)
     }
@@ -140,13 +144,44 @@ impl Core {
                 .writer()
                 .write(move |b| {
                     b.append_event(HubEvent::connection(&hub, &id, false, conn_id))?;
-                    crate::registry::record_activity(b, &id, last_active)
+                    let now = activity_time(now_ms());
+                    crate::registry::record_connection(b, &id, false, now, last_active)
                 })
                 .await;
             if let Err(error) = logged {
                 tracing::warn!(device, %error, "disconnect event not recorded");
             }
         }
+    }
+
+    /// After a restart no device is connected: those the registry still shows connected (the
+    /// hub stopped or died under them) get their `deviceDisconnected` event and state now.
+    pub async fn close_stale_connections(&self) -> Result<usize, HubError> {
+        let stale: Vec<String> = self
+            .store
+            .all::<crate::registry::DeviceRecord>(crate::store::DEVICES)?
+            .into_iter()
+            .filter(|(_, device)| device.connection_state == "Connected")
+            .map(|(id, _)| id)
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let count = stale.len();
+        let hub = self.config.hostname.clone();
+        let counters: Vec<u64> = stale.iter().map(|_| self.next_id()).collect();
+        self.store
+            .writer()
+            .write(move |b| {
+                let now = activity_time(now_ms());
+                for (id, counter) in stale.iter().zip(counters) {
+                    b.append_event(HubEvent::connection(&hub, id, false, counter))?;
+                    crate::registry::record_connection(b, id, false, now.clone(), String::new())?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(count)
     }
 
     /// The last activity of a device that disconnected since the hub started.
@@ -187,6 +222,14 @@ impl Core {
         payload: &Value,
         timeout: Duration,
     ) -> Result<(u16, Value), HubError> {
+        // The name goes into the device's topic, which has a bounded size.
+        if name.is_empty() || name.len() > MAX_METHOD_NAME_BYTES {
+            return Err(Refusal::bad_request(format!(
+                "method name must be 1 to {MAX_METHOD_NAME_BYTES} bytes, not {}",
+                name.len()
+            ))
+            .into());
+        }
         let rid = format!("{:x}", self.next_id());
         let (tx, rx) = oneshot::channel();
         lock(&self.methods).insert(rid.clone(), tx);
@@ -245,3 +288,7 @@ fn activity_time(ms: u64) -> String {
         .map(rfc3339)
         .unwrap_or_default()
 }
+
+/// Longest direct method name: with `$iothub/methods/POST/` and the request id it stays well
+/// inside [`crate::service::MAX_DEVICE_TOPIC_BYTES`].
+pub const MAX_METHOD_NAME_BYTES: usize = 1024;

@@ -59,6 +59,16 @@ impl Hub {
         let store = Store::open(&dir, bus.clone(), retention)?;
         bus.set_last(store.counter("event_seq")?);
         let core = Arc::new(Core::new(config.clone(), store, bus, policy_key));
+        match core.close_stale_connections().await {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(
+                devices = closed,
+                "connections left open by the last run closed"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "connections left open by the last run not closed")
+            }
+        }
 
         let (mqtt_tls, http_tls, amqp_tls, ca_cert) = if config.insecure_loopback {
             (None, None, None, None)

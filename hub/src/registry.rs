@@ -98,7 +98,10 @@ pub struct DeviceRecord {
     /// Last time the registry entry changed.
     #[serde(default)]
     pub status_updated_time: String,
-    /// Last device activity (filled in when answered).
+    /// When `connection_state` last changed.
+    #[serde(default)]
+    pub connection_state_updated_time: String,
+    /// Last device activity (stored at each connect and disconnect, live while connected).
     #[serde(default)]
     pub last_activity_time: String,
     /// Pending C2D messages (filled in when answered).
@@ -112,13 +115,28 @@ pub struct DeviceRecord {
 /// What IoT Hub answers as `lastActivityTime` for a device that never connected.
 pub const NEVER_ACTIVE: &str = "0001-01-01T00:00:00Z";
 
-/// Stores when a device was last active (at its disconnect); a deleted device is left alone.
-/// The etag does not change: activity is not an update of the identity.
-pub fn record_activity(batch: &mut Batch<'_>, id: &str, at: String) -> Result<(), HubError> {
+/// Stores a device's connection state, when it changed and when it was last active; a
+/// deleted device is left alone. The etag does not change: a connection is not an update of
+/// the identity.
+pub fn record_connection(
+    batch: &mut Batch<'_>,
+    id: &str,
+    connected: bool,
+    at: String,
+    last_active: String,
+) -> Result<(), HubError> {
     let Some(mut device) = txn_get::<DeviceRecord>(batch.txn, DEVICES, id)? else {
         return Ok(());
     };
-    device.last_activity_time = at;
+    device.connection_state = if connected {
+        "Connected".into()
+    } else {
+        disconnected()
+    };
+    device.connection_state_updated_time = at;
+    if !last_active.is_empty() {
+        device.last_activity_time = last_active;
+    }
     txn_put(batch.txn, DEVICES, id, &device)?;
     Ok(())
 }
@@ -215,10 +233,18 @@ pub fn put_device(
     }
     wanted.status_updated_time = crate::events::rfc3339(chrono::Utc::now());
     // Read-only: kept from the stored record whatever the request says.
-    wanted.last_activity_time = existing
-        .as_ref()
-        .map(|old| old.last_activity_time.clone())
-        .unwrap_or_default();
+    match &existing {
+        Some(old) => {
+            wanted.last_activity_time = old.last_activity_time.clone();
+            wanted.connection_state = old.connection_state.clone();
+            wanted.connection_state_updated_time = old.connection_state_updated_time.clone();
+        }
+        None => {
+            wanted.last_activity_time = String::new();
+            wanted.connection_state = disconnected();
+            wanted.connection_state_updated_time = String::new();
+        }
+    }
     txn_put(batch.txn, DEVICES, id, &wanted)?;
     Ok((wanted, existing.is_none()))
 }

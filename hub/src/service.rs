@@ -12,7 +12,7 @@ use crate::events::{HubEvent, SOURCE_TELEMETRY, now_ms};
 use crate::registry::{self, DeviceRecord, if_match};
 use crate::store::{DEVICES, Pending, SESSIONS, TWINS, txn_delete, txn_get, txn_put};
 use crate::twins::{self, StoredTwin};
-use crate::validate::D2C_MAX_BYTES;
+use crate::validate::{C2D_MAX_BYTES, D2C_MAX_BYTES};
 
 impl Core {
     /// Fills in the live fields of a stored device record.
@@ -20,8 +20,12 @@ impl Core {
         if let Some(activity) = self.live(&device.device_id) {
             device.connection_state = "Connected".into();
             device.last_activity_time = activity;
-        } else if let Some(activity) = self.departed(&device.device_id) {
-            device.last_activity_time = activity;
+        } else {
+            // A stored "Connected" is stale until the registry write of the disconnect lands.
+            device.connection_state = "Disconnected".into();
+            if let Some(activity) = self.departed(&device.device_id) {
+                device.last_activity_time = activity;
+            }
         }
         if device.last_activity_time.is_empty() {
             device.last_activity_time = registry::NEVER_ACTIVE.into();
@@ -155,11 +159,7 @@ impl Core {
                 Outbound::Desired(version, serde_json::to_vec(&patch).unwrap_or_default()),
             );
         }
-        let mut twin = written.twin;
-        if self.live(id).is_some() {
-            twin["connectionState"] = "Connected".into();
-        }
-        Ok(twin)
+        Ok(written.twin.service_view(&self.overlay(written.device)))
     }
 
     /// A device's reported-properties patch; returns the new reported `$version`.
@@ -214,7 +214,17 @@ impl Core {
         ttl: Option<Duration>,
     ) -> Result<String, HubError> {
         let now = now_ms();
-        let ttl = ttl.unwrap_or(self.config.c2d_default_ttl);
+        let ttl = check_c2d_ttl(ttl)?.unwrap_or(self.config.c2d_default_ttl);
+        // An empty id would leave the device nothing to tell repeats by.
+        let message_id = message_id.filter(|mid| !mid.is_empty());
+        let correlation_id = correlation_id.filter(|cid| !cid.is_empty());
+        check_c2d_size(
+            id,
+            &body,
+            &properties,
+            message_id.as_deref(),
+            correlation_id.as_deref(),
+        )?;
         let message = C2dMessage {
             message_id: message_id.unwrap_or_else(|| format!("{:016x}", self.next_id() ^ now)),
             correlation_id,
@@ -296,4 +306,65 @@ impl Core {
             })
             .await
     }
+}
+
+/// Longest C2D time to live IoT Hub takes (two days).
+pub const MAX_C2D_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// Most bytes of the MQTT topic the hub writes for one message to a device: a C2D
+/// message's encoded properties, or a direct method's name, must fit in it.
+pub const MAX_DEVICE_TOPIC_BYTES: usize = 4096;
+
+/// Bytes the hub adds to a C2D topic besides the sender's properties (`$.mid`, `$.cid`,
+/// `$.to` and the topic path), with room for long ids.
+const C2D_TOPIC_OVERHEAD: usize = 512;
+
+/// A C2D time to live must be at least a second and at most [`MAX_C2D_TTL`].
+fn check_c2d_ttl(ttl: Option<Duration>) -> Result<Option<Duration>, HubError> {
+    match ttl {
+        Some(ttl) if ttl.is_zero() => {
+            Err(Refusal::bad_request("ttlSeconds must be at least 1").into())
+        }
+        Some(ttl) if ttl > MAX_C2D_TTL => Err(Refusal::bad_request(format!(
+            "ttlSeconds {} is over the maximum of {}",
+            ttl.as_secs(),
+            MAX_C2D_TTL.as_secs()
+        ))
+        .into()),
+        other => Ok(other),
+    }
+}
+
+/// IoT Hub counts properties in a C2D message's 64 KiB; their encoded form must also fit the
+/// device's topic.
+fn check_c2d_size(
+    device: &str,
+    body: &[u8],
+    properties: &BTreeMap<String, String>,
+    message_id: Option<&str>,
+    correlation_id: Option<&str>,
+) -> Result<(), HubError> {
+    let ids = message_id.map_or(0, str::len) + correlation_id.map_or(0, str::len);
+    let property_bytes: usize = properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let total = body.len() + property_bytes + ids;
+    if total > C2D_MAX_BYTES {
+        return Err(Refusal::too_large(format!(
+            "C2D message of {total} bytes with its properties is over the {C2D_MAX_BYTES} byte limit"
+        ))
+        .into());
+    }
+    let pairs: Vec<(String, String)> = properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(message_id.map(|mid| ("$.mid".to_owned(), mid.to_owned())))
+        .chain(correlation_id.map(|cid| ("$.cid".to_owned(), cid.to_owned())))
+        .collect();
+    let topic = crate::mqtt::topics::encode_bag(&pairs).len() + device.len() + C2D_TOPIC_OVERHEAD;
+    if topic > MAX_DEVICE_TOPIC_BYTES {
+        return Err(Refusal::too_large(format!(
+            "C2D properties and ids take {topic} bytes once encoded in the device's topic, over the {MAX_DEVICE_TOPIC_BYTES} byte limit"
+        ))
+        .into());
+    }
+    Ok(())
 }

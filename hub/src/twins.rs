@@ -136,8 +136,10 @@ fn touch_meta(meta: &mut Value, patch: &Value, at: &str, version: Option<u64>) {
 /// What a service-side twin write changed.
 #[derive(Debug, Clone)]
 pub struct ServiceWrite {
-    /// The twin after the write, as the service API answers it.
-    pub twin: Value,
+    /// The twin after the write.
+    pub twin: StoredTwin,
+    /// Its device, for the registry fields of the answer.
+    pub device: DeviceRecord,
     /// The desired patch to push to the device, with `$version`, when desired changed.
     pub desired_notification: Option<(u64, Value)>,
 }
@@ -171,11 +173,7 @@ pub fn service_write(
     };
     // A replace takes back a twin as it was read; a patch that names reported properties
     // asks for what only the device may do, and is refused rather than half applied.
-    if !replace
-        && body
-            .pointer_in("properties", "reported")
-            .is_some_and(|reported| !reported.is_null())
-    {
+    if !replace && body.pointer_in("properties", "reported").is_some() {
         return Err(Refusal::bad_request(
             "properties.reported is written by the device only: a twin PATCH takes tags and properties.desired",
         )
@@ -186,6 +184,14 @@ pub fn service_write(
         body.pointer_in("properties", "desired"),
         "properties.desired",
     )?;
+
+    // The keys as sent: a replace drops null members before they would be checked.
+    if let Some(tags) = tags {
+        check_patch(Section::Tags, tags)?;
+    }
+    if let Some(desired) = desired {
+        check_patch(Section::Desired, desired)?;
+    }
 
     // Work out the new sections, then validate them all before writing anything.
     let (new_tags, tag_patch) = next_section(&twin.tags, tags, replace);
@@ -199,6 +205,14 @@ pub fn service_write(
         check_section(Section::Desired, &new_desired)?;
     }
 
+    if new_tags == twin.tags && new_desired == twin.desired {
+        // Nothing changes: no new version, no event, no notification.
+        return Ok(ServiceWrite {
+            twin,
+            device,
+            desired_notification: None,
+        });
+    }
     twin.version += 1;
     let at = now();
     let mut change = json!({ "version": twin.version });
@@ -216,12 +230,12 @@ pub fn service_write(
         change["properties"] = json!({ "desired": pushed });
         notification = Some((twin.desired_version, Value::Object(pushed)));
     }
-    let view = twin.service_view(&device);
-    batch.put_twin(id, twin);
+    batch.put_twin(id, twin.clone());
     let op = if replace { "replaceTwin" } else { "updateTwin" };
     batch.append_twin_change(hub, id, op, &change)?;
     Ok(ServiceWrite {
-        twin: view,
+        twin,
+        device,
         desired_notification: notification,
     })
 }

@@ -2,7 +2,7 @@
 //! 400 for forbidden keys and nesting deeper than 10, 413 for sections over their size limit.
 
 use cloudpillar_protocol::causes::ErrorChain;
-use cloudpillar_protocol::keys::{KeyError, validate_document_keys};
+use cloudpillar_protocol::keys::{KeyError, validate_document_keys, validate_patch_keys};
 use cloudpillar_protocol::limits::{LimitError, TwinLimits, depth};
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ impl Section {
 
 /// Checks the keys and depth of a patch before it is merged (nulls allowed).
 pub fn check_patch(section: Section, patch: &Value) -> Result<(), Refusal> {
-    validate_document_keys(patch).map_err(|e| key_refusal(section, &e))?;
+    validate_patch_keys(patch).map_err(|e| key_refusal(section, &e))?;
     let limits = TwinLimits::default();
     let found = depth(patch);
     if found > limits.max_depth {

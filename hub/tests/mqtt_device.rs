@@ -196,6 +196,9 @@ async fn bad_reported_patches_get_azure_status_and_keep_connection_and_state() {
     let cases = [
         (json!({"files": {"firmware.bin": {"crc": "0943260c"}}}), 400),
         (json!({"$pre": 1}), 400),
+        (json!({"$version": 77, "b": 2}), 400),
+        (json!({"$metadata": {"z": 1}}), 400),
+        (json!({"": 1}), 400),
         (json!({"v1.2 hotfix": 1}), 400),
         (deep, 400),
         (json!({"big": "x".repeat(33 * 1024)}), 413),

@@ -433,3 +433,141 @@ async fn an_empty_twin_key_is_refused() {
         assert!(answer.to_string().contains("empty"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn c2d_properties_count_in_the_size_limit_and_ids_and_ttls_are_checked() {
+    let hub = TestHub::start().await;
+    hub.add_device("c2").await;
+    let send = "/devices/c2/messages/deviceBound";
+    let long_id = "m".repeat(4000);
+    let (s, _, answer) = hub
+        .call(
+            Method::POST,
+            send,
+            Some(json!("x")),
+            &[("iothub-messageid", &long_id)],
+        )
+        .await;
+    assert_eq!(
+        s, 413,
+        "properties that cannot fit the device's topic: {answer}"
+    );
+    let big = "p".repeat(3000);
+    let headers: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("iothub-app-p{i}"), big.clone()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (s, _, answer) = hub
+        .call(Method::POST, send, Some(json!("x")), &headers)
+        .await;
+    assert_eq!(s, 413, "properties count in the 64 KiB: {answer}");
+    let body = json!("b".repeat(65_000));
+    let (s, _, answer) = hub
+        .call(
+            Method::POST,
+            send,
+            Some(body),
+            &[("iothub-app-k", &"v".repeat(1000))],
+        )
+        .await;
+    assert_eq!(s, 413, "body and properties over 64 KiB together: {answer}");
+
+    for ttl in ["0", "172801"] {
+        let path = format!("{send}?ttlSeconds={ttl}");
+        let (s, _, answer) = hub.call(Method::POST, &path, Some(json!("x")), &[]).await;
+        assert_eq!(s, 400, "ttlSeconds={ttl}: {answer}");
+    }
+    let (s, _, sent) = hub
+        .call(
+            Method::POST,
+            send,
+            Some(json!("x")),
+            &[("iothub-messageid", "")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        !sent["messageId"].as_str().unwrap_or_default().is_empty(),
+        "{sent}"
+    );
+    let (_, _, device) = hub.call(Method::GET, "/devices/c2", None, &[]).await;
+    assert_eq!(
+        device["cloudToDeviceMessageCount"], 1,
+        "only the good message queued"
+    );
+
+    let method = json!({"methodName": "n".repeat(5000), "payload": {}});
+    let (s, _, answer) = hub
+        .call(Method::POST, "/twins/c2/methods", Some(method), &[])
+        .await;
+    assert_eq!(
+        s, 400,
+        "method name too long for the device's topic: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn patches_may_not_name_version_or_metadata_and_writes_that_change_nothing_keep_the_version()
+{
+    let hub = TestHub::start().await;
+    hub.add_device("md").await;
+    for patch in [
+        json!({"properties": {"desired": {"$metadata": {"evil": 1}, "a": 1}}}),
+        json!({"properties": {"desired": {"$version": "abc"}}}),
+        json!({"tags": {"$version": 3}}),
+        json!({"properties": {"reported": null}}),
+    ] {
+        let (s, _, answer) = hub
+            .call(Method::PATCH, "/twins/md", Some(patch.clone()), &[])
+            .await;
+        assert_eq!(s, 400, "{patch}: {answer}");
+    }
+    for replace in [
+        json!({"tags": {"a": {"b": {"": null}}}}),
+        json!({"properties": {"desired": {"": null}}}),
+    ] {
+        let (s, _, answer) = hub
+            .call(Method::PUT, "/twins/md", Some(replace.clone()), &[])
+            .await;
+        assert_eq!(s, 400, "{replace}: {answer}");
+    }
+    let (_, _, before) = hub.call(Method::GET, "/twins/md", None, &[]).await;
+    for nothing in [
+        json!({"foo": 1}),
+        json!({"tags": {}}),
+        json!({"properties": {}}),
+    ] {
+        let (s, _, answer) = hub
+            .call(Method::PATCH, "/twins/md", Some(nothing.clone()), &[])
+            .await;
+        assert_eq!(s, 200, "{nothing}: {answer}");
+        assert_eq!(
+            answer["version"], before["version"],
+            "{nothing} changed nothing"
+        );
+        assert_eq!(answer["etag"], before["etag"]);
+    }
+    // A write's answer carries the live registry fields a GET shows.
+    hub.call(
+        Method::POST,
+        "/devices/md/messages/deviceBound",
+        Some(json!("x")),
+        &[],
+    )
+    .await;
+    let patch = json!({"tags": {"site": "lab"}});
+    let (_, _, written) = hub.call(Method::PATCH, "/twins/md", Some(patch), &[]).await;
+    let (_, _, read) = hub.call(Method::GET, "/twins/md", None, &[]).await;
+    for field in [
+        "lastActivityTime",
+        "connectionState",
+        "cloudToDeviceMessageCount",
+    ] {
+        assert_eq!(written[field], read[field], "{field}");
+    }
+    assert_eq!(written["lastActivityTime"], "0001-01-01T00:00:00Z");
+    assert_eq!(written["cloudToDeviceMessageCount"], 1);
+}

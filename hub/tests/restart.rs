@@ -182,8 +182,27 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(twin["properties"]["reported"]["$version"], 21);
     let (_, dev) = call(&hub, &key, Method::GET, "/devices/k1", None).await;
     assert_eq!(dev["cloudToDeviceMessageCount"], 3);
+    // The device was connected when the hub died: it reads disconnected, with the activity
+    // stored at its connect, and its connection's end is in the event stream.
+    assert_eq!(dev["connectionState"], "Disconnected", "{dev}");
+    let active = dev["lastActivityTime"].as_str().unwrap();
+    assert!(active.starts_with("20"), "last activity kept: {dev}");
+    assert!(
+        dev["connectionStateUpdatedTime"].as_str().unwrap() >= active,
+        "{dev}"
+    );
     let (_, page) = call(&hub, &key, Method::GET, "/events?from=1&limit=1000", None).await;
     let events = page["events"].as_array().unwrap();
+    let connection_ops: Vec<&str> = events
+        .iter()
+        .filter(|e| e["source"] == "deviceConnectionStateEvents")
+        .filter_map(|e| e["properties"]["opType"].as_str())
+        .collect();
+    assert_eq!(
+        connection_ops,
+        ["deviceConnected", "deviceDisconnected"],
+        "{events:?}"
+    );
     assert!(
         events.iter().any(|e| e["bodyBase64"] == "bGFzdCB3b3Jkcw=="),
         "telemetry lost"

@@ -222,6 +222,12 @@ pub fn validate_document_keys(document: &Value) -> Result<(), KeyError> {
     walk(document, "", true)
 }
 
+/// Checks every key of a patch. Unlike a stored document, a patch may not name `$version` or
+/// `$metadata` at its top level either: the hub writes those itself.
+pub fn validate_patch_keys(patch: &Value) -> Result<(), KeyError> {
+    walk(patch, "", false)
+}
+
 fn walk(value: &Value, path: &str, top: bool) -> Result<(), KeyError> {
     match value {
         Value::Object(members) => {

@@ -206,6 +206,7 @@ impl Core {
             authentication,
             connection_state: "Disconnected".into(),
             status_updated_time: String::new(),
+            connection_state_updated_time: String::new(),
             last_activity_time: String::new(),
             cloud_to_device_message_count: 0,
             revision: 0,
