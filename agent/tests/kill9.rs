@@ -237,6 +237,9 @@ async fn periodic_upload_continues_after_kill_9_and_each_chunk_matches_its_offse
     .await;
     let first = next_upload(&mut events, "k9-3").await;
     assert_eq!(first["offset"], 0);
+    // The round's record is saved as it ends; a kill before that, with the file changed
+    // meanwhile, starts the upload again under a new name (agent README), so kill after it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     kill9(&mut agent);
 
     std::fs::OpenOptions::new()
