@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use cloudpillar_controllers::twin::{
-    AzureTwinService, Checkpoint, DeviceIdentity, IdentityAuth, TwinError, TwinEventKind,
-    TwinPatch, TwinService,
+    AzureTwinService, Checkpoint, DeviceIdentity, EventPositions, IdentityAuth, TwinError,
+    TwinEventKind, TwinPatch, TwinService,
 };
 use cloudpillar_tests::controllers::EdgeHub;
 use futures::StreamExt;
@@ -180,6 +180,51 @@ async fn reported_changes_arrive_as_twin_events_from_the_checkpoint_on() -> anyh
         .await?
         .expect("an event")?;
     assert_eq!(again.sequence, first);
+    Ok(())
+}
+
+#[tokio::test]
+async fn positions_without_a_log_position_start_at_their_instant_not_at_the_end_of_the_log()
+-> anyhow::Result<()> {
+    let hub = EdgeHub::launch("since").await?;
+    let service = AzureTwinService::new(hub.connection(100))?;
+    service
+        .ensure_device(&DeviceIdentity {
+            device_id: "dev-s".into(),
+            auth: sas(KEY_A, KEY_B),
+        })
+        .await?;
+    let core = hub.handle.core();
+    core.patch_reported("dev-s", json!({"step": "long before"}))
+        .await?;
+    // A restarted operator with no saved position starts at the moment it started: what
+    // happened after that instant and before its subscription is read, not skipped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let since = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    for step in ["after start 1", "after start 2"] {
+        core.patch_reported("dev-s", json!({ "step": step }))
+            .await?;
+    }
+    let mut events = service.subscribe(Checkpoint::Positions(EventPositions::starting_at(since)));
+    let mut steps = Vec::new();
+    while steps.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await?
+            .expect("an event")?;
+        if let Some(step) = event
+            .body
+            .as_ref()
+            .and_then(|b| b.pointer("/properties/reported/step"))
+            .and_then(|s| s.as_str())
+        {
+            steps.push(step.to_owned());
+        }
+    }
+    assert_eq!(steps, ["after start 1", "after start 2"]);
     Ok(())
 }
 

@@ -13,6 +13,10 @@ use super::{Checkpoint, EventPositions, TwinError, TwinEvent, TwinEventKind};
 
 /// Events asked for per read.
 const PAGE: usize = 500;
+/// How far before its start instant a subscription without a position begins: events are
+/// stamped as they are created and committed a moment later, so a few can carry an earlier
+/// time than one committed before them. Reading one twice only costs a reconcile.
+const REPLAY_MARGIN_MS: u64 = 2_000;
 /// Seconds a read waits for new events before answering empty.
 const WAIT_SECS: u64 = 20;
 
@@ -27,6 +31,8 @@ struct Page {
 #[serde(rename_all = "camelCase")]
 struct WireEvent {
     sequence_number: u64,
+    #[serde(default)]
+    enqueued_ms: u64,
     device_id: String,
     source: String,
     #[serde(default)]
@@ -55,6 +61,8 @@ struct Reader {
     base_url: String,
     service: TokenSource,
     next: Option<u64>,
+    /// Without a position: start at the first event enqueued at this instant or later.
+    since_ms: Option<u64>,
     failed: bool,
 }
 
@@ -88,10 +96,14 @@ pub(super) fn subscribe(
         service: TokenSource {
             connection: service.connection.clone(),
         },
-        next: match from {
+        next: match &from {
             Checkpoint::Latest => None,
-            Checkpoint::Sequence(n) => Some(n.max(1)),
+            Checkpoint::Sequence(n) => Some((*n).max(1)),
             Checkpoint::Positions(p) => p.next.get(EventPositions::WHOLE_LOG).map(|n| (*n).max(1)),
+        },
+        since_ms: match &from {
+            Checkpoint::Positions(p) => Some(p.since_ms.saturating_sub(REPLAY_MARGIN_MS)),
+            _ => None,
         },
         failed: false,
     };
@@ -118,9 +130,9 @@ impl Reader {
         let from = match self.next {
             Some(n) => n,
             None => {
-                let head = self.head().await?;
-                self.next = Some(head);
-                head
+                let start = self.first_not_before(self.since_ms).await?;
+                self.next = Some(start);
+                start
             }
         };
         let page = self.get(from, PAGE, WAIT_SECS).await?;
@@ -128,24 +140,32 @@ impl Reader {
         Ok(page.events.into_iter().map(WireEvent::into_event).collect())
     }
 
-    /// The sequence number the next committed event will carry.
+    /// The first sequence number whose event was enqueued at `since_ms` or later, or, without
+    /// an instant, the one the next committed event will carry.
     ///
-    /// The stream has no "latest" position, but "is there an event at or after n" is
-    /// monotone in n, so a doubling search followed by bisection finds the end of the log in
-    /// about 2·log2(length) short reads.
-    async fn head(&self) -> Result<u64, TwinError> {
-        let exists = |n: u64| async move { self.get(n, 1, 0).await.map(|p| !p.events.is_empty()) };
-        if !exists(1).await? {
+    /// The stream can only be read by sequence number, but "the event at or after n exists and
+    /// is older than the instant" holds for a prefix of the log, so a doubling search followed
+    /// by bisection finds where it ends in about 2·log2(length) short reads.
+    async fn first_not_before(&self, since_ms: Option<u64>) -> Result<u64, TwinError> {
+        let before = |n: u64| async move {
+            let page = self.get(n, 1, 0).await?;
+            Ok::<bool, TwinError>(
+                page.events
+                    .first()
+                    .is_some_and(|event| since_ms.is_none_or(|since| event.enqueued_ms < since)),
+            )
+        };
+        if !before(1).await? {
             return Ok(1);
         }
         let (mut present, mut absent) = (1_u64, 2_u64);
-        while exists(absent).await? {
+        while before(absent).await? {
             present = absent;
             absent = absent.saturating_mul(2);
         }
         while absent - present > 1 {
             let middle = present + (absent - present) / 2;
-            if exists(middle).await? {
+            if before(middle).await? {
                 present = middle;
             } else {
                 absent = middle;
