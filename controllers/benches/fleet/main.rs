@@ -14,7 +14,9 @@
 //! - operator peak RSS (VmHWM of the child).
 //!
 //! The operator runs with the default settings of `Config` (`FLEET_CONCURRENCY` overrides the
-//! reconcile concurrency).
+//! reconcile concurrency). The chart's MutatingAdmissionPolicy gives the Devices the
+//! operator's finalizer at creation, as on a cluster the chart installed into;
+//! `FLEET_FINALIZER_POLICY=off` leaves it out, so the operator adds the finalizer itself.
 // A benchmark prints its figures and may stop at the first surprise.
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
@@ -25,7 +27,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudpillar_controllers::{Config, SecretLocation, run_until};
+use cloudpillar_controllers::{Config, SecretLocation, device, run_until};
 use cloudpillar_crds::{Device, Hub, Recipe, Rollout};
 use cloudpillar_hub::HubConfig;
 use cloudpillar_protocol::signing::SigningKey;
@@ -33,7 +35,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
@@ -101,8 +106,12 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         )
         .await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let ns = format!("fleet-{:x}", rand::random::<u32>());
+    let policy = std::env::var("FLEET_FINALIZER_POLICY").map_or(true, |v| v != "off");
+    if policy {
+        bind_finalizer_policy(&client, &ns).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
@@ -171,6 +180,7 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         .await?;
 
     // The fleet, before the operator starts.
+    let requests_before = figures::request_counts(&client).await;
     let created = Instant::now();
     let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
     stream::iter(0..count)
@@ -197,6 +207,8 @@ async fn bench(count: usize) -> anyhow::Result<()> {
         "fleet: {count} Devices created in {:.1} s (setup, not measured)",
         created.elapsed().as_secs_f64()
     );
+    let requests_after = figures::request_counts(&client).await;
+    figures::print_request_delta("creation", &requests_before, &requests_after);
 
     // A cache of the Devices to watch progress without listing 10,000 objects per poll.
     let (store, writer) = reflector::store::<Device>();
@@ -207,6 +219,12 @@ async fn bench(count: usize) -> anyhow::Result<()> {
             .for_each(|_| async {}),
     );
     store.wait_until_ready().await?;
+    let finalized = store
+        .state()
+        .iter()
+        .filter(|d| d.finalizers().iter().any(|f| f == device::FINALIZER))
+        .count();
+    println!("fleet: Devices created with the operator's finalizer: {finalized} (policy {policy})");
 
     // Cold start.
     let requests_before = figures::request_counts(&client).await;
@@ -364,6 +382,44 @@ async fn bench(count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The chart's Device finalizer policy, bound to the benchmark's namespace only.
+async fn bind_finalizer_policy(client: &Client, ns: &str) -> anyhow::Result<()> {
+    const POLICY: &str =
+        include_str!("../../../charts/cloudpillar/files/device-finalizer-policy.yaml");
+    let policy: DynamicObject = serde_yaml::from_str(POLICY)?;
+    let name = policy.metadata.name.clone().expect("policy name");
+    let group = "admissionregistration.k8s.io";
+    let kinds = [
+        ("MutatingAdmissionPolicy", "mutatingadmissionpolicies"),
+        (
+            "MutatingAdmissionPolicyBinding",
+            "mutatingadmissionpolicybindings",
+        ),
+    ];
+    let api = |(kind, plural): (&str, &str)| {
+        let gvk = GroupVersionKind::gvk(group, "v1", kind);
+        Api::<DynamicObject>::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        )
+    };
+    let apply = PatchParams::apply(MANAGER).force();
+    api(kinds[0])
+        .patch(&name, &apply, &Patch::Apply(&policy))
+        .await?;
+    let binding_name = format!("{ns}-device-finalizer");
+    let binding = json!({
+        "apiVersion": format!("{group}/v1"), "kind": kinds[1].0,
+        "metadata": {"name": binding_name},
+        "spec": {"policyName": name, "matchResources": {"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": ns}}}},
+    });
+    api(kinds[1])
+        .patch(&binding_name, &apply, &Patch::Apply(&binding))
+        .await?;
+    Ok(())
+}
+
 /// Reconcile counts and mean durations from the operator's metrics.
 async fn print_reconcile_figures(addr: std::net::SocketAddr) {
     let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
@@ -411,6 +467,18 @@ async fn cleanup(client: &Client, ns: &str) -> anyhow::Result<()> {
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
+        .await;
+    // The policy binding is the benchmark's own; the policy stays, as a chart would leave it.
+    let bindings = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            "MutatingAdmissionPolicyBinding",
+        ),
+        "mutatingadmissionpolicybindings",
+    );
+    let _ = Api::<DynamicObject>::all_with(client.clone(), &bindings)
+        .delete(&format!("{ns}-device-finalizer"), &DeleteParams::default())
         .await;
     // Deleting the namespace removes the objects; a busy API server may drop the request,
     // which only leaves the namespace behind.
