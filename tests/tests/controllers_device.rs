@@ -179,12 +179,13 @@ async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result
         }))
     })
     .await?;
-    let events = events_for(&client, &ns, "dev-1").await?;
-    let reasons: Vec<&str> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
-    assert!(
-        reasons.contains(&"Registered") && reasons.contains(&"Disconnected"),
-        "{reasons:?}"
-    );
+    // A Device registered alone gets its own Registered Event.
+    eventually("Registered and Disconnected Events", WAIT, || async {
+        let events = events_for(&client, &ns, "dev-1").await?;
+        let reasons: Vec<&str> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
+        Ok((reasons.contains(&"Registered") && reasons.contains(&"Disconnected")).then_some(()))
+    })
+    .await?;
 
     // Deletion removes the hub identity and the key Secret before the object goes.
     devices.delete("dev-1", &DeleteParams::default()).await?;
@@ -198,6 +199,89 @@ async fn device_is_registered_synced_mirrored_and_cleaned_up() -> anyhow::Result
     assert!(
         secrets.get_opt(&key_secret).await?.is_none(),
         "key Secret left behind"
+    );
+
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
+    operator.stop().await?;
+    Ok(())
+}
+
+/// How many registrations a `Registered` Event announces: one on a Device, the leading count
+/// on a Hub.
+fn registrations_in(event: &Event) -> anyhow::Result<usize> {
+    let kind = event.regarding.as_ref().and_then(|r| r.kind.as_deref());
+    let note = event.note.as_deref().unwrap_or_default();
+    match kind {
+        Some("Device") => Ok(1),
+        Some("Hub") => Ok(note.split_whitespace().next().unwrap_or_default().parse()?),
+        other => anyhow::bail!("a Registered Event about {other:?}: {note}"),
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_registrations_is_announced_on_the_hub_not_per_device() -> anyhow::Result<()> {
+    const BURST: usize = 12;
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-burst").await?;
+    let _hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    // The fleet exists before the operator starts, as at a cold start.
+    for i in 0..BURST {
+        apply::<Device>(&client, &ns, device(&format!("burst-{i:02}"), json!({}))).await?;
+    }
+    let operator = Operator::start(&client, test_config(&ns));
+    eventually("every Device registered", WAIT, || async {
+        let list = devices.list(&ListParams::default()).await?;
+        let registered = list
+            .items
+            .iter()
+            .filter(|d| condition_true(d, "Registered"))
+            .count();
+        Ok((registered == BURST).then_some(()))
+    })
+    .await?;
+
+    // Every registration is announced once, most of them together on the Hub.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let announced = eventually("every registration announced", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        let registered: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Registered"))
+            .collect();
+        let mut count = 0;
+        for event in &registered {
+            count += registrations_in(event)?;
+        }
+        Ok((count >= BURST).then_some(registered))
+    })
+    .await?;
+    let total: usize = announced
+        .iter()
+        .map(registrations_in)
+        .sum::<anyhow::Result<usize>>()?;
+    assert_eq!(total, BURST, "each registration announced once");
+    assert!(
+        announced.len() < BURST / 2,
+        "{} Registered Events for {BURST} registrations",
+        announced.len()
+    );
+    let series = announced.iter().filter(|e| e.series.is_some()).count();
+    assert_eq!(
+        series, 0,
+        "each burst has an Event of its own: {announced:?}"
+    );
+    let on_hub = announced
+        .iter()
+        .find(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Hub"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        on_hub.contains("identities created in hub edge: burst-"),
+        "{on_hub}"
     );
 
     cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;

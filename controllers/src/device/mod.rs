@@ -5,6 +5,7 @@ mod credentials;
 mod memory;
 mod mirror;
 pub mod mode;
+mod registered;
 mod status;
 mod sync;
 mod upgrade;
@@ -22,6 +23,7 @@ use kube::{Resource, ResourceExt};
 pub use credentials::{DEVICE_ID, PRIMARY_KEY, SECONDARY_KEY, key_secret_name};
 pub use memory::WrittenStatus;
 pub use mirror::{Mirrored, mirror, recipe_status};
+pub use registered::{Registrations, announce as announce_registrations};
 pub use sync::{Owned, desired_value, plan, within_limits};
 
 use crate::error::{Error, HubContext, Result};
@@ -151,13 +153,8 @@ async fn apply(
             created = hub.ensure_device(&identity).await.hub(&object)?.created;
             if created {
                 tracing::info!(device = %device_id, "registered in the hub");
-                ctx.publish(
-                    device,
-                    false,
-                    "Registered",
-                    format!("identity {device_id} created in hub {hub_name}"),
-                )
-                .await;
+                ctx.registrations
+                    .note(device, namespace, hub_name, &device_id);
             }
             hub.get_twin(&device_id).await.hub(&object)?
         }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::metrics::Metrics;
 use crate::config::Config;
-use crate::device::WrittenStatus;
+use crate::device::{Registrations, WrittenStatus};
 use crate::error::Error;
 use crate::hubs::{DeviceIndex, HubClients};
 use crate::recipe::Signer;
@@ -48,6 +48,8 @@ pub struct Context {
     pub expectations: Expectations,
     /// Device status writes the Device cache has not shown yet.
     pub device_status: WrittenStatus,
+    /// Registrations whose `Registered` Event has not gone out yet.
+    pub registrations: Registrations,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -95,6 +97,7 @@ impl Context {
             signer,
             expectations: Expectations::default(),
             device_status: WrittenStatus::default(),
+            registrations: Registrations::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -107,7 +110,21 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let reference: ObjectReference = object.object_ref(&());
+        self.publish_to(&object.object_ref(&()), None, warning, reason, note)
+            .await;
+    }
+
+    /// Publishes an Event about the object `reference` names, with a `related` object if any;
+    /// failures are logged. Events with the same reason about the same pair of objects within
+    /// a few minutes become one Event with a count (and the first note).
+    pub async fn publish_to(
+        &self,
+        reference: &ObjectReference,
+        related: Option<ObjectReference>,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -117,9 +134,9 @@ impl Context {
             reason: reason.to_owned(),
             note: Some(note.chars().take(1024).collect()),
             action: reason.to_owned(),
-            secondary: None,
+            secondary: related,
         };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
+        if let Err(error) = self.recorder.publish(&event, reference).await {
             tracing::debug!(%error, reason, "could not publish an Event");
         }
     }

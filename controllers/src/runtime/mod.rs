@@ -272,6 +272,7 @@ async fn controllers(
         rollouts.clone(),
         metrics.clone(),
     ));
+    let registrations = tokio::spawn(device::announce_registrations(ctx.clone(), stop.clone()));
 
     let settings = ControllerConfig::default().concurrency(config.concurrency);
     let graceful = || {
@@ -362,6 +363,8 @@ async fn controllers(
         hub_controller
     );
     gauges.abort();
+    // The last gathered registrations still get their Events.
+    let _ = registrations.await;
     for feed in feeds {
         feed.abort();
     }
