@@ -202,3 +202,86 @@ async fn mongodb_stopped_and_started_mid_stream_loses_no_record() {
     }
     running.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_nesting_the_database_would_refuse_are_stored_and_the_stream_moves_on() {
+    let (_ferret, url) = OwnFerretDb::start().await;
+    let rig = HubRig::start().await;
+    rig.add_device("dev-k").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("stores");
+    let history = History::connect(&url, "history").await.expect("history");
+    let options = WriterOptions {
+        batch: 10,
+        wait: Duration::from_millis(100),
+        retry_first: Duration::from_millis(50),
+        retry_ceiling: Duration::from_secs(1),
+    };
+    let checkpoints = CheckpointStore::new(stores.state.clone(), "writer", Partition::all());
+    let writer = Writer::new(
+        rig.link(),
+        history.clone(),
+        checkpoints,
+        Partition::all(),
+        options,
+    );
+    let running = tokio::spawn(writer.run());
+
+    let deep = (0..90).fold(json!("bottom"), |inner, _| json!({ "k": inner }));
+    let hostile = json!({"type": "Log", "a.b": 1, "": 2, "nul\u{0}key": 3, "deep": deep});
+    let log = [("messageType".to_owned(), "Log".to_owned())].into();
+    let core = rig.core();
+    core.d2c(
+        "dev-k",
+        serde_json::to_vec(&hostile).expect("json"),
+        log,
+        BTreeMap::new(),
+    )
+    .await
+    .expect("hostile log");
+    let after = json!({"type": "Log", "line": "after the hostile one"});
+    let log = [("messageType".to_owned(), "Log".to_owned())].into();
+    core.d2c(
+        "dev-k",
+        serde_json::to_vec(&after).expect("json"),
+        log,
+        BTreeMap::new(),
+    )
+    .await
+    .expect("log");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&history, LOGS).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer stalled on a log the database refuses"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = history
+        .collection(LOGS)
+        .find_one(doc! { "body.line": { "$exists": false } })
+        .await
+        .expect("find")
+        .expect("the hostile log");
+    let body = stored
+        .get_document("body")
+        .unwrap_or_else(|_| panic!("body: {stored}"));
+    assert_eq!(body.get_i64("a\u{FF0E}b").expect("dotted key"), 1);
+    assert_eq!(body.get_i64("_").expect("empty key"), 2);
+    assert_eq!(body.get_i64("nul\u{FFFD}key").expect("NUL key"), 3);
+    // Past the nesting kept as documents, the rest is its JSON text.
+    let mut level = body.get_document("deep").expect("deep");
+    let mut depth = 1;
+    while let Ok(inner) = level.get_document("k") {
+        level = inner;
+        depth += 1;
+    }
+    assert!(depth < 70, "nested {depth} levels as documents");
+    assert!(level.get_str("k").expect("JSON text").contains("bottom"));
+    running.abort();
+}

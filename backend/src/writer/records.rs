@@ -2,8 +2,11 @@
 //!
 //! Every record carries `_id` (`{device}:{sequence}:{enqueued ms}`, so writing it twice stores
 //! it once), `deviceId`, `time` (the hub's enqueue time) and `seq` (the stream position).
-//! JSON keys that MongoDB would refuse are renamed: `$metadata` members are dropped and any other
-//! key starting with `$` (such as `$version`) is stored with a leading `_` instead.
+//! JSON keys that MongoDB would refuse are renamed: `$metadata` members are dropped, any other
+//! key starting with `$` (such as `$version`) is stored with a leading `_` instead, a `.` in a
+//! key becomes `．` (U+FF0E), a NUL `�` (U+FFFD) and an empty key `_`. Values nested deeper
+//! than [`MAX_NESTING`] levels are stored as their JSON text, so no device message can make a
+//! document the database refuses.
 
 use mongodb::bson::{self, Bson, DateTime, Document, doc};
 use serde_json::Value;
@@ -120,17 +123,33 @@ fn d2c_message(event: &Event, document: &mut Document) {
     };
 }
 
+/// Deepest nesting stored as documents; MongoDB refuses documents nested past 100 levels and
+/// the record itself adds a few.
+pub const MAX_NESTING: usize = 64;
+
 /// JSON to BSON with keys MongoDB accepts (see the module docs).
 fn to_bson(value: &Value) -> Bson {
+    nested_bson(value, 0)
+}
+
+fn nested_bson(value: &Value, depth: usize) -> Bson {
+    if depth >= MAX_NESTING && (value.is_object() || value.is_array()) {
+        return Bson::String(value.to_string());
+    }
     match value {
         Value::Object(members) => Bson::Document(
             members
                 .iter()
                 .filter(|(key, _)| key.as_str() != "$metadata")
-                .map(|(key, value)| (safe_key(key), to_bson(value)))
+                .map(|(key, value)| (safe_key(key), nested_bson(value, depth + 1)))
                 .collect(),
         ),
-        Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect()),
+        Value::Array(items) => Bson::Array(
+            items
+                .iter()
+                .map(|item| nested_bson(item, depth + 1))
+                .collect(),
+        ),
         Value::String(text) => Bson::String(text.clone()),
         Value::Bool(flag) => Bson::Boolean(*flag),
         Value::Null => Bson::Null,
@@ -142,10 +161,17 @@ fn to_bson(value: &Value) -> Bson {
 }
 
 fn safe_key(key: &str) -> String {
-    if key.starts_with('$') {
+    let key = if key.starts_with('$') {
         format!("_{key}")
+    } else if key.is_empty() {
+        "_".to_owned()
     } else {
         key.to_owned()
+    };
+    if key.contains(['.', '\0']) {
+        key.replace('.', "\u{FF0E}").replace('\0', "\u{FFFD}")
+    } else {
+        key
     }
 }
 
