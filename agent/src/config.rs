@@ -252,6 +252,13 @@ impl Config {
                 addr: self.api.bind,
             });
         }
+        if self
+            .device_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid("device_id is empty".into()));
+        }
         if self.device_id.is_none() && self.dps.is_none() {
             return Err(ConfigError::Invalid(
                 "either device_id or [dps] is required".into(),

@@ -267,3 +267,42 @@ async fn blob_paths_with_traversal_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stale_last_chunk_after_a_newer_one_does_not_cut_the_upload_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("open");
+    let data = common::pattern(3_000, 5);
+    let assembler = UploadAssembler::new(stores.uploads.clone(), stores.state.clone());
+    let piece = |from: usize, to: usize| Bytes::copy_from_slice(&data[from..to]);
+    // The log grew while a chunk that once ended it was dropped and is sent again later,
+    // still marked last: the newer, longer end wins.
+    let sends = [
+        (0, piece(0, 1_000), None),
+        (2_000, piece(2_000, 3_000), Some(3_000)),
+        (1_000, piece(1_000, 2_000), Some(2_000)),
+    ];
+    let mut last = None;
+    for (offset, bytes, size) in sends {
+        last = Some(
+            assembler
+                .accept(plain_chunk("dev-stale", "log-a", offset, bytes, size))
+                .await
+                .expect("accept"),
+        );
+    }
+    match last {
+        Some(UploadProgress::Committed(stored)) => assert_eq!(stored.size, 3_000),
+        other => panic!("expected the whole upload committed, got {other:?}"),
+    }
+    let stored = stores
+        .uploads
+        .read_all("dev-stale/log-a")
+        .await
+        .expect("read");
+    assert!(stored == data, "stored bytes differ");
+}

@@ -221,13 +221,21 @@ async fn strict_json_answers_400_with_a_reason() {
         .await
         .expect("s");
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
-    let owned = api
-        .call(Method::PUT, "UpdateReportedProps")
-        .json(&json!({"properties": [{"name": "deviceState", "value": "READY"}]}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(owned.status(), StatusCode::BAD_REQUEST);
+    for name in [
+        "deviceState",
+        "provisioning",
+        "changeCancel",
+        "d2cDropped",
+        "lastUploadDenial",
+    ] {
+        let owned = api
+            .call(Method::PUT, "UpdateReportedProps")
+            .json(&json!({"properties": [{"name": name, "value": 0}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(owned.status(), StatusCode::BAD_REQUEST, "{name}");
+    }
     let bad_recipe = api
         .call(Method::POST, "AddRecipe")
         .json(&json!({"changeSpec": {"patch": {}}}))

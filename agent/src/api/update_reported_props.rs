@@ -12,11 +12,15 @@ use super::ApiState;
 use super::json::{ApiError, StrictJson};
 
 /// Reported members the agent owns; the application may not overwrite them.
-const AGENT_OWNED: [&str; 4] = [
+const AGENT_OWNED: [&str; 8] = [
     "deviceState",
     "changeSpec",
+    "changeCancel",
     "desiredVersionApplied",
     "health",
+    "provisioning",
+    "d2cDropped",
+    "lastUploadDenial",
 ];
 
 /// The request body.

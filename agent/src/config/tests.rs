@@ -193,3 +193,9 @@ fn tpm_handle_outside_the_owner_persistent_range_is_refused() {
     let err = parse(&text, &[]).expect_err("NV index is not a key handle");
     assert!(err.to_string().contains("0x01000001"), "{err}");
 }
+
+#[test]
+fn an_empty_device_id_is_refused_at_start() {
+    let err = parse(SAMPLE, &[("CP_AGENT_DEVICE_ID", "")]).expect_err("refused");
+    assert!(err.to_string().contains("device_id is empty"), "{err}");
+}

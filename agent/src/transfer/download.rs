@@ -111,6 +111,10 @@ pub async fn run(
                         return give_up(&partial, &why);
                     }
                     partial.progress.total = Some(total);
+                    // Bytes that came past the end before the size was known are not the file.
+                    if let Err(e) = partial.cut_to(total) {
+                        return failed_io(e);
+                    }
                 }
                 if let Err(e) = write_chunk(&mut partial, &chunk) {
                     return failed_io(e);
@@ -193,7 +197,11 @@ async fn settle(
 ) -> Result<(), StepOutcome> {
     loop {
         let verified = partial.progress.verified;
-        waiting.retain(|range| range.range_end > verified);
+        let total = partial.progress.total;
+        // A check that reaches past the announced size cannot be of this file.
+        waiting.retain(|range| {
+            range.range_end > verified && total.is_none_or(|total| range.range_end <= total)
+        });
         let Some(at) = waiting.iter().position(|range| {
             range.range_start <= verified && partial.holds(range.range_start, range.range_end)
         }) else {
@@ -366,6 +374,24 @@ mod tests {
         let (outcome, asked, _) = download(events).await;
         assert!(outcome.is_none(), "still waiting for the bytes again");
         assert_eq!(asked, [0, 0], "asked again from byte 0 after the mismatch");
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_end_that_came_before_the_size_was_known_are_dropped() {
+        let data = content();
+        let stray = DownloadFileChunk {
+            file_id: FILE.to_owned(),
+            offset: data.len() as u64,
+            data: vec![0xAA; 1_000],
+            total_size: None,
+        };
+        let mut events = vec![ChunkEvent::Chunk(stray, oneshot::channel().0)];
+        events.extend([chunk(&data, 0), chunk(&data, 1), chunk(&data, 2)]);
+        events.push(verify(&data, crc32(&data)));
+        let (outcome, _, written) = download(events).await;
+        assert!(outcome.expect("outcome").is_success());
+        assert_eq!(written.len(), data.len(), "nothing past the announced size");
+        assert!(written == data, "file differs");
     }
 
     #[tokio::test]

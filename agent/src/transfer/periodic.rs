@@ -289,7 +289,9 @@ async fn resend_holes(
             upload_id: None,
             offset: hole.offset,
             data,
-            last: hole.last,
+            // Ends the upload only if nothing was sent after it meanwhile: a later round's
+            // bytes make the upload longer than this hole's end.
+            last: hole.last && hole.offset + hole.len == sent,
         });
         super::hub::try_send(&ctx.link, &message, true)
             .await

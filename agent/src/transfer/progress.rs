@@ -154,6 +154,18 @@ impl Partial {
                 .is_some_and(|range| range.end >= end)
     }
 
+    /// Drops unverified bytes at or past `len` (the file's size, once known).
+    pub fn cut_to(&mut self, len: u64) -> Result<(), PartialError> {
+        if self.present.overlaps(&(len..u64::MAX)) {
+            self.present.remove(len..u64::MAX);
+            self.file.set_len(len).map_err(|source| PartialError::Io {
+                path: self.data_path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the verified prefix in the record of bytes on disk.
     fn forget_unverified(&mut self) {
         self.present.clear();

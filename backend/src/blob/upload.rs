@@ -276,8 +276,10 @@ impl UploadAssembler {
             let known = file.chunks.entry(chunk.offset).or_insert(0);
             *known = (*known).max(len);
         }
-        if chunk.size.is_some() {
-            file.size = chunk.size;
+        // The largest end any `last` chunk named: a stale `last` that comes after a newer one
+        // (a dropped chunk the device sent again) must not cut the upload short.
+        if let Some(size) = chunk.size {
+            file.size = Some(file.size.map_or(size, |known| known.max(size)));
         }
         if !file.is_complete() {
             return Ok(UploadProgress::Staged {
