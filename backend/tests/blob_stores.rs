@@ -306,3 +306,23 @@ async fn a_stale_last_chunk_after_a_newer_one_does_not_cut_the_upload_short() {
         .expect("read");
     assert!(stored == data, "stored bytes differ");
 }
+
+#[tokio::test]
+async fn a_container_prefix_outside_the_naming_rules_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `../../escape-` would resolve to the temporary directory itself.
+    let config = BlobConfig::Filesystem {
+        root: dir.path().join("site").join("blobs"),
+    };
+    for prefix in ["../../escape-", "Fleet-", "a/b-", "x--"] {
+        let opened = BlobStores::open_prefixed(&config, prefix).await;
+        assert!(opened.is_err(), "prefix {prefix:?} accepted");
+    }
+    assert!(
+        !dir.path().join("escape-state").exists(),
+        "nothing created outside the root"
+    );
+    BlobStores::open_prefixed(&config, "site-7-")
+        .await
+        .expect("a valid prefix");
+}

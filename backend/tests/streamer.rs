@@ -695,3 +695,28 @@ async fn a_download_rate_limit_spreads_the_file_over_the_expected_time() {
     assert!(elapsed >= due, "finished in {elapsed:?}, before {due:?}");
     running.abort();
 }
+
+#[tokio::test]
+async fn an_upload_name_the_store_cannot_hold_is_refused_and_the_stream_moves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stores, rig, running) = one_streamer(&dir, "dev-clash").await;
+    // On the filesystem store `logs/q6.log` is a file, so `logs/q6.log/inner` cannot exist.
+    for (file, data) in [
+        ("logs/q6.log", b"first".as_slice()),
+        ("logs/q6.log/inner", b"cannot be stored".as_slice()),
+        ("logs/after.log", b"still stored".as_slice()),
+    ] {
+        let chunk = UploadFileChunk {
+            file_id: file.into(),
+            upload_id: None,
+            offset: 0,
+            data: data.to_vec(),
+            last: true,
+        };
+        rig.send_d2c("dev-clash", &D2cMessage::UploadFileChunk(chunk))
+            .await;
+    }
+    wait_for_blob(&stores.uploads, "dev-clash/logs/q6.log", b"first").await;
+    wait_for_blob(&stores.uploads, "dev-clash/logs/after.log", b"still stored").await;
+    running.abort();
+}

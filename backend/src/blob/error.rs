@@ -62,3 +62,39 @@ pub enum BlobError {
         path: String,
     },
 }
+
+impl BlobError {
+    /// Whether trying again cannot help: the path is refused, a state object is corrupt, or
+    /// the store cannot hold the object where its name puts it (a file where a folder would
+    /// have to be, or the other way round, on the filesystem store). Outages are not
+    /// permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidPath { .. } | Self::Corrupt { .. } => true,
+            Self::Write { source, .. } | Self::Read { source, .. } => path_conflict(source),
+            Self::NotFound { .. } | Self::Open { .. } => false,
+        }
+    }
+}
+
+/// Whether an I/O error in `error`'s causes says the object's path clashes with what is
+/// stored.
+fn path_conflict(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::NotADirectory
+                    | ErrorKind::IsADirectory
+                    | ErrorKind::DirectoryNotEmpty
+                    | ErrorKind::InvalidFilename
+            )
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}

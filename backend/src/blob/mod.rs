@@ -78,9 +78,33 @@ impl BlobStores {
     }
 }
 
+/// Azure's rules for container names, applied to every store so that a name (and a
+/// container prefix) works on both and never leaves the filesystem store's root: 3 to 63
+/// lowercase letters, digits and single hyphens, starting and ending with a letter or digit.
+fn check_container_name(name: &str) -> Result<(), BlobError> {
+    let fits = (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if fits {
+        return Ok(());
+    }
+    Err(BlobError::Open {
+        container: name.to_owned(),
+        reason: "a container name (with its prefix) must be 3 to 63 lowercase letters, digits \
+                 and single hyphens, starting and ending with a letter or digit"
+            .into(),
+        source: None,
+    })
+}
+
 impl Container {
     /// Opens the container `name` of the configured store, creating it when missing.
     pub async fn open(config: &BlobConfig, name: &str) -> Result<Self, BlobError> {
+        check_container_name(name)?;
         let store: Arc<dyn ObjectStore> = match config {
             BlobConfig::Filesystem { root } => {
                 let dir = root.join(name);

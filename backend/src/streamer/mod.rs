@@ -36,9 +36,7 @@ use mongodb::bson::{DateTime, doc};
 use tokio::task::JoinSet;
 
 use crate::backoff;
-use crate::blob::{
-    BlobError, BlobStores, CommittedUpload, UploadAssembler, UploadChunk, UploadProgress,
-};
+use crate::blob::{BlobStores, CommittedUpload, UploadAssembler, UploadChunk, UploadProgress};
 use crate::checkpoint::CheckpointStore;
 use crate::hub_link::{Event, HubLink, SOURCE_TELEMETRY};
 use crate::keys::KeyHolder;
@@ -271,12 +269,7 @@ impl Streamer {
         };
         let progress = (|| self.assembler.accept(staged.clone()))
             .retry(retry)
-            .when(|error| {
-                !matches!(
-                    error,
-                    BlobError::InvalidPath { .. } | BlobError::Corrupt { .. }
-                )
-            })
+            .when(|error| !error.is_permanent())
             .notify(
                 |error, delay| tracing::warn!(error = %ErrorChain(error), ?delay, device, "upload chunk not stored"),
             )
