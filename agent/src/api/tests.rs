@@ -245,6 +245,15 @@ async fn strict_json_answers_400_with_a_reason() {
     assert_eq!(bad_recipe.status(), StatusCode::BAD_REQUEST);
     let body: Value = bad_recipe.json().await.expect("json");
     assert_eq!(body["error"], "changeSpec has no string id");
+    let empty_id = api
+        .call(Method::POST, "AddRecipe")
+        .json(&json!({"changeSpec": {"id": "", "patch": {}}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(empty_id.status(), StatusCode::BAD_REQUEST);
+    let body: Value = empty_id.json().await.expect("json");
+    assert_eq!(body["error"], "changeSpec id is empty");
 }
 
 #[tokio::test]

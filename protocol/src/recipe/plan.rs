@@ -27,6 +27,17 @@ pub enum PlanError {
     /// `id` is missing or not a string.
     #[error("changeSpec has no string id")]
     MissingId,
+    /// `id` is the empty string: nothing could tell this recipe's runs and reports apart.
+    #[error("changeSpec id is empty")]
+    EmptyId,
+    /// A step member has the wrong type: refused before anything runs, like a misspelled one.
+    #[error("{path}: {reason}")]
+    UnreadableStep {
+        /// Where, e.g. `changeSpec.patch.installSteps[1]`.
+        path: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// A step has a member no step has (a misspelled field): refused before anything runs.
     #[error("{path}: unknown field {field:?}")]
     UnknownField {
@@ -243,6 +254,9 @@ impl Plan {
             .get("id")
             .and_then(Value::as_str)
             .ok_or(PlanError::MissingId)?;
+        if id.is_empty() {
+            return Err(PlanError::EmptyId);
+        }
         let ordered = order.unwrap_or_default().iter().map(String::as_str);
         let rest = members.keys().map(String::as_str);
         let mut names: Vec<&str> = Vec::new();
@@ -305,7 +319,16 @@ fn read_section(name: &str, stages: &Map<String, Value>) -> Result<PlanSection, 
                 });
             }
         }
-        planned.push((stage, list.iter().map(Step::from_value).collect()));
+        let steps: Vec<_> = list.iter().map(Step::from_value).collect();
+        for (index, step) in steps.iter().enumerate() {
+            if let Err(StepError::Unreadable(reason)) = step {
+                return Err(PlanError::UnreadableStep {
+                    path: action_path(name, stage, index),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        planned.push((stage, steps));
     }
     Ok(PlanSection {
         name: name.to_owned(),
