@@ -100,6 +100,37 @@ async fn produce(rig: &HubRig, devices: &[&str], start: usize, count: usize) {
     }
 }
 
+/// Starts a writer of `rig`'s events into the MongoDB at `url`, batches of `batch` records,
+/// its checkpoint in a filesystem store under `dir`.
+async fn start_writer(
+    rig: &HubRig,
+    url: &str,
+    dir: &tempfile::TempDir,
+    batch: usize,
+) -> (History, CheckpointStore, tokio::task::JoinHandle<()>) {
+    let stores = BlobStores::open(&BlobConfig::Filesystem {
+        root: dir.path().to_owned(),
+    })
+    .await
+    .expect("stores");
+    let history = History::connect(url, "history").await.expect("history");
+    let options = WriterOptions {
+        batch,
+        wait: Duration::from_millis(200),
+        retry_first: Duration::from_millis(50),
+        retry_ceiling: Duration::from_secs(1),
+    };
+    let checkpoints = CheckpointStore::new(stores.state.clone(), "writer", Partition::all());
+    let writer = Writer::new(
+        rig.link(),
+        history.clone(),
+        checkpoints.clone(),
+        Partition::all(),
+        options,
+    );
+    (history, checkpoints, tokio::spawn(writer.run()))
+}
+
 async fn count(history: &History, collection: &str) -> u64 {
     history
         .collection(collection)
@@ -117,27 +148,7 @@ async fn mongodb_stopped_and_started_mid_stream_loses_no_record() {
         rig.add_device(device).await;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let stores = BlobStores::open(&BlobConfig::Filesystem {
-        root: dir.path().to_owned(),
-    })
-    .await
-    .expect("stores");
-    let history = History::connect(&url, "history").await.expect("history");
-    let options = WriterOptions {
-        batch: 100,
-        wait: Duration::from_millis(200),
-        retry_first: Duration::from_millis(50),
-        retry_ceiling: Duration::from_secs(1),
-    };
-    let checkpoints = CheckpointStore::new(stores.state.clone(), "writer", Partition::all());
-    let writer = Writer::new(
-        rig.link(),
-        history.clone(),
-        checkpoints.clone(),
-        Partition::all(),
-        options,
-    );
-    let running = tokio::spawn(writer.run());
+    let (history, checkpoints, running) = start_writer(&rig, &url, &dir, 100).await;
 
     // Before, during and after the outage.
     produce(&rig, &devices, 0, 300).await;
@@ -209,27 +220,7 @@ async fn keys_and_nesting_the_database_would_refuse_are_stored_and_the_stream_mo
     let rig = HubRig::start().await;
     rig.add_device("dev-k").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let stores = BlobStores::open(&BlobConfig::Filesystem {
-        root: dir.path().to_owned(),
-    })
-    .await
-    .expect("stores");
-    let history = History::connect(&url, "history").await.expect("history");
-    let options = WriterOptions {
-        batch: 10,
-        wait: Duration::from_millis(100),
-        retry_first: Duration::from_millis(50),
-        retry_ceiling: Duration::from_secs(1),
-    };
-    let checkpoints = CheckpointStore::new(stores.state.clone(), "writer", Partition::all());
-    let writer = Writer::new(
-        rig.link(),
-        history.clone(),
-        checkpoints,
-        Partition::all(),
-        options,
-    );
-    let running = tokio::spawn(writer.run());
+    let (history, _, running) = start_writer(&rig, &url, &dir, 10).await;
 
     let deep = (0..90).fold(json!("bottom"), |inner, _| json!({ "k": inner }));
     let hostile = json!({"type": "Log", "a.b": 1, "": 2, "nul\u{0}key": 3, "deep": deep});
