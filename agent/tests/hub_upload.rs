@@ -286,7 +286,7 @@ async fn log_chunks_dropped_by_the_full_offline_queue_are_sent_again_and_the_upl
     let config_path = dir.path().join("agent.toml");
     std::fs::write(&config_path, text).unwrap();
     let agent_log = dir.path().join("agent.log");
-    let log = dir.path().join("state/work/app.log");
+    let log = dir.path().join("state").join("work").join("app.log");
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let mut content = b"started\n".to_vec();
     std::fs::write(&log, &content).unwrap();
@@ -338,7 +338,7 @@ async fn log_chunks_dropped_by_the_full_offline_queue_are_sent_again_and_the_upl
 async fn an_upload_step_naming_denied_files_fails_with_each_file_and_its_reject_text() {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("state/work/logs");
+    let logs = dir.path().join("state").join("work").join("logs");
     let root = format!("{:?}", logs.display().to_string());
     let extra = format!(
         "strict_mode = true\n\
