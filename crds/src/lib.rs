@@ -37,19 +37,21 @@ pub const GROUP: &str = "cloudpillar.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CloudPillar CRD, in the order they are installed, with field descriptions
-/// reflowed for `kubectl explain`.
+/// reflowed for `kubectl explain` and integer formats the API server knows.
 pub fn all() -> Vec<CustomResourceDefinition> {
     [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()]
         .into_iter()
-        .map(reflow_descriptions)
+        .map(tidy_schema)
         .collect()
 }
 
-/// Joins the lines of each paragraph in every schema description.
+/// Joins the lines of each paragraph in every schema description, and gives unsigned
+/// integers (`uint32`, `uint64`, ...) the signed format wide enough for them; their
+/// `minimum: 0` stays.
 ///
 /// Doc comments are wrapped at the source width; `kubectl explain` wraps text itself, so
 /// the source line breaks would show as ragged lines. Blank lines between paragraphs stay.
-fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+fn tidy_schema(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(members) => {
@@ -58,12 +60,24 @@ fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinitio
                         serde_json::Value::String(text) if key == "description" => {
                             *text = reflow(text);
                         }
+                        serde_json::Value::String(format) if key == "format" => {
+                            if let Some(signed) = signed_format(format) {
+                                *format = signed.to_owned();
+                            }
+                        }
                         _ => walk(member),
                     }
                 }
             }
             serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
             _ => {}
+        }
+    }
+    fn signed_format(format: &str) -> Option<&'static str> {
+        match format {
+            "uint8" | "uint16" => Some("int32"),
+            "uint32" | "uint64" => Some("int64"),
+            _ => None,
         }
     }
     fn reflow(text: &str) -> String {

@@ -273,3 +273,32 @@ fn recipe_sections_share_one_step_schema() {
     let patch = &sections["patch"]["additionalProperties"];
     assert_eq!(patch, &sections["base"]["additionalProperties"]);
 }
+
+#[test]
+fn every_format_is_one_the_api_server_recognizes() {
+    // Formats kube-apiserver validates; any other makes each apply of the CRD print
+    // `Warning: unrecognized format`.
+    let known: Vec<&str> = "int32 int64 float double byte date date-time duration uri email \
+                            hostname ipv4 ipv6 cidr mac uuid password"
+        .split_whitespace()
+        .collect();
+    for kind in ["Hub", "Device", "Recipe", "Rollout"] {
+        let mut unknown = Vec::new();
+        walk(kind, &schema(kind), &mut |path, node| {
+            if let Some(format) = node.get("format").and_then(Value::as_str)
+                && !known.contains(&format)
+            {
+                unknown.push(format!("{path}: {format}"));
+            }
+        });
+        assert!(unknown.is_empty(), "unrecognized formats: {unknown:?}");
+    }
+}
+
+#[test]
+fn unsigned_integers_keep_their_lower_bound() {
+    let status = &schema("Device")["properties"]["status"]["properties"];
+    let wave = &status["assignment"]["properties"]["wave"];
+    assert_eq!(wave["format"], "int64", "{wave}");
+    assert_eq!(wave["minimum"], 1.0, "{wave}");
+}

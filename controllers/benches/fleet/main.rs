@@ -40,7 +40,7 @@ use kube::api::{
     PatchParams, PostParams,
 };
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,7 @@ async fn operator(namespace: String) -> anyhow::Result<()> {
 async fn bench(count: usize) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()] {
+    for crd in cloudpillar_crds::all() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crds.patch(
             &name,
