@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod desired;
 pub mod diagnostics;
 pub mod dps;
+mod holes;
 pub mod identity;
 pub mod outbox;
 pub mod sas;

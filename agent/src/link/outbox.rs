@@ -6,12 +6,13 @@
 //! nothing can be dropped the sender waits.
 //!
 //! A dropped upload chunk leaves a hole in its upload: its file id, offset, length and
-//! `last` flag go to `<state_dir>/outbox/holes.json` before the chunk's file is removed, so
-//! the uploader sends those bytes again (see [`Outbox::holes`]), after a restart too. The
+//! `last` flag go to the outbox's hole record (see [`HoleBook`]) before the chunk's file is
+//! removed, so the uploader sends those bytes again (see [`Outbox::holes`]), after a restart
+//! too. The
 //! backend commits an upload only once every byte up to its `last` chunk has come, so an
 //! upload with a hole is never complete.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -21,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::Outgoing;
+pub use super::holes::Hole;
+use super::holes::HoleBook;
 use crate::durable;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,33 +33,12 @@ struct Stored {
     droppable: bool,
 }
 
-/// An upload chunk the full queue dropped: the uploader must send these bytes again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Hole {
-    /// Offset of the chunk in its file.
-    pub offset: u64,
-    /// Its length.
-    pub len: u64,
-    /// Whether it was the upload's final chunk.
-    pub last: bool,
-    /// Which drop made it: a hole dropped again after it was taken is a new one.
-    pub drop: u64,
-}
-
-/// What `holes.json` keeps: log chunks dropped so far, and the holes still open.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Drops {
-    dropped: u64,
-    /// Upload file id → its open holes.
-    holes: BTreeMap<String, BTreeSet<Hole>>,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     next: u64,
     /// Sequence number → droppable.
     entries: BTreeMap<u64, bool>,
-    drops: Drops,
+    holes: HoleBook,
 }
 
 /// Errors of the queue.
@@ -79,7 +61,6 @@ pub enum OutboxError {
 #[derive(Debug)]
 pub struct Outbox {
     dir: PathBuf,
-    holes_path: PathBuf,
     limit: usize,
     inner: Mutex<Inner>,
     changed: Notify,
@@ -93,15 +74,10 @@ impl Outbox {
             dir: dir.clone(),
             source,
         })?;
-        let holes_path = dir.join("holes.json");
         let mut inner = Inner {
-            drops: durable::read_json(&holes_path)
-                .unwrap_or_else(|error| {
-                    tracing::warn!(%error, "dropped-chunk record unreadable; starting empty");
-                    None
-                })
-                .unwrap_or_default(),
-            ..Inner::default()
+            next: 0,
+            entries: BTreeMap::new(),
+            holes: HoleBook::open(&dir)?,
         };
         let listing = std::fs::read_dir(&dir).map_err(|source| OutboxError::List {
             dir: dir.clone(),
@@ -124,7 +100,6 @@ impl Outbox {
         }
         Ok(Self {
             dir,
-            holes_path,
             limit: limit.max(1),
             inner: Mutex::new(inner),
             changed: Notify::new(),
@@ -158,18 +133,13 @@ impl Outbox {
             };
             // The hole is on disk before the chunk is gone: a crash in between sends it twice
             // at worst, which the backend takes as bytes it already has.
-            inner.drops.dropped += 1;
-            if let Some((file_id, hole)) = self.chunk_of(victim, inner.drops.dropped) {
-                tracing::warn!(dropped = inner.drops.dropped, %file_id, offset = hole.offset,
-                    "outbox full; oldest log chunk dropped, to be sent again");
-                inner.drops.holes.entry(file_id).or_default().insert(hole);
-            } else {
-                tracing::warn!(
-                    dropped = inner.drops.dropped,
-                    "outbox full; oldest log chunk dropped"
-                );
+            let chunk = self.chunk_of(victim, inner.holes.count() + 1);
+            let dropped = inner.holes.dropped(chunk.clone())?;
+            match &chunk {
+                Some((file_id, hole)) => tracing::warn!(dropped, %file_id, offset = hole.offset,
+                    "outbox full; oldest log chunk dropped, to be sent again"),
+                None => tracing::warn!(dropped, "outbox full; oldest log chunk dropped"),
             }
-            durable::write_json(&self.holes_path, &inner.drops)?;
             inner.entries.remove(&victim);
             let _ = std::fs::remove_file(self.path(victim));
         }
@@ -206,12 +176,7 @@ impl Outbox {
     /// The open holes of upload `file_id`, lowest offset first.
     pub fn holes(&self, file_id: &str) -> Vec<Hole> {
         (self.inner.lock().ok())
-            .and_then(|i| {
-                i.drops
-                    .holes
-                    .get(file_id)
-                    .map(|h| h.iter().copied().collect())
-            })
+            .map(|i| i.holes.holes(file_id))
             .unwrap_or_default()
     }
 
@@ -221,16 +186,7 @@ impl Outbox {
         let Ok(mut inner) = self.inner.lock() else {
             return Ok(());
         };
-        let Some(holes) = inner.drops.holes.get_mut(file_id) else {
-            return Ok(());
-        };
-        if !holes.remove(&hole) {
-            return Ok(());
-        }
-        if holes.is_empty() {
-            inner.drops.holes.remove(file_id);
-        }
-        Ok(durable::write_json(&self.holes_path, &inner.drops)?)
+        Ok(inner.holes.fill(file_id, hole)?)
     }
 
     /// Whether a message can be queued without dropping one.
@@ -275,7 +231,7 @@ impl Outbox {
 
     /// Log chunks dropped because the queue was full (since the state directory was made).
     pub fn dropped(&self) -> u64 {
-        self.inner.lock().map(|i| i.drops.dropped).unwrap_or(0)
+        self.inner.lock().map(|i| i.holes.count()).unwrap_or(0)
     }
 
     /// Waits until a message is pushed or removed.
