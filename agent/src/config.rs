@@ -297,6 +297,18 @@ impl Config {
                 "transfer.upload_chunk_bytes must be 1..=49152".into(),
             ));
         }
+        // Downloads land below the work dir: one holding the state dir would let a recipe
+        // overwrite the journal, keys or progress records.
+        let (work, state) = (self.work_dir(), &self.state_dir);
+        if state.starts_with(&work) {
+            return Err(ConfigError::Invalid(format!(
+                "work_dir {} holds state_dir {}; recipes would write over the agent's state \
+                 (leave work_dir out for {}/work, or give it a directory of its own)",
+                work.display(),
+                state.display(),
+                state.display()
+            )));
+        }
         for (name, zone) in &self.zones {
             if !cloudpillar_protocol::recipe::is_zone_name(name) {
                 return Err(ConfigError::Invalid(format!(

@@ -199,3 +199,29 @@ fn an_empty_device_id_is_refused_at_start() {
     let err = parse(SAMPLE, &[("CP_AGENT_DEVICE_ID", "")]).expect_err("refused");
     assert!(err.to_string().contains("device_id is empty"), "{err}");
 }
+
+#[test]
+fn a_work_dir_holding_the_state_dir_is_refused() {
+    for work_dir in [
+        "/var/lib/cloudpillar-agent",
+        "/var/lib/cloudpillar-agent/",
+        "/var/lib",
+        "/",
+    ] {
+        // `work_dir` is a top-level key: it goes before the first table.
+        let text = SAMPLE.replacen("[hub]", &format!("work_dir = {work_dir:?}\n[hub]"), 1);
+        let err = parse(&text, &[]).expect_err(work_dir);
+        assert!(
+            err.to_string().contains("holds state_dir"),
+            "{work_dir}: {err}"
+        );
+    }
+    let beside = SAMPLE.replacen("[hub]", "work_dir = \"/srv/recipes\"\n[hub]", 1);
+    assert!(parse(&beside, &[]).is_ok());
+    let inside = SAMPLE.replacen(
+        "[hub]",
+        "work_dir = \"/var/lib/cloudpillar-agent/work2\"\n[hub]",
+        1,
+    );
+    assert!(parse(&inside, &[]).is_ok());
+}

@@ -36,6 +36,14 @@ pub enum KeyStoreError {
     /// The TPM failed.
     #[error("failed to use the TPM key store")]
     Tpm(#[source] TpmError),
+    /// A device key file holds something that is not a base64 key.
+    #[error("device key file {path} does not hold a base64 key")]
+    NotAKey {
+        /// The key file.
+        path: PathBuf,
+        /// What the decoder found.
+        source: SasError,
+    },
     /// The identity names a TPM key but no `[tpm]` is configured.
     #[error("the device key is in a TPM but no [tpm] section is configured")]
     TpmNotConfigured,
@@ -161,18 +169,26 @@ impl KeyStore {
         }
     }
 
-    /// At start with a TPM: moves a device key still in a file into the TPM and removes the
-    /// file; without one, checks that the TPM holds the key the configuration relies on.
+    /// At start: refuses a device key file that others may read or that holds no base64
+    /// key, so the agent stops with the reason instead of retrying its link for ever. With a
+    /// TPM, moves a device key still in a file into the TPM and removes the file; without a
+    /// file, checks that the TPM holds the key the configuration relies on.
     pub async fn import_at_start(&self, config: &Config) -> Result<(), KeyStoreError> {
-        let Some(tpm) = self.tpm.clone() else {
-            return Ok(());
-        };
         let provisioned = Identity::load_provisioned(&config.state_dir).unwrap_or_else(|error| {
             tracing::warn!(%error, "provisioned identity unreadable");
             None
         });
-        let state_dir = config.state_dir.clone();
         let candidates = key_files(config, provisioned.as_ref());
+        let group_key = (config.dps.as_ref())
+            .filter(|d| d.group)
+            .map(|d| d.key_file.clone());
+        for path in candidates.iter().chain(&group_key).filter(|p| p.exists()) {
+            read_key_file(path)?;
+        }
+        let Some(tpm) = self.tpm.clone() else {
+            return Ok(());
+        };
+        let state_dir = config.state_dir.clone();
         let relies_on_tpm = relies_on_tpm(config, provisioned.as_ref());
         tokio::task::spawn_blocking(move || {
             let Some(path) = candidates.iter().find(|p| p.exists()) else {
@@ -221,9 +237,19 @@ fn relies_on_tpm(config: &Config, provisioned: Option<&Identity>) -> bool {
     }
 }
 
+/// The key text in `path`, once the file is private and holds a base64 key.
+fn read_key_file(path: &Path) -> Result<String, KeyStoreError> {
+    let text = read_secret_file(path).map_err(KeyStoreError::Read)?;
+    sas::decode_key(&text).map_err(|source| KeyStoreError::NotAKey {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text)
+}
+
 /// Imports the key in `path` and removes the file once the TPM signs like it.
 fn import_file(tpm: &TpmKey, path: &Path) -> Result<(), KeyStoreError> {
-    let text = read_secret_file(path).map_err(KeyStoreError::Read)?;
+    let text = read_key_file(path)?;
     import(tpm, &text)?;
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(path = %path.display(), handle = %format!("{:#010x}", tpm.handle),
@@ -246,4 +272,61 @@ fn import(tpm: &TpmKey, text: &str) -> Result<(), KeyStoreError> {
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn config(dir: &Path, key_file: &Path) -> Config {
+        let text = format!(
+            "device_id = \"dev-1\"\nstate_dir = {state:?}\nrequire_signatures = false\n\
+             [hub]\nhost = \"hub.local\"\n[auth]\nkind = \"sas\"\nkey_file = {key:?}\n",
+            state = dir.join("state"),
+            key = key_file,
+        );
+        Config::parse_with_env(&text, Path::new("agent.toml"), &[]).expect("config")
+    }
+
+    fn key_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join("device.key");
+        std::fs::write(&path, text).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    async fn start(dir: &Path, key: &Path) -> Result<(), KeyStoreError> {
+        let config = config(dir, key);
+        KeyStore::new(&config).import_at_start(&config).await
+    }
+
+    #[tokio::test]
+    async fn a_key_file_others_may_read_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = key_file(dir.path(), "c2VjcmV0a2V5", 0o644);
+        let error = start(dir.path(), &key).await.expect_err("0644 refused");
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert!(chain.contains("has mode 644"), "{chain}");
+        assert!(chain.contains(&key.display().to_string()), "{chain}");
+    }
+
+    #[tokio::test]
+    async fn a_key_file_that_is_not_base64_stops_the_start_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = key_file(dir.path(), "not a key!", 0o600);
+        let error = start(dir.path(), &key).await.expect_err("not base64");
+        assert!(matches!(error, KeyStoreError::NotAKey { .. }), "{error}");
+        assert!(error.to_string().contains(&key.display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_private_base64_key_or_none_yet_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("written-later.key");
+        start(dir.path(), &missing).await.expect("no file yet");
+        let key = key_file(dir.path(), "c2VjcmV0a2V5\n", 0o600);
+        start(dir.path(), &key).await.expect("a good key");
+    }
 }
