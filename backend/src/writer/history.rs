@@ -17,6 +17,12 @@ pub const VERSIONS: &str = "versions";
 pub const LOGS: &str = "logs";
 /// Other D2C messages.
 pub const TELEMETRY: &str = "telemetry";
+/// Records the database refused, each with the reason, so that one refused record never
+/// holds up the rest of the stream.
+pub const REFUSED: &str = "refused";
+
+/// Longest document text kept for a refused record.
+const REFUSED_TEXT_LIMIT: usize = 64 * 1024;
 
 /// MongoDB's duplicate key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -127,8 +133,14 @@ impl History {
         Ok(())
     }
 
-    /// Inserts `records` in order; records whose `_id` is already stored are skipped, so a
-    /// batch may be written again after a failure without duplicating anything.
+    /// Inserts `records`; records whose `_id` is already stored are skipped, so a batch may be
+    /// written again after a failure without duplicating anything.
+    ///
+    /// A record the database refuses for itself (a per-record write error other than a
+    /// duplicate, such as a key or size it does not take) is stored in [`REFUSED`] instead,
+    /// with the error and the record's text, and the insert counts as done: retrying would
+    /// refuse it again and hold up every record after it. A failure of the whole call (the
+    /// server away, a write concern not met) is returned for the caller to retry.
     pub async fn insert(
         &self,
         collection: &'static str,
@@ -138,24 +150,83 @@ impl History {
             return Ok(());
         }
         let count = records.len();
-        match self
+        let error = match self
             .collection(collection)
             .insert_many(records)
             .ordered(false)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(error) if only_duplicates(&error) => {
-                tracing::debug!(collection, count, "records already stored, skipped");
-                Ok(())
-            }
-            Err(source) => Err(HistoryError::Insert {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let Some(refusals) = record_refusals(&error) else {
+            return Err(HistoryError::Insert {
                 collection,
                 count,
+                source: error,
+            });
+        };
+        if refusals.is_empty() {
+            tracing::debug!(collection, count, "records already stored, skipped");
+            return Ok(());
+        }
+        let refused: Vec<Document> = refusals
+            .iter()
+            .filter_map(|(index, code, reason)| {
+                let record = records.get(*index)?;
+                tracing::error!(collection, code, reason = %reason, id = ?record.get("_id"),
+                    "record refused by the database; kept in the refused collection");
+                Some(refused_record(collection, record, *code, reason))
+            })
+            .collect();
+        match self
+            .collection(REFUSED)
+            .insert_many(&refused)
+            .ordered(false)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if record_refusals(&error).is_some() => Ok(()),
+            Err(source) => Err(HistoryError::Insert {
+                collection: REFUSED,
+                count: refused.len(),
                 source,
             }),
         }
     }
+}
+
+/// What [`REFUSED`] keeps of a refused record: where it was going, why it was refused, and
+/// its text (cut at [`REFUSED_TEXT_LIMIT`] bytes).
+fn refused_record(collection: &str, record: &Document, code: i32, reason: &str) -> Document {
+    let id = record
+        .get("_id")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let mut text = mongodb::bson::Bson::Document(record.clone())
+        .into_relaxed_extjson()
+        .to_string();
+    if text.len() > REFUSED_TEXT_LIMIT {
+        let mut end = REFUSED_TEXT_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    let mut refused = doc! {
+        "_id": format!("{collection}:{id}"),
+        "collection": collection,
+        "code": code,
+        "reason": reason,
+        "record": text,
+        "refusedAt": mongodb::bson::DateTime::now(),
+    };
+    for key in ["deviceId", "time", "seq"] {
+        if let Some(value) = record.get(key) {
+            refused.insert(key, value.clone());
+        }
+    }
+    refused
 }
 
 /// MongoDB's answer for a collection that does not exist (code 26, `NamespaceNotFound`).
@@ -163,17 +234,26 @@ fn is_namespace_not_found(error: &mongodb::error::Error) -> bool {
     matches!(error.kind.as_ref(), ErrorKind::Command(c) if c.code == 26)
 }
 
-/// True when every failure of an insert is a duplicate `_id`.
-fn only_duplicates(error: &mongodb::error::Error) -> bool {
+/// The records an insert failed on for themselves, as (index, code, reason), duplicates left
+/// out; `None` when the whole call failed (no per-record errors, or a write concern error).
+fn record_refusals(error: &mongodb::error::Error) -> Option<Vec<(usize, i32, String)>> {
     match error.kind.as_ref() {
-        ErrorKind::InsertMany(failure) => {
-            failure.write_concern_error.is_none()
-                && failure
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
+            let errors = failure.write_errors.as_ref()?;
+            Some(
+                errors
+                    .iter()
+                    .filter(|e| e.code != DUPLICATE_KEY)
+                    .map(|e| (e.index, e.code, e.message.clone()))
+                    .collect(),
+            )
         }
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        _ => false,
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(
+            (e.code != DUPLICATE_KEY)
+                .then(|| (0, e.code, e.message.clone()))
+                .into_iter()
+                .collect(),
+        ),
+        _ => None,
     }
 }

@@ -3,7 +3,8 @@
 //! It reads the hub's event stream from its checkpoint, turns each event of its partition into
 //! a record ([`records`]), inserts the batch and only then saves the checkpoint past it. While
 //! MongoDB is away each collection's part of the batch is retried with capped, jittered backoff
-//! and the checkpoint stays where it is, so nothing is skipped; records keep ids derived from
+//! and the checkpoint stays where it is, so nothing is skipped (a record the database refuses
+//! for itself is set aside in [`history::REFUSED`] with its reason); records keep ids derived from
 //! their events, so a batch written twice (after a crash between insert and checkpoint) is
 //! stored once.
 
