@@ -263,19 +263,10 @@ impl Container {
     }
 
     fn location(&self, path: &str) -> Result<Path, BlobError> {
-        let invalid = || BlobError::InvalidPath {
+        check_path(path)?;
+        Path::parse(path).map_err(|_| BlobError::InvalidPath {
             path: path.to_owned(),
-        };
-        if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
-            return Err(invalid());
-        }
-        let valid_part = |part: &str| {
-            !part.is_empty() && part != "." && part != ".." && !part.chars().any(char::is_control)
-        };
-        if !path.split('/').all(valid_part) {
-            return Err(invalid());
-        }
-        Path::parse(path).map_err(|_| invalid())
+        })
     }
 
     fn read_error(&self, path: &str, source: object_store::Error) -> BlobError {
@@ -354,6 +345,21 @@ impl BlobWriter {
             container,
             path,
             source,
+        })
+    }
+}
+
+/// Checks an object path: `/`-separated segments, none of them empty, `.` or `..`, and no
+/// control characters.
+pub fn check_path(path: &str) -> Result<(), BlobError> {
+    let valid_part = |part: &str| {
+        !part.is_empty() && part != "." && part != ".." && !part.chars().any(char::is_control)
+    };
+    if path.split('/').all(valid_part) {
+        Ok(())
+    } else {
+        Err(BlobError::InvalidPath {
+            path: path.to_owned(),
         })
     }
 }

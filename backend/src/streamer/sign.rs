@@ -77,6 +77,15 @@ pub(super) enum SignRefusal {
         /// File id asked for.
         file_id: String,
     },
+    /// The file id names no blob (empty, `.` or `..` segments, control characters).
+    #[error(
+        "{file_id:?} is not a blob name: a segment is empty, \".\" or \"..\", or holds a \
+         control character"
+    )]
+    InvalidName {
+        /// File id asked for.
+        file_id: String,
+    },
     /// This replica was started without a key holder.
     #[error("this streamer has no key holder configured")]
     NoSigner,
@@ -194,14 +203,21 @@ impl Streamer {
     ) {
         let device = event.device_id.as_str();
         let seq = event.sequence_number;
-        let Some(path) = own_upload(device, &request.file_id).map(str::to_owned) else {
-            let refusal = SignRefusal::NotOwnUpload {
-                device: device.to_owned(),
-                file_id: request.file_id.clone(),
-            };
-            return self
-                .answer(device, seq, request.file_id, Err(refusal))
-                .await;
+        let path = match own_upload(device, &request.file_id) {
+            Some(path) if crate::blob::check_path(path).is_ok() => path.to_owned(),
+            own => {
+                let file_id = request.file_id.clone();
+                let refusal = match own {
+                    Some(_) => SignRefusal::InvalidName { file_id },
+                    None => SignRefusal::NotOwnUpload {
+                        device: device.to_owned(),
+                        file_id,
+                    },
+                };
+                return self
+                    .answer(device, seq, request.file_id, Err(refusal))
+                    .await;
+            }
         };
         if self.signer.is_some() && self.blobs.uploads.exists(&path).await.ok() == Some(false) {
             tracing::debug!(device, path, seq, "sign request waits for its upload");
