@@ -304,8 +304,13 @@ fn unauthenticated_signing_must_be_asked_for_and_stay_on_loopback() {
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").expect("written");
     let empty = empty.display().to_string();
-    let refused = keyholder_args(&["--sign-token-file", &empty]).sign_access();
-    assert!(refused.is_err(), "an empty token file");
+    let refused = keyholder_args(&["--sign-token-file", &empty])
+        .sign_access()
+        .expect_err("an empty token file");
+    assert_eq!(
+        refused.to_string(),
+        format!("setting --sign-token-file is invalid: {empty} holds no token")
+    );
 }
 
 #[tokio::test]

@@ -204,8 +204,9 @@ impl KeyholderArgs {
         match (&self.sign_token_file, self.allow_unauthenticated_signing) {
             (Some(path), _) => {
                 if read_text(path)?.is_empty() {
-                    return Err(RoleError::Conflict {
-                        reason: "the --sign-token-file is empty",
+                    return Err(RoleError::Invalid {
+                        setting: "--sign-token-file",
+                        reason: format!("{} holds no token", path.display()),
                     });
                 }
                 Ok(SignAccess::TokenFile(path.clone()))
