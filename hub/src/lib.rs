@@ -23,7 +23,7 @@ pub mod twins;
 pub mod validate;
 pub mod x509;
 
-pub use config::HubConfig;
-pub use error::{HubError, Refusal, StartError, StoreError};
+pub use config::{HubConfig, MaxDeliveryCount};
+pub use error::{ConfigError, HubError, Refusal, StartError, StoreError};
 pub use events::HubEvent;
 pub use hub::{Hub, HubHandle};
