@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod c2d;
 pub mod config;
 pub mod core;
+mod deliveries;
 pub mod dps;
 pub mod error;
 pub mod events;
