@@ -1,8 +1,12 @@
 //! Hub configuration.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+use crate::error::ConfigError;
 
 /// How the hub is started.
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct HubConfig {
     pub event_retention_count: u64,
     /// Default C2D time to live when the sender sets none.
     pub c2d_default_ttl: Duration,
+    /// Publishes of a C2D message without an acknowledgement before the hub dead-letters it.
+    pub c2d_max_delivery_count: MaxDeliveryCount,
     /// Event Hubs-compatible name receivers put first in their address.
     pub event_hub_name: String,
     /// Partitions of the Event Hubs-compatible endpoint (devices spread by id hash).
@@ -57,8 +63,92 @@ impl HubConfig {
             event_retention: Duration::from_secs(24 * 3600),
             event_retention_count: 1_000_000,
             c2d_default_ttl: Duration::from_secs(3600),
+            c2d_max_delivery_count: MaxDeliveryCount::default(),
             event_hub_name: "edgehub".into(),
             partition_count: 4,
         }
+    }
+}
+
+/// How many times a C2D message is published to its device before the hub dead-letters it:
+/// Azure IoT Hub's `maxDeliveryCount`, 1 to 100, 10 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxDeliveryCount(u32);
+
+impl MaxDeliveryCount {
+    /// The values IoT Hub accepts.
+    pub const RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+
+    /// The count, refused outside [`Self::RANGE`].
+    pub fn new(count: u64) -> Result<Self, ConfigError> {
+        u32::try_from(count)
+            .ok()
+            .filter(|count| Self::RANGE.contains(count))
+            .map(Self)
+            .ok_or(ConfigError::MaxDeliveryCountOutOfRange { count })
+    }
+
+    /// The count.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for MaxDeliveryCount {
+    fn default() -> Self {
+        Self(10)
+    }
+}
+
+impl fmt::Display for MaxDeliveryCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for MaxDeliveryCount {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let count =
+            text.trim()
+                .parse()
+                .map_err(|source| ConfigError::MaxDeliveryCountNotANumber {
+                    text: text.to_owned(),
+                    source,
+                })?;
+        Self::new(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_delivery_count_takes_1_to_100_and_names_itself_when_refused() {
+        assert_eq!(MaxDeliveryCount::default().get(), 10);
+        for count in [1, 2, 100] {
+            assert_eq!(
+                MaxDeliveryCount::new(count).map(MaxDeliveryCount::get),
+                Ok(count as u32)
+            );
+        }
+        for count in [0, 101, u64::from(u32::MAX) + 1] {
+            let refused = MaxDeliveryCount::new(count).expect_err("out of range");
+            assert_eq!(
+                refused.to_string(),
+                format!("c2d max delivery count {count} is outside 1..=100")
+            );
+        }
+        assert_eq!(
+            "7".parse::<MaxDeliveryCount>().map(MaxDeliveryCount::get),
+            Ok(7)
+        );
+        let refused = "-1".parse::<MaxDeliveryCount>().expect_err("not a count");
+        assert_eq!(
+            refused.to_string(),
+            "c2d max delivery count \"-1\" is not a number"
+        );
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::HubConfig;
+use crate::deliveries::DeliveryCounts;
 use crate::error::{HubError, Refusal};
 use crate::events::{EventBus, HubEvent, now_ms, rfc3339};
 use crate::store::Store;
@@ -66,6 +67,8 @@ pub struct Core {
     next_id: AtomicU64,
     /// Completed DPS operations by operation id: their `registrationState`.
     pub(crate) dps_ops: Mutex<HashMap<String, Value>>,
+    /// How many times each queued C2D message went out; in memory only.
+    pub(crate) deliveries: DeliveryCounts,
 }
 
 impl Core {
@@ -81,6 +84,7 @@ impl Core {
             methods: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dps_ops: Mutex::new(HashMap::new()),
+            deliveries: DeliveryCounts::default(),
         }
     }
 

@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::config::MaxDeliveryCount;
+
 /// A failure of the durable store.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -167,4 +169,28 @@ pub enum StartError {
     /// The MQTT server thread did not come up.
     #[error("starting the MQTT server thread")]
     MqttThread,
+}
+
+/// A hub setting the hub does not accept.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The C2D maximum delivery count is outside what IoT Hub accepts.
+    #[error(
+        "c2d max delivery count {count} is outside {min}..={max}",
+        min = MaxDeliveryCount::RANGE.start(),
+        max = MaxDeliveryCount::RANGE.end()
+    )]
+    MaxDeliveryCountOutOfRange {
+        /// The count asked for.
+        count: u64,
+    },
+    /// The C2D maximum delivery count is not a number.
+    #[error("c2d max delivery count {text:?} is not a number")]
+    MaxDeliveryCountNotANumber {
+        /// The text given.
+        text: String,
+        /// The cause.
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }

@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod c2d;
 pub mod config;
 pub mod core;
+mod deliveries;
 pub mod dps;
 pub mod error;
 pub mod events;
@@ -23,7 +24,7 @@ pub mod twins;
 pub mod validate;
 pub mod x509;
 
-pub use config::HubConfig;
-pub use error::{HubError, Refusal, StartError, StoreError};
+pub use config::{HubConfig, MaxDeliveryCount};
+pub use error::{ConfigError, HubError, Refusal, StartError, StoreError};
 pub use events::HubEvent;
 pub use hub::{Hub, HubHandle};

@@ -94,6 +94,7 @@ impl Core {
             })
             .await?;
         self.forget(id);
+        self.c2d_forget_device(id);
         self.push(id, Outbound::Close);
         Ok(())
     }
@@ -256,12 +257,16 @@ impl Core {
         from: u64,
     ) -> Result<Vec<(u64, C2dMessage)>, HubError> {
         let now = now_ms();
-        Ok(self
+        let (expired, pending) = self
             .store
             .c2d_queue(id, from)?
             .into_iter()
-            .filter(|(_, m)| !m.expired(now))
-            .collect())
+            .partition::<Vec<_>, _>(|(_, m)| m.expired(now));
+        // An expired message never goes out again; it leaves the store when the next one is queued.
+        for (seq, _) in expired {
+            self.c2d_forget(id, seq);
+        }
+        Ok(pending)
     }
 
     /// How many unexpired C2D messages wait for a device; their bodies are not decoded.
@@ -275,10 +280,13 @@ impl Core {
     /// in a crash, it only makes the message go out again, which at-least-once delivery allows.
     pub async fn c2d_complete(&self, id: &str, seq: u64) -> Result<bool, HubError> {
         let id_owned = id.to_string();
-        self.store
+        let removed = self
+            .store
             .writer()
             .write_relaxed(move |b| c2d::complete(b, &id_owned, seq))
-            .await
+            .await?;
+        self.c2d_forget(id, seq);
+        Ok(removed)
     }
 
     /// Subscriptions kept for a persistent (`clean_session = false`) MQTT session.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Hub, HubConfig, HubHandle, StartError};
+use crate::{Hub, HubConfig, HubHandle, MaxDeliveryCount, StartError};
 
 /// Command-line options of the standalone hub.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,6 +43,10 @@ pub struct HubArgs {
     /// Shared access policy name for the service API.
     #[arg(long, default_value = "iothubowner")]
     pub policy_name: String,
+    /// Times a C2D message is published without being acknowledged before the hub
+    /// dead-letters it (IoT Hub's maxDeliveryCount), 1 to 100.
+    #[arg(long, value_name = "COUNT", default_value_t = MaxDeliveryCount::default())]
+    pub c2d_max_delivery_count: MaxDeliveryCount,
 }
 
 impl HubArgs {
@@ -58,6 +62,7 @@ impl HubArgs {
         config.hostname = self.hostname.clone();
         config.policy_name = self.policy_name.clone();
         config.tls_cert = self.tls_cert.clone().zip(self.tls_key.clone());
+        config.c2d_max_delivery_count = self.c2d_max_delivery_count;
         config
     }
 }
@@ -110,5 +115,41 @@ pub async fn wait_for_shutdown() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: HubArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<HubConfig, clap::Error> {
+        let line = ["cloudpillar-hub", "--data-dir", "/tmp/hub"]
+            .iter()
+            .chain(extra);
+        Cli::try_parse_from(line).map(|cli| cli.args.config())
+    }
+
+    #[test]
+    fn c2d_max_delivery_count_flag_defaults_to_10_and_refuses_0() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.c2d_max_delivery_count.get(), 10);
+        let config = parse(&["--c2d-max-delivery-count", "100"]).expect("at the maximum");
+        assert_eq!(config.c2d_max_delivery_count.get(), 100);
+
+        let refused = parse(&["--c2d-max-delivery-count", "0"]).expect_err("0 refused");
+        let text = refused.to_string();
+        assert!(text.contains("--c2d-max-delivery-count"), "{text}");
+        assert!(
+            text.contains("c2d max delivery count 0 is outside 1..=100"),
+            "{text}"
+        );
     }
 }

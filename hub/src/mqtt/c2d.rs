@@ -5,7 +5,8 @@
 //! previous message holds up the next one. Each message leaves the durable queue only after
 //! its PUBACK (QoS 1) or after it was written (QoS 0): at-least-once delivery. Removals that
 //! come in together commit together. A message is published once per connection; one still
-//! queued when the connection drops is published again on the next.
+//! queued when the connection drops is published again on the next, until it went out the
+//! hub's maximum delivery count: then it is removed unpublished (dead-lettered).
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -17,6 +18,7 @@ use ntex_bytes::Bytes;
 use super::session::{Connection, Peer};
 use super::topics::{Feed, encode_bag};
 use crate::c2d::C2dMessage;
+use crate::deliveries::Attempt;
 
 /// Most C2D publishes waiting for their acknowledgement on one connection; the MQTT server's
 /// own send window is 16 as well.
@@ -37,7 +39,14 @@ pub async fn deliver_c2d(conn: Rc<Connection>) {
     loop {
         if let Some(qos) = subscribed_qos(&conn) {
             let pending = match conn.core.c2d_pending_from(&device, next_seq) {
-                Ok(pending) => pending,
+                Ok(pending) => {
+                    if next_seq == 0 {
+                        // The whole queue: counts of messages no longer in it are dropped.
+                        let queued: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
+                        conn.core.c2d_prune(&device, &queued);
+                    }
+                    pending
+                }
                 Err(error) => {
                     tracing::warn!(device, %error, "C2D queue not readable; retrying at the next wake");
                     Vec::new()
@@ -60,8 +69,14 @@ pub async fn deliver_c2d(conn: Rc<Connection>) {
                         return;
                     }
                 }
+                // Counted as a delivery now, just before it goes out.
+                let mut delivery = match conn.core.c2d_attempt(&device, seq) {
+                    Attempt::Deliver => publish(&conn, &device, qos, seq, message),
+                    Attempt::Exhausted(deliveries) => {
+                        dead_letter(&conn, &device, seq, message.message_id, deliveries)
+                    }
+                };
                 // Polled once right away, so the packet is written before the next one.
-                let mut delivery = publish(&conn, &device, qos, seq, message);
                 match futures::poll!(&mut delivery) {
                     Poll::Ready(false) => return,
                     Poll::Ready(true) => {}
@@ -143,6 +158,29 @@ fn publish(
         tracing::debug!(device, seq, "C2D message acknowledged");
         if let Err(error) = conn.core.c2d_complete(&device, seq).await {
             tracing::warn!(device, %error, "delivered C2D message not removed");
+        }
+        true
+    })
+}
+
+/// Removes queued message `seq`, which went out `deliveries` times without being
+/// acknowledged, instead of publishing it.
+fn dead_letter(
+    conn: &Rc<Connection>,
+    device: &str,
+    seq: u64,
+    message_id: String,
+    deliveries: u32,
+) -> Delivery {
+    let conn = conn.clone();
+    let device = device.to_owned();
+    Box::pin(async move {
+        let removed = conn
+            .core
+            .c2d_dead_letter(&device, seq, &message_id, deliveries)
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(device, seq, %error, "C2D message past its delivery count not removed");
         }
         true
     })

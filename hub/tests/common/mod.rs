@@ -52,7 +52,20 @@ impl TestHub {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let hub = Hub::start(HubConfig::new(dir.path())).await.unwrap();
+        let config = HubConfig::new(dir.path());
+        Self::start_with(dir, config).await
+    }
+
+    /// A hub in a fresh directory, with the configuration `adjust` changed.
+    pub async fn start_adjusted(adjust: impl FnOnce(&mut HubConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = HubConfig::new(dir.path());
+        adjust(&mut config);
+        Self::start_with(dir, config).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, config: HubConfig) -> Self {
+        let hub = Hub::start(config).await.unwrap();
         let tls = Arc::new(client_tls(hub.ca_cert_path().unwrap(), None));
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())

@@ -1,13 +1,17 @@
 //! The edge hub's metrics and readiness: committed events by source, device connections,
-//! the last sequence number, and whether the store and both endpoints answer.
+//! the last sequence number, dead-lettered C2D messages, and whether the store and both
+//! endpoints answer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
+use cloudpillar_hub::core::Core;
 use cloudpillar_hub::events::{SOURCE_CONNECTION, SOURCE_TELEMETRY, SOURCE_TWIN};
 use cloudpillar_hub::{HubEvent, HubHandle};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::broadcast::error::RecvError;
@@ -89,10 +93,31 @@ impl HubMetrics {
     }
 }
 
+/// `cloudpillar_hub_c2d_dead_lettered_total`: C2D messages the hub removed after its maximum
+/// delivery count, read from the hub at each scrape.
+#[derive(Debug)]
+struct DeadLettered(Arc<Core>);
+
+impl Collector for DeadLettered {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.0.c2d_dead_lettered());
+        let metric = encoder.encode_descriptor(
+            "hub_c2d_dead_lettered",
+            "C2D messages dead-lettered after the maximum delivery count",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
 /// Registers the hub's metrics and checks in `health` and starts counting its events until
 /// `shutdown`.
 pub fn watch(hub: &HubHandle, health: &mut RoleHealth, shutdown: CancellationToken) {
     let metrics = HubMetrics::register(health);
+    health
+        .registry()
+        .register_collector(Box::new(DeadLettered(hub.core().clone())));
     let last = *hub.core().bus.last_sequence().borrow();
     metrics
         .last_sequence
@@ -148,4 +173,25 @@ async fn accepts(addr: SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {target}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_show_dead_lettered_c2d_messages() {
+        let (_dir, hub) = crate::health::loopback_hub().await;
+        let mut health = RoleHealth::new();
+        let shutdown = CancellationToken::new();
+        watch(&hub, &mut health, shutdown.clone());
+
+        let text = health.encode();
+        assert!(
+            text.contains("cloudpillar_hub_c2d_dead_lettered_total 0"),
+            "{text}"
+        );
+        shutdown.cancel();
+        hub.shutdown().await;
+    }
 }

@@ -138,16 +138,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use cloudpillar_backend::hub_link::EmbeddedHub;
-    use cloudpillar_hub::{Hub, HubConfig};
 
     use super::*;
 
     #[tokio::test]
     async fn counts_events_sends_and_refusals_of_a_real_hub() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = HubConfig::new(dir.path());
-        config.insecure_loopback = true;
-        let hub = Hub::start(config).await.expect("hub starts");
+        let (_dir, hub) = crate::health::loopback_hub().await;
         let mut registry = Registry::default();
         let metrics = LinkMetrics::register(&mut registry);
         let link = CountedLink::new(

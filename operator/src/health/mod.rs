@@ -195,6 +195,18 @@ pub async fn serve_if_configured(
     Ok(Some(bound))
 }
 
+/// An embedded hub on plain loopback in a new directory, for the tests of the hub's metrics.
+#[cfg(test)]
+async fn loopback_hub() -> (tempfile::TempDir, cloudpillar_hub::HubHandle) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = cloudpillar_hub::HubConfig::new(dir.path());
+    config.insecure_loopback = true;
+    let hub = cloudpillar_hub::Hub::start(config)
+        .await
+        .expect("hub starts");
+    (dir, hub)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
