@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use cloudpillar_protocol::twin::{CANCEL_KEY, cancel_request};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -292,7 +293,8 @@ async fn f22_cancel_in_desired_stops_the_download_keeps_verified_bytes_and_repor
     })
     .await;
 
-    hub.patch_desired("dl-4", json!({"changeCancel": "ro-7"}))
+    // The request exactly as the operator writes it.
+    hub.patch_desired("dl-4", json!({ CANCEL_KEY: cancel_request("ro-7") }))
         .await;
     let reported = hub
         .wait_reported("dl-4", "cancelled", |r| {
@@ -327,6 +329,33 @@ async fn f22_cancel_in_desired_stops_the_download_keeps_verified_bytes_and_repor
         "no chunk written after cancel"
     );
     assert!(!work.join("never-run").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipe_the_desired_section_already_cancels_is_never_started() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_config(&hub.agent_config("dl-9", dir.path(), "").await);
+    let work = config.work_dir();
+    let _agent = cloudpillar_agent::daemon::start(config).await.unwrap();
+    hub.wait_reported("dl-9", "connected", |r| r["health"] == "connected")
+        .await;
+
+    // What a device finds after an outage when its Rollout gave up on it meanwhile.
+    let spec = json!({"id": "ro-9", "patch": {"installSteps": [
+        {"shell": "bash", "command": "touch ran"}]}});
+    hub.patch_desired(
+        "dl-9",
+        json!({"changeSpec": spec, "changeSign": hub.sign(&spec),
+               CANCEL_KEY: cancel_request("ro-9")}),
+    )
+    .await;
+    let reported = hub
+        .wait_reported("dl-9", "cancel answered", |r| r[CANCEL_KEY]["id"] == "ro-9")
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!work.join("ran").exists(), "the cancelled recipe ran");
+    assert_ne!(reported["changeSpec"]["id"], "ro-9", "{reported}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use cloudpillar_protocol::recipe::section_order;
+use cloudpillar_protocol::twin::{CANCEL_KEY, cancelled_id};
 use rumqttc::{AsyncClient, ClientError, Publish, QoS, SubscribeFilter};
 use serde_json::{Value, json};
 
@@ -208,25 +209,40 @@ impl Sync {
         }
         if let Some(engine) = self.link.engine.get() {
             let touches = |k: &str| changes.get(k).is_some();
-            if let Some(spec) = desired
+            // A recipe the desired section also cancels (its Rollout was deleted or gave up
+            // on this device while it was away) is never started.
+            let cancelled = desired.get(CANCEL_KEY).and_then(cancelled_id);
+            let delivered = desired
                 .get("changeSpec")
-                .filter(|_| touches("changeSpec") || touches("changeSign"))
-            {
-                let delivery = Delivery {
-                    spec: spec.clone(),
-                    order: order.unwrap_or_default(),
-                    sign: desired
-                        .get("changeSign")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    source: RecipeSource::Twin,
-                };
-                let outcome = engine.submit(delivery).await;
-                tracing::info!(?outcome, "desired recipe delivered");
+                .filter(|_| touches("changeSpec") || touches("changeSign"));
+            match delivered {
+                Some(spec)
+                    if cancelled.is_some()
+                        && spec.get("id").and_then(Value::as_str) == cancelled =>
+                {
+                    tracing::info!(
+                        recipe = cancelled,
+                        "desired recipe is cancelled; not started"
+                    );
+                }
+                Some(spec) => {
+                    let delivery = Delivery {
+                        spec: spec.clone(),
+                        order: order.unwrap_or_default(),
+                        sign: desired
+                            .get("changeSign")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        source: RecipeSource::Twin,
+                    };
+                    let outcome = engine.submit(delivery).await;
+                    tracing::info!(?outcome, "desired recipe delivered");
+                }
+                None => {}
             }
-            if let Some(id) = changes.get("changeCancel").and_then(Value::as_str) {
+            if let Some(id) = changes.get(CANCEL_KEY).and_then(cancelled_id) {
                 let answer = engine.cancel(id).await;
-                self.link.reported.set("changeCancel", answer);
+                self.link.reported.set(CANCEL_KEY, answer);
             }
         }
         self.link

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudpillar_crds::{Device, DeviceRolloutPhase as Phase, Rollout};
+use cloudpillar_protocol::twin::cancel_request;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
@@ -133,7 +134,7 @@ async fn request_cancel(device: &Device, recipe_id: &str, ctx: &Context) -> Resu
     if !holds {
         return Ok(());
     }
-    let wanted = json!({ CANCEL_KEY: { "id": recipe_id } });
+    let wanted = json!({ CANCEL_KEY: cancel_request(recipe_id) });
     write_desired(hub.as_ref(), &device_id, &wanted, ctx)
         .await
         .hub(&object)?;

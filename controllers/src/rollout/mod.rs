@@ -41,7 +41,7 @@ pub const FINALIZER: &str = "cloudpillar.io/rollout";
 
 /// Desired-property key of a cancel request: `{"id": "<changeSpec.id>"}`. The device stops
 /// the recipe with that id and reports `Status: Cancelled`; progress stays in reported.
-pub const CANCEL_KEY: &str = "changeCancel";
+pub use cloudpillar_protocol::twin::CANCEL_KEY;
 
 /// Devices started per reconcile at most; the rest follow in the next one.
 const MAX_STARTS: usize = 500;

@@ -7,8 +7,10 @@
 //! - a stored value is never `null`;
 //! - comparisons treat an empty object, a `null` member and an absent member alike.
 
+mod cancel;
 mod document;
 
+pub use cancel::{CANCEL_KEY, cancel_request, cancelled_id};
 pub use document::{
     ConnectionState, METADATA_KEY, Twin, TwinProperties, TwinStatus, VERSION_KEY, section_version,
     set_section_version, without_meta,
