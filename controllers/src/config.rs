@@ -30,6 +30,8 @@ pub struct Config {
     pub concurrency: u16,
     /// A device the hub calls connected but that was silent this long is `Stale`.
     pub stale_after: Duration,
+    /// How often each hub is probed (and its Secrets read again) for the Hub's `Ready`.
+    pub hub_probe_period: Duration,
     /// The Secret key holding the PEM P-521 recipe signing key (unless `signer` is set).
     pub signing_key: Option<SecretLocation>,
     /// Signs recipes instead of the key in `signing_key` (for example the backend key holder).
@@ -77,6 +79,7 @@ impl Default for Config {
             },
             concurrency: 32,
             stale_after: Duration::from_secs(600),
+            hub_probe_period: Duration::from_secs(30),
             signing_key: None,
             signer: None,
             connector: Arc::new(AzureConnector),

@@ -38,7 +38,7 @@ pub enum Error {
     /// A Secret is missing or lacks the key named.
     #[error("secret {secret} key {key} for {object} is missing or empty")]
     SecretMissing {
-        /// `namespace/name` of the object reconciled.
+        /// What needs it: `namespace/name` of the object reconciled, or `hub <name>`.
         object: String,
         /// Name of the Secret.
         secret: String,

@@ -146,12 +146,36 @@ impl HubClients {
         self.hubs.get(&ObjectRef::new(name).within(namespace))
     }
 
-    /// The client for Hub `namespace/name`, for the reconcile of `object`.
+    /// The client for Hub `namespace/name`, for the reconcile of `object`; its Secrets are
+    /// read again when they were last read more than a minute ago.
     pub async fn service(
         &self,
         namespace: &str,
         name: &str,
         object: &str,
+    ) -> Result<Arc<dyn TwinService>> {
+        self.service_checked_within(namespace, name, object, SECRET_RECHECK)
+            .await
+    }
+
+    /// Like [`Self::service`], reading the Hub's Secrets again now: a deleted or emptied one
+    /// shows at once.
+    pub async fn service_rechecked(
+        &self,
+        namespace: &str,
+        name: &str,
+        object: &str,
+    ) -> Result<Arc<dyn TwinService>> {
+        self.service_checked_within(namespace, name, object, Duration::ZERO)
+            .await
+    }
+
+    async fn service_checked_within(
+        &self,
+        namespace: &str,
+        name: &str,
+        object: &str,
+        recheck: Duration,
     ) -> Result<Arc<dyn TwinService>> {
         let unusable = |reason: String| Error::HubUnusable {
             object: object.to_owned(),
@@ -165,20 +189,22 @@ impl HubClients {
         let mut entries = self.entries.lock().await;
         if let Some(entry) = entries.get(&key)
             && entry.hub_version == hub.metadata.generation
-            && entry.checked.elapsed() < SECRET_RECHECK
+            && entry.checked.elapsed() < recheck
         {
             return Ok(entry.service.clone());
         }
 
-        // Read the Secrets; keep the client when nothing it was built from changed.
+        // Read the Secrets; keep the client when nothing it was built from changed. A missing
+        // one is named as the Hub's, whichever object's reconcile asked.
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let owner = format!("hub {name}");
         let policy = &hub.spec.access_policy.secret_ref;
         let (policy_key, policy_version) =
-            read_key(&secrets, &policy.name, &policy.key, object).await?;
+            read_key(&secrets, &policy.name, &policy.key, &owner).await?;
         let mut versions = vec![policy_version];
         let mut ca_bundle = None;
         if let Some(ca) = &hub.spec.ca_bundle {
-            let (pem, version) = read_key(&secrets, &ca.name, &ca.key, object).await?;
+            let (pem, version) = read_key(&secrets, &ca.name, &ca.key, &owner).await?;
             ca_bundle = Some(pem.into_bytes());
             versions.push(version);
         }
@@ -189,7 +215,7 @@ impl HubClients {
                 .as_ref()
                 .unwrap_or(&hub.spec.access_policy);
             let secret = &policy.secret_ref;
-            let (key, version) = read_key(&secrets, &secret.name, &secret.key, object).await?;
+            let (key, version) = read_key(&secrets, &secret.name, &secret.key, &owner).await?;
             versions.push(version);
             let tls = EventHubConnection::tls_config(ca_bundle.as_deref()).map_err(|reason| {
                 unusable(format!(
@@ -252,17 +278,17 @@ async fn read_key(
     secrets: &Api<Secret>,
     name: &str,
     key: &str,
-    object: &str,
+    owner: &str,
 ) -> Result<(String, Option<String>)> {
     let missing = || Error::SecretMissing {
-        object: object.to_owned(),
+        object: owner.to_owned(),
         secret: name.into(),
         key: key.into(),
     };
     let secret = secrets
         .get_opt(name)
         .await
-        .kube("read secret for", object)?
+        .kube("read secret for", owner)?
         .ok_or_else(missing)?;
     let value = secret
         .data
