@@ -2,6 +2,7 @@
 //! and the position reached is kept in the Hub's `status.eventCheckpoint`, so that a
 //! restarted operator resumes where it stopped instead of missing what happened meanwhile.
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ pub(crate) async fn pump_events(
                     return;
                 }
                 Ok(Some(Err(error))) => {
-                    tracing::warn!(%hub, %error, "hub event stream failed; resuming");
+                    tracing::warn!(%hub, error = %ErrorChain(&error), "hub event stream failed; resuming");
                     break;
                 }
             };
@@ -95,7 +96,7 @@ async fn load(api: &Api<Hub>, hub: &str) -> EventPositions {
     let kept = match api.get_status(hub).await {
         Ok(object) => object.status.and_then(|s| s.event_checkpoint),
         Err(error) => {
-            tracing::warn!(%hub, %error, "event checkpoint not readable; starting from now");
+            tracing::warn!(%hub, error = %ErrorChain(&error), "event checkpoint not readable; starting from now");
             None
         }
     };
@@ -137,7 +138,9 @@ async fn save(api: &Api<Hub>, hub: &str, positions: &EventPositions, saved: &mut
     let params = PatchParams::apply(&manager(CONTROLLER)).force();
     match api.patch_status(hub, &params, &Patch::Apply(&body)).await {
         Ok(_) => *saved = positions.clone(),
-        Err(error) => tracing::warn!(%hub, %error, "event checkpoint not saved; retrying later"),
+        Err(error) => {
+            tracing::warn!(%hub, error = %ErrorChain(&error), "event checkpoint not saved; retrying later")
+        }
     }
 }
 

@@ -134,3 +134,31 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() -> anyh
     cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_single_replica_without_election_shows_as_leader_and_exports_every_series()
+-> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-single").await?;
+    let addr = free_port()?;
+    let mut config = test_config(&ns);
+    config.metrics_addr = addr;
+    let operator = Operator::start(&client, config);
+    eventually("the replica leads", WAIT, || async {
+        Ok(get(addr, "/readyz")
+            .await
+            .ok()
+            .filter(|(_, body)| body == "leading")
+            .map(|_| ()))
+    })
+    .await?;
+    let (_, metrics) = get(addr, "/metrics").await?;
+    // `/readyz` and the gauge agree; relist counters exist before the first relist.
+    assert!(metrics.contains("cloudpillar_leader 1"), "{metrics}");
+    for resource in ["devices", "recipes", "rollouts", "hubs"] {
+        let series = format!("cloudpillar_watch_relists_total{{resource=\"{resource}\"}} 0");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+    operator.stop().await
+}

@@ -6,6 +6,7 @@
 //! clocks across machines. The leader renews every `retry_period`; if it cannot renew for
 //! `renew_deadline` it gives up leadership, and the process stops writing.
 
+use cloudpillar_protocol::causes::ErrorChain;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -92,7 +93,9 @@ pub async fn acquire(client: Client, election: LeaderElection) -> Result<Leaders
         match try_acquire_or_renew(&api, &election, &mut observed).await {
             Ok(true) => break,
             Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "could not read or write the leader Lease"),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "could not read or write the leader Lease")
+            }
         }
         tokio::time::sleep(election.retry_period).await;
     }
@@ -118,7 +121,9 @@ async fn renew_loop(
                 tracing::warn!("another replica holds the leader Lease; stopping");
                 break;
             }
-            Err(error) => tracing::warn!(%error, "could not renew the leader Lease"),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "could not renew the leader Lease")
+            }
         }
         if last_renewed.elapsed() > election.renew_deadline {
             tracing::warn!("leader Lease not renewed within the deadline; stopping");

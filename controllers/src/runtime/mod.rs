@@ -110,7 +110,11 @@ pub async fn run_until(
             metrics.leader.set(1);
             Some(acquired)
         }
-        None => None,
+        // Without election this replica is the only writer: it leads.
+        None => {
+            metrics.leader.set(1);
+            None
+        }
     };
     health.set(Phase::Syncing);
 

@@ -32,6 +32,9 @@ where
         inner: Option<BoxStream<'static, Result<Event<K>, watcher::Error>>>,
     }
 
+    // Exported at 0 from the start, so that a dashboard or alert finds the series.
+    drop(metrics.relists.get_or_create(&ResourceLabel { resource }));
+
     let state = State {
         api,
         config,
