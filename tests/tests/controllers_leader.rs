@@ -25,6 +25,18 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((response.status().as_u16(), response.text().await?))
 }
 
+/// Waits until the replica serving `addr` answers `/readyz` with `leading`.
+async fn leads(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    eventually(what, WAIT, || async {
+        Ok(get(addr, "/readyz")
+            .await
+            .ok()
+            .filter(|(_, body)| body == "leading")
+            .map(|_| ()))
+    })
+    .await
+}
+
 fn election(ns: &str, identity: &str) -> LeaderElection {
     LeaderElection {
         lease_duration: Duration::from_secs(4),
@@ -46,14 +58,7 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() -> anyh
     config_a.metrics_addr = addr_a;
     config_a.leader_election = Some(election(&ns, "replica-a"));
     let replica_a = Operator::start(&client, config_a);
-    eventually("replica a leads", WAIT, || async {
-        Ok(get(addr_a, "/readyz")
-            .await
-            .ok()
-            .filter(|(_, body)| body == "leading")
-            .map(|_| ()))
-    })
-    .await?;
+    leads(addr_a, "replica a leads").await?;
 
     let mut config_b = test_config(&ns);
     config_b.metrics_addr = addr_b;
@@ -101,14 +106,7 @@ async fn only_one_replica_leads_and_the_other_takes_over_when_it_stops() -> anyh
 
     // The leader stops and frees the Lease; the other replica takes over.
     replica_a.stop().await?;
-    eventually("replica b leads", WAIT, || async {
-        Ok(get(addr_b, "/readyz")
-            .await
-            .ok()
-            .filter(|(_, body)| body == "leading")
-            .map(|_| ()))
-    })
-    .await?;
+    leads(addr_b, "replica b leads").await?;
     let lease = Api::<Lease>::namespaced(client.clone(), &ns)
         .get("cloudpillar-operator")
         .await?;
@@ -145,14 +143,7 @@ async fn a_single_replica_without_election_shows_as_leader_and_exports_every_ser
     let mut config = test_config(&ns);
     config.metrics_addr = addr;
     let operator = Operator::start(&client, config);
-    eventually("the replica leads", WAIT, || async {
-        Ok(get(addr, "/readyz")
-            .await
-            .ok()
-            .filter(|(_, body)| body == "leading")
-            .map(|_| ()))
-    })
-    .await?;
+    leads(addr, "the replica leads").await?;
     let (_, metrics) = get(addr, "/metrics").await?;
     // `/readyz` and the gauge agree; relist counters exist before the first relist.
     assert!(metrics.contains("cloudpillar_leader 1"), "{metrics}");
