@@ -390,6 +390,12 @@ async fn desired_properties_the_operator_writes_are_refused_in_the_spec() -> any
     let spec = json!({ "desired": { "logLevel": "debug", "changeSign": "AAEC" } });
     let message = scratch.refused(&object("Device", "dev", spec)).await;
     assert_says(&message, &["spec.desired", "written by the operator"]);
+    let spec = json!({ "desired": { "changeCancel": { "id": "fw-1" } } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(
+        &message,
+        &["spec.desired", "changeCancel", "written by the operator"],
+    );
 
     let spec = json!({ "tags": { "firmware.version": "2.1" } });
     let message = scratch.refused(&object("Device", "dev", spec)).await;
@@ -502,5 +508,54 @@ async fn a_rollout_with_an_empty_selector_is_refused() -> anyhow::Result<()> {
         "matchExpressions": [{ "key": "cloudpillar.io/fleet", "operator": "Exists" }],
     });
     scratch.apply(&rollout).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_device_name_that_cannot_serve_as_its_device_id_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-devname").await?;
+    let message = scratch
+        .refused(&object("Device", &"a".repeat(129), json!({})))
+        .await;
+    assert_says(
+        &message,
+        &[
+            "metadata.name is too long",
+            "128 characters",
+            "set spec.deviceId",
+        ],
+    );
+    scratch
+        .apply(&object("Device", &"a".repeat(128), json!({})))
+        .await?;
+    scratch
+        .apply(&object(
+            "Device",
+            &"b".repeat(200),
+            json!({ "deviceId": "pc-02" }),
+        ))
+        .await?;
+
+    // The generated key Secret is named NAME-device-key and must be a valid name too.
+    let long = "c".repeat(250);
+    let message = scratch
+        .refused(&object("Device", &long, json!({ "deviceId": "pc-03" })))
+        .await;
+    assert_says(&message, &["metadata.name is too long", "242", "secretRef"]);
+    let own_keys = json!({
+        "deviceId": "pc-03",
+        "authentication": { "permanent": { "secretRef": { "name": "k", "key": "primaryKey" } } },
+    });
+    scratch.apply(&object("Device", &long, own_keys)).await?;
+
+    // Every character a Kubernetes name may hold is allowed in a device id.
+    let every_name_character = "abcdefghijklmnopqrstuvwxyz-0123456789.";
+    scratch
+        .apply(&object(
+            "Device",
+            "charset",
+            json!({ "deviceId": every_name_character }),
+        ))
+        .await?;
     scratch.finish().await
 }
