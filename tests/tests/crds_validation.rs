@@ -559,3 +559,66 @@ async fn a_device_name_that_cannot_serve_as_its_device_id_is_refused() -> anyhow
         .await?;
     scratch.finish().await
 }
+
+#[tokio::test]
+async fn a_recipe_id_outside_the_safe_characters_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-recipe-idchars").await?;
+    let step = json!({ "shell": "bash", "command": "true" });
+    for (index, id) in [
+        "../etc",
+        "a b",
+        ".hidden",
+        "fw/1",
+        "ünïcode",
+        "nul\u{0}x",
+        "a;b",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut recipe = recipe_with_step(&format!("id-{index}"), "installSteps", step.clone());
+        recipe["spec"]["changeSpec"]["id"] = json!(id);
+        let message = scratch.refused(&recipe).await;
+        assert_says(
+            &message,
+            &["spec.changeSpec.id", "may only hold ASCII letters, digits"],
+        );
+    }
+    let mut recipe = recipe_with_step("dotted", "installSteps", step);
+    recipe["spec"]["changeSpec"]["id"] = json!("1.14.61047_rc-2");
+    scratch.apply(&recipe).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_recipe_without_steps_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-recipe-empty").await?;
+    for (index, sections) in [
+        json!({ "patch": {} }),
+        json!({ "patch": { "installSteps": [] }, "base": {} }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut change_spec = json!({ "id": format!("empty-{index}") });
+        if let (Some(spec), Value::Object(sections)) = (change_spec.as_object_mut(), sections) {
+            spec.extend(sections);
+        }
+        let recipe = object(
+            "Recipe",
+            &format!("empty-{index}"),
+            json!({ "changeSpec": change_spec }),
+        );
+        let message = scratch.refused(&recipe).await;
+        assert_says(&message, &["spec.changeSpec", "changeSpec has no steps"]);
+    }
+    let step = json!({ "shell": "bash", "command": "true" });
+    let recipe = object(
+        "Recipe",
+        "one-step",
+        json!({ "changeSpec": { "id": "one", "patch": { "installSteps": [] },
+                                "base": { "postInstallConfig": [step] } } }),
+    );
+    scratch.apply(&recipe).await?;
+    scratch.finish().await
+}
