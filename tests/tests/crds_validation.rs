@@ -622,3 +622,125 @@ async fn a_recipe_without_steps_is_refused() -> anyhow::Result<()> {
     scratch.apply(&recipe).await?;
     scratch.finish().await
 }
+
+fn rollout_with_selector(name: &str, selector: Value) -> Value {
+    let mut rollout = rollout_with_waves(name, json!([{ "percent": 100 }]));
+    rollout["spec"]["selector"] = selector;
+    rollout
+}
+
+#[tokio::test]
+async fn a_selector_that_could_never_be_read_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-selector-syntax").await?;
+    let expression = |key: &str, operator: &str, values: Value| {
+        let mut requirement = json!({ "key": key, "operator": operator });
+        if !values.is_null() {
+            requirement["values"] = values;
+        }
+        json!({ "matchExpressions": [requirement] })
+    };
+    let refused = [
+        (
+            expression("fleet", "Foo", json!(["x"])),
+            vec![
+                "spec.selector.matchExpressions[0].operator",
+                "\"Foo\"",
+                "DoesNotExist",
+            ],
+        ),
+        (
+            expression("fleet", "In", Value::Null),
+            vec!["In and NotIn need at least one value"],
+        ),
+        (
+            expression("fleet", "Exists", json!(["x"])),
+            vec!["Exists and DoesNotExist take none"],
+        ),
+        (
+            expression("a b", "Exists", Value::Null),
+            vec!["spec.selector.matchExpressions[0].key", "a label key is"],
+        ),
+        (
+            expression("fleet", "In", json!(["x y"])),
+            vec!["a label value is"],
+        ),
+        (
+            json!({ "matchLabels": { "a b": "x" } }),
+            vec!["spec.selector.matchLabels", "a label key is"],
+        ),
+        (
+            json!({ "matchLabels": { "site": "-lab" } }),
+            vec!["spec.selector.matchLabels", "a label value is"],
+        ),
+    ];
+    for (index, (selector, expected)) in refused.into_iter().enumerate() {
+        let message = scratch
+            .refused(&rollout_with_selector(&format!("bad-{index}"), selector))
+            .await;
+        assert_says(&message, &expected);
+    }
+
+    // A wave's own selector is held to the same rules.
+    let waves = json!([
+        { "count": 1, "selector": expression("ring", "Near", json!(["canary"])) },
+        { "percent": 100 },
+    ]);
+    let message = scratch.refused(&rollout_with_waves("wave", waves)).await;
+    assert_says(&message, &["spec.strategy.waves[0].selector", "\"Near\""]);
+
+    let fine = json!({
+        "matchLabels": { "cloudpillar.io/site": "lab-3", "empty": "" },
+        "matchExpressions": [
+            { "key": "ring", "operator": "NotIn", "values": ["canary", "Lab_2.b"] },
+            { "key": "retired", "operator": "DoesNotExist" },
+        ],
+    });
+    scratch.apply(&rollout_with_selector("fine", fine)).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_maintenance_schedule_out_of_range_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-schedule").await?;
+    let with_schedule = |name: &str, schedule: &str| {
+        let mut rollout = rollout_with_waves(name, json!([{ "percent": 100 }]));
+        rollout["spec"]["strategy"]["maintenanceWindow"] =
+            json!({ "schedule": schedule, "duration": "2h" });
+        rollout
+    };
+    let bad = [
+        "99 99 * * *",
+        "60 0 * * *",
+        "0 24 * * *",
+        "0 0 32 * *",
+        "0 0 0 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "0 0 * * FUNDAY",
+        "0 2 * *",
+        "0 2 * * * *",
+    ];
+    for (index, schedule) in bad.into_iter().enumerate() {
+        let message = scratch
+            .refused(&with_schedule(&format!("bad-{index}"), schedule))
+            .await;
+        assert_says(
+            &message,
+            &[
+                "spec.strategy.maintenanceWindow.schedule",
+                "minute (0-59), hour (0-23)",
+            ],
+        );
+    }
+    // The operator's cron reader takes each of them (its window tests read the same list).
+    for (index, schedule) in cloudpillar_crds::rollout::SCHEDULE_EXAMPLES
+        .into_iter()
+        .enumerate()
+    {
+        scratch
+            .apply(&with_schedule(&format!("good-{index}"), schedule))
+            .await
+            .map_err(|e| anyhow::anyhow!("schedule {schedule:?} refused: {e}"))?;
+    }
+    scratch.finish().await
+}
