@@ -176,10 +176,16 @@ impl DeviceIndex {
             },
             watcher::Event::InitDone => {
                 // Every listed Device is reconciled after a list; none needs waking here.
-                if let Some(listing) = state.listing.take() {
-                    let holders = std::mem::take(&mut state.live.holders);
+                if let Some(mut listing) = state.listing.take() {
+                    let mut holders = std::mem::take(&mut state.live.holders);
+                    holders.retain(|identity, holder| {
+                        listing
+                            .by_identity
+                            .get(identity)
+                            .is_some_and(|claimants| claimants.contains(holder))
+                    });
+                    listing.holders = holders;
                     state.live = listing;
-                    state.live.holders = holders;
                 }
                 None
             }
@@ -319,11 +325,18 @@ mod tests {
         index.observe(&watcher::Event::Apply(device("pc-02", "pc-02", 10)));
         index.observe(&watcher::Event::Apply(device("gone", "pc-09", 10)));
         assert_eq!(holder(&index, "pc-02").as_deref(), Some("pc-02"));
+        assert_eq!(holder(&index, "pc-09").as_deref(), Some("gone"));
 
         index.observe(&watcher::Event::Init);
         index.observe(&watcher::Event::InitApply(device("pc-02", "pc-02", 10)));
         index.observe(&watcher::Event::InitApply(device("older", "pc-02", 5)));
         index.observe(&watcher::Event::InitDone);
+        let remembered = index.state.read().map(|s| s.live.holders.len());
+        assert_eq!(
+            remembered.ok(),
+            Some(1),
+            "a holder that is gone is forgotten"
+        );
         assert_eq!(holder(&index, "pc-09"), None);
         assert_eq!(
             holder(&index, "pc-02").as_deref(),
