@@ -10,15 +10,15 @@ use cloudpillar_crds::{EventCheckpoint, Hub};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::time::Instant;
 
 use cloudpillar_crds::Device;
 
-use crate::hubs::DeviceIndex;
+use crate::device::{DeviceIndex, drifted};
 use crate::status::manager;
-use crate::twin::{Checkpoint, EventPositions, TwinError, TwinEventKind, TwinService};
+use crate::twin::{Checkpoint, EventPositions, TwinError, TwinEvent, TwinEventKind, TwinService};
 
 /// Field manager of `status.eventCheckpoint`.
 const CONTROLLER: &str = "hub-events";
@@ -27,15 +27,47 @@ const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait between attempts to read a failing event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(32);
 
+/// The Devices twin events are about, and where their reconciles are asked for.
+pub(crate) struct Devices {
+    /// Which Device holds each device id.
+    pub index: Arc<DeviceIndex>,
+    /// Cached Devices.
+    pub store: Store<Device>,
+    /// Reconcile requests.
+    pub triggers: UnboundedSender<ObjectRef<Device>>,
+}
+
+impl Devices {
+    /// The Device to reconcile for `event` in hub `namespace/hub`, if the event calls for one:
+    /// its reported properties or connection changed, or a tag or desired property it owns
+    /// was changed by someone else (its own writes show the values its spec holds).
+    fn to_reconcile(
+        &self,
+        namespace: &str,
+        hub: &str,
+        event: &TwinEvent,
+    ) -> Option<ObjectRef<Device>> {
+        let holder = self.index.holder(namespace, hub, &event.device_id)?;
+        if relevant(event.kind.clone(), event.body.as_ref()) {
+            return Some(holder);
+        }
+        let body = event
+            .body
+            .as_ref()
+            .filter(|_| event.kind == TwinEventKind::TwinChanged)?;
+        let device = self.store.get(&holder)?;
+        drifted(&device, body).then_some(holder)
+    }
+}
+
 /// Follows a hub's event stream and asks for a reconcile of each Device whose reported
-/// properties or connection changed. Changes of tags and desired properties are the
-/// operator's own writes and need no reconcile.
+/// properties or connection changed, or whose owned tags or desired properties someone else
+/// changed. The operator's own writes of tags and desired properties need no reconcile.
 pub(crate) async fn pump_events(
     service: Arc<dyn TwinService>,
     api: Api<Hub>,
     (namespace, hub): (String, String),
-    index: Arc<DeviceIndex>,
-    triggers: UnboundedSender<ObjectRef<Device>>,
+    devices: Devices,
 ) {
     let mut positions = load(&api, &hub).await;
     let mut saved = positions.clone();
@@ -60,10 +92,8 @@ pub(crate) async fn pump_events(
             };
             if let Some(event) = event {
                 failures = 0;
-                if relevant(event.kind.clone(), event.body.as_ref())
-                    && let Some(object) = index.get(&namespace, &hub, &event.device_id)
-                {
-                    let _ = triggers.unbounded_send(object);
+                if let Some(object) = devices.to_reconcile(&namespace, &hub, &event) {
+                    let _ = devices.triggers.unbounded_send(object);
                 }
                 positions.record(&event);
             }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudpillar_crds::{Device, Hub, HubKind};
@@ -15,8 +15,9 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::device::DeviceIndex;
 use crate::error::{Error, KubeContext, Result};
-use crate::hub_events::pump_events;
+use crate::hub_events::{Devices, pump_events};
 use crate::twin::{AzureTwinService, EventHubConnection, HubConnection, RetryPolicy, TwinService};
 
 /// How often a cached hub client checks that its Secrets did not change.
@@ -45,49 +46,6 @@ impl HubConnector for AzureConnector {
     }
 }
 
-/// Device id (per hub) to Device object, filled by the Device reconciler.
-#[derive(Debug, Default)]
-pub struct DeviceIndex {
-    map: RwLock<HashMap<(String, String, String), ObjectRef<Device>>>,
-}
-
-impl DeviceIndex {
-    /// Records that `device_id` in hub `namespace/hub` is the Device `object`.
-    pub fn insert(&self, namespace: &str, hub: &str, device_id: &str, object: ObjectRef<Device>) {
-        let key = (namespace.to_owned(), hub.to_owned(), device_id.to_owned());
-        let mut map = self
-            .map
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.get(&key) != Some(&object) {
-            map.insert(key, object);
-        }
-    }
-
-    /// Forgets `device_id` in hub `namespace/hub`.
-    pub fn remove(&self, namespace: &str, hub: &str, device_id: &str) {
-        let key = (namespace.to_owned(), hub.to_owned(), device_id.to_owned());
-        self.map
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key);
-    }
-
-    pub(crate) fn get(
-        &self,
-        namespace: &str,
-        hub: &str,
-        device_id: &str,
-    ) -> Option<ObjectRef<Device>> {
-        let key = (namespace.to_owned(), hub.to_owned(), device_id.to_owned());
-        self.map
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned()
-    }
-}
-
 /// A live client for one Hub and what it was built from.
 struct Entry {
     /// The Hub's generation: its spec, not its status (the event pump writes the status).
@@ -109,6 +67,7 @@ pub struct HubClients {
     client: Client,
     connector: Arc<dyn HubConnector>,
     hubs: Store<Hub>,
+    devices: Store<Device>,
     index: Arc<DeviceIndex>,
     triggers: UnboundedSender<ObjectRef<Device>>,
     entries: Mutex<HashMap<(String, String), Entry>>,
@@ -123,11 +82,13 @@ impl Debug for HubClients {
 }
 
 impl HubClients {
-    /// Clients resolved from `hubs`; twin events of known devices go to `triggers`.
+    /// Clients resolved from `hubs`; twin events of the Devices in `devices` that hold their
+    /// identity (see `index`) go to `triggers`.
     pub fn new(
         client: Client,
         connector: Arc<dyn HubConnector>,
         hubs: Store<Hub>,
+        devices: Store<Device>,
         index: Arc<DeviceIndex>,
         triggers: UnboundedSender<ObjectRef<Device>>,
     ) -> Self {
@@ -135,6 +96,7 @@ impl HubClients {
             client,
             connector,
             hubs,
+            devices,
             index,
             triggers,
             entries: Mutex::new(HashMap::new()),
@@ -257,8 +219,11 @@ impl HubClients {
             service.clone(),
             Api::namespaced(self.client.clone(), namespace),
             key.clone(),
-            self.index.clone(),
-            self.triggers.clone(),
+            Devices {
+                index: self.index.clone(),
+                store: self.devices.clone(),
+                triggers: self.triggers.clone(),
+            },
         ));
         tracing::info!(hub = %name, namespace, "hub client ready");
         let entry = Entry {

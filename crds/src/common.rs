@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 /// A key inside a Kubernetes Secret in the same namespace as the referring object.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -88,4 +90,69 @@ pub fn duration(_: &mut SchemaGenerator) -> Schema {
             "message": "must be a positive duration such as 90s, 30m or 1h30m",
         }],
     })
+}
+
+/// Syntax of a label key: an optional DNS subdomain prefix and `/`, then a name of up to 63
+/// letters, digits, `-`, `_` and `.` that starts and ends with a letter or digit.
+const LABEL_KEY: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?\
+                         [A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+
+/// Syntax of a label value: empty, or up to 63 letters, digits, `-`, `_` and `.` that start
+/// and end with a letter or digit.
+const LABEL_VALUE: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
+const LABEL_KEY_MESSAGE: &str = "a label key is an optional DNS subdomain prefix and '/', then \
+    up to 63 letters, digits, '-', '_' or '.' starting and ending with a letter or digit, for \
+    example cloudpillar.io/site";
+const LABEL_VALUE_MESSAGE: &str = "a label value is empty or up to 63 letters, digits, '-', '_' \
+    or '.' starting and ending with a letter or digit";
+
+/// Schema of a label selector: Kubernetes' own, with the checks the API server makes on the
+/// selectors of built-in kinds (known operators, values only with `In` and `NotIn`, label key
+/// and value syntax), so that a selector that could never be read is refused at apply time.
+pub fn label_selector(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = Value::from(generator.subschema_for::<LabelSelector>());
+    let rule = |rule: String, message: &str| json!([{ "rule": rule, "message": message }]);
+    if let Some(labels) = schema.pointer_mut("/properties/matchLabels") {
+        labels["maxProperties"] = 64.into();
+        labels["x-kubernetes-validations"] = json!([
+            { "rule": format!("self.all(k, size(k) <= 317 && k.matches('{LABEL_KEY}'))"),
+              "message": LABEL_KEY_MESSAGE },
+            { "rule": format!("self.all(k, self[k].matches('{LABEL_VALUE}'))"),
+              "message": LABEL_VALUE_MESSAGE },
+        ]);
+        if let Some(values) = labels.get_mut("additionalProperties") {
+            values["maxLength"] = 63.into();
+        }
+    }
+    if let Some(expressions) = schema.pointer_mut("/properties/matchExpressions") {
+        expressions["maxItems"] = 16.into();
+    }
+    if let Some(requirement) = schema.pointer_mut("/properties/matchExpressions/items") {
+        requirement["x-kubernetes-validations"] = rule(
+            "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) \
+             : (!has(self.values) || size(self.values) == 0)"
+                .into(),
+            "In and NotIn need at least one value; Exists and DoesNotExist take none",
+        );
+        let properties = &mut requirement["properties"];
+        properties["key"]["maxLength"] = 317.into();
+        properties["key"]["x-kubernetes-validations"] =
+            rule(format!("self.matches('{LABEL_KEY}')"), LABEL_KEY_MESSAGE);
+        properties["operator"]["enum"] = json!(["In", "NotIn", "Exists", "DoesNotExist"]);
+        properties["values"]["maxItems"] = 32.into();
+        properties["values"]["items"]["maxLength"] = 63.into();
+        properties["values"]["items"]["x-kubernetes-validations"] = rule(
+            format!("self.matches('{LABEL_VALUE}')"),
+            LABEL_VALUE_MESSAGE,
+        );
+    }
+    Schema::try_from(schema).unwrap_or_else(|_| generator.subschema_for::<LabelSelector>())
+}
+
+/// Schema of an optional label selector (see [`label_selector`]).
+pub fn optional_label_selector(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = label_selector(generator);
+    schema.insert("nullable".into(), true.into());
+    schema
 }

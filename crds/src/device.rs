@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use cloudpillar_protocol::twin::CANCEL_KEY;
 use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,9 @@ pub use status::{
                 recreate the Device instead",
 }]))]
 pub struct DeviceSpec {
-    /// Identity of the device in its hub. Defaults to the Device's name. Up to 128 ASCII
+    /// Identity of the device in its hub. Defaults to the Device's name, so a Device without
+    /// it may have a name of at most 128 characters (every Kubernetes name character is
+    /// allowed in a device id). Up to 128 ASCII
     /// letters, digits and `- . % _ * ? ! ( ) , : = @ $ '`; `+` and `#` (MQTT wildcards)
     /// and `;` (connection string separator) are refused. Cannot change once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,7 +97,8 @@ pub struct DeviceSpec {
 
     /// Desired properties written to the device twin as they are, in addition to what
     /// Rollouts write. A key removed here is removed from the twin; keys written by
-    /// others are left alone. `changeSpec`, `changeSign` and `provisioning` are reserved.
+    /// others are left alone. `changeSpec`, `changeSign`, `changeCancel` and `provisioning` are
+    /// reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "desired_properties")]
     pub desired: FreeFormObject,
@@ -130,8 +134,48 @@ impl Device {
     }
 }
 
-/// Desired-property keys only the operator writes (recipe assignment and provisioning).
-pub const RESERVED_DESIRED_KEYS: [&str; 3] = ["changeSpec", "changeSign", "provisioning"];
+/// Desired-property keys only the operator writes (recipe assignment, cancel requests and
+/// provisioning).
+pub const RESERVED_DESIRED_KEYS: [&str; 4] =
+    ["changeSpec", "changeSign", CANCEL_KEY, "provisioning"];
+
+/// Longest Device name when the name is the device id: IoT Hub's limit on device ids.
+pub const MAX_NAME_AS_DEVICE_ID: usize = 128;
+
+/// Longest Device name whose generated key Secret (`NAME-device-key`) is still a valid
+/// Kubernetes name (253 characters).
+pub const MAX_NAME_WITH_KEY_SECRET: usize = 242;
+
+/// Rules on the whole Device: they read `metadata.name`, which only the root of the schema
+/// sees.
+pub fn object_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": format!(
+                "has(self.spec.deviceId) || size(self.metadata.name) <= {MAX_NAME_AS_DEVICE_ID}"
+            ),
+            "message": format!(
+                "metadata.name is too long: a Device without spec.deviceId uses its name as the \
+                 hub device id, which is at most {MAX_NAME_AS_DEVICE_ID} characters: shorten \
+                 the name or set spec.deviceId"
+            ),
+        },
+        {
+            "rule": format!(
+                "size(self.metadata.name) <= {MAX_NAME_WITH_KEY_SECRET} || \
+                 (has(self.spec.authentication) && has(self.spec.authentication.permanent) && \
+                 (self.spec.authentication.permanent.method == 'X509' || \
+                 has(self.spec.authentication.permanent.secretRef)))"
+            ),
+            "message": format!(
+                "metadata.name is too long: a Device whose keys the operator generates has a \
+                 name of at most {MAX_NAME_WITH_KEY_SECRET} characters, as they are kept in the \
+                 Secret NAME-device-key: shorten the name or set \
+                 spec.authentication.permanent.secretRef"
+            ),
+        },
+    ])
+}
 
 fn desired_properties(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     // The reserved keys are declared so that the CEL rule can see them; every other key
@@ -143,13 +187,17 @@ fn desired_properties(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "changeSpec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true,
                             "description": "Reserved: written by Rollouts." },
             "changeSign": { "type": "string", "description": "Reserved: written by Rollouts." },
+            "changeCancel": { "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                              "description": "Reserved: written by Rollouts." },
             "provisioning": { "type": "object", "x-kubernetes-preserve-unknown-fields": true,
                               "description": "Reserved: written by the operator." },
         },
         "x-kubernetes-validations": [{
-            "rule": "!has(self.changeSpec) && !has(self.changeSign) && !has(self.provisioning)",
-            "message": "changeSpec, changeSign and provisioning are written by the operator \
-                        (assign recipes with a Rollout); remove them from spec.desired",
+            "rule": "!has(self.changeSpec) && !has(self.changeSign) && !has(self.changeCancel) \
+                     && !has(self.provisioning)",
+            "message": "changeSpec, changeSign, changeCancel and provisioning are written by the \
+                        operator (assign recipes with a Rollout, cancel by deleting it); remove \
+                        them from spec.desired",
         }],
     })
 }

@@ -20,6 +20,7 @@ pub const DEFAULT_TWIN_WRITE_RATE_LIMIT: u32 = 50;
     kind = "Hub",
     namespaced,
     status = "HubStatus",
+    shortname = "cphub",
     category = "cloudpillar",
     doc = "An IoT hub that holds device identities and twins: the CloudPillar edge hub or \
            Azure IoT Hub with its Device Provisioning Service.",

@@ -27,7 +27,9 @@ pub use rollout::{
     RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy, Wave, WavePause, WaveStatus,
 };
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, ValidationRule,
+};
 use kube::CustomResourceExt;
 
 /// API group of every CloudPillar resource.
@@ -39,10 +41,34 @@ pub const VERSION: &str = "v1alpha1";
 /// Every CloudPillar CRD, in the order they are installed, with field descriptions
 /// reflowed for `kubectl explain` and integer formats the API server knows.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    [Hub::crd(), Device::crd(), Recipe::crd(), Rollout::crd()]
+    let device = with_object_rules(Device::crd(), device::object_rules());
+    [Hub::crd(), device, Recipe::crd(), Rollout::crd()]
         .into_iter()
         .map(tidy_schema)
         .collect()
+}
+
+/// Adds validation `rules` to the root of every version's schema, where CEL sees
+/// `metadata.name` (no other place in a CRD schema does).
+fn with_object_rules(
+    mut crd: CustomResourceDefinition,
+    rules: serde_json::Value,
+) -> CustomResourceDefinition {
+    let Ok(rules) = serde_json::from_value::<Vec<ValidationRule>>(rules) else {
+        return crd;
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            root.x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .extend(rules.iter().cloned());
+        }
+    }
+    crd
 }
 
 /// Joins the lines of each paragraph in every schema description, and gives unsigned

@@ -17,7 +17,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::LocalRef;
+use crate::common::{LocalRef, label_selector};
 
 mod status;
 mod strategy;
@@ -26,7 +26,8 @@ pub use status::{
     DeviceCounts, FailedDevice, MAX_FAILED_DEVICES, RolloutPhase, RolloutStatus, WaveStatus,
 };
 pub use strategy::{
-    FailureAction, FailureThreshold, MAX_WAVES, MaintenanceWindow, RolloutStrategy, Wave, WavePause,
+    FailureAction, FailureThreshold, MAX_WAVES, MaintenanceWindow, RolloutStrategy,
+    SCHEDULE_EXAMPLES, Wave, WavePause,
 };
 
 /// Which recipe goes to which devices, and how fast.
@@ -63,7 +64,9 @@ pub struct RolloutSpec {
 
     /// Which Devices (in this namespace) receive the recipe, by label. Devices that match
     /// later join the current or the next wave. An empty selector is refused, so that no
-    /// rollout reaches every device by accident.
+    /// rollout reaches every device by accident. Operators are In, NotIn, Exists and
+    /// DoesNotExist; label keys and values follow Kubernetes label syntax.
+    #[schemars(schema_with = "label_selector")]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || \
                  (has(self.matchExpressions) && size(self.matchExpressions) > 0)",

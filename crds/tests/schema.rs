@@ -75,6 +75,7 @@ fn short_names_are_the_documented_ones() {
     let names = |kind: &str| crd(kind).spec.names.short_names.unwrap_or_default();
     assert_eq!(crd("Hub").spec.names.singular.as_deref(), Some("hub"));
     assert_eq!(crd("Hub").spec.names.plural, "hubs");
+    assert_eq!(names("Hub"), ["cphub"]);
     assert_eq!(names("Device"), ["dev"]);
     assert_eq!(names("Recipe"), ["rcp"]);
     assert_eq!(names("Rollout"), ["ro"]);

@@ -444,3 +444,200 @@ async fn a_hub_whose_certificate_is_not_trusted_says_why_in_hub_and_device_condi
     }
     cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await
 }
+
+fn condition_of(device: &Device, type_: &str) -> Option<cloudpillar_crds::Condition> {
+    let conditions = device.status.as_ref().map(|s| s.conditions.as_slice());
+    cloudpillar_crds::conditions::find(conditions.unwrap_or_default(), type_).cloned()
+}
+
+fn primary_key(hub: &EdgeHub, device_id: &str) -> anyhow::Result<Value> {
+    let identity = serde_json::to_value(hub.handle.core().get_device(device_id)?)?;
+    Ok(identity["authentication"]["symmetricKey"]["primaryKey"].clone())
+}
+
+#[tokio::test]
+async fn a_second_device_naming_a_held_device_id_is_refused_and_cannot_remove_it()
+-> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-dup").await?;
+    let hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    let operator = Operator::start(&client, test_config(&ns));
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    // pc-02 is registered and its agent connected.
+    apply::<Device>(&client, &ns, device("pc-02", json!({}))).await?;
+    eventually("pc-02 registered and synced", WAIT, || async {
+        let device = status_of(&devices, "pc-02").await?;
+        Ok(device.filter(|d| condition_true(d, "Registered") && condition_true(d, "Synced")))
+    })
+    .await?;
+    let key = device_key(&client, &ns, "pc-02").await?;
+    let mut link = hub.connect("pc-02", &key).await?;
+    link.report(json!({"deviceState": "READY"})).await?;
+
+    // A second Device names the same id: refused, and it writes nothing.
+    let named = |name: &str, site: &str| {
+        json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+            "metadata": { "name": name },
+            "spec": { "deviceId": "pc-02", "hubRef": { "name": "edge" }, "tags": { "site": site } },
+        })
+    };
+    apply::<Device>(&client, &ns, named("impostor", "elsewhere")).await?;
+    let refused = eventually("impostor refused", WAIT, || async {
+        let device = status_of(&devices, "impostor").await?;
+        Ok(device.filter(|d| {
+            condition_of(d, "Registered")
+                .is_some_and(|c| c.status == "False" && c.reason == "DuplicateDeviceId")
+        }))
+    })
+    .await?;
+    let registered = condition_of(&refused, "Registered").expect("Registered");
+    assert!(
+        registered.message.contains("held by Device pc-02"),
+        "{}",
+        registered.message
+    );
+    let synced = condition_of(&refused, "Synced").expect("Synced");
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "DuplicateDeviceId")
+    );
+    let status = refused.status.clone().unwrap_or_default();
+    assert!(
+        status.connection.is_none() && status.device_state.is_none(),
+        "the impostor shows pc-02's twin: {status:?}"
+    );
+    eventually("DuplicateDeviceId Warning Event", WAIT, || async {
+        let events = events_for(&client, &ns, "impostor").await?;
+        Ok(events
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("DuplicateDeviceId")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let twin = hub.twin("pc-02").expect("twin");
+    assert_eq!(twin["tags"]["site"], "lab", "the impostor wrote the twin");
+    assert_eq!(
+        primary_key(&hub, "pc-02")?,
+        key.as_str(),
+        "the impostor replaced the keys"
+    );
+
+    // Deleting the impostor leaves the identity, its keys and pc-02 as they were.
+    devices.delete("impostor", &DeleteParams::default()).await?;
+    eventually("impostor gone", WAIT, || async {
+        Ok(status_of(&devices, "impostor")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    assert!(
+        hub.twin("pc-02").is_some(),
+        "deleting the impostor removed pc-02"
+    );
+    assert_eq!(primary_key(&hub, "pc-02")?, key.as_str());
+    link.report(json!({"deviceState": "BUSY"})).await?;
+    eventually("pc-02 still mirrored", WAIT, || async {
+        let device = status_of(&devices, "pc-02").await?;
+        Ok(device.filter(|d| {
+            condition_true(d, "Registered")
+                && d.status.as_ref().and_then(|s| s.device_state.as_deref()) == Some("BUSY")
+        }))
+    })
+    .await?;
+
+    // Once the holder goes, the Device next in line takes the id over.
+    apply::<Device>(&client, &ns, named("spare", "spare")).await?;
+    eventually("spare refused while pc-02 holds the id", WAIT, || async {
+        let device = status_of(&devices, "spare").await?;
+        Ok(device.filter(|d| {
+            condition_of(d, "Registered").is_some_and(|c| c.reason == "DuplicateDeviceId")
+        }))
+    })
+    .await?;
+    link.disconnect().await;
+    devices.delete("pc-02", &DeleteParams::default()).await?;
+    eventually("spare registered and synced", WAIT, || async {
+        let device = status_of(&devices, "spare").await?;
+        Ok(device.filter(|d| condition_true(d, "Registered") && condition_true(d, "Synced")))
+    })
+    .await?;
+    let twin = hub.twin("pc-02").expect("twin of the new holder");
+    assert_eq!(twin["tags"]["site"], "spare");
+    let spare_key = device_key(&client, &ns, "spare").await?;
+    assert_eq!(primary_key(&hub, "pc-02")?, spare_key.as_str());
+
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
+    operator.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_owned_tag_or_desired_property_changed_behind_the_operator_is_written_back()
+-> anyhow::Result<()> {
+    let client = kube_client().await?;
+    install_crds(&client).await?;
+    let ns = test_namespace(&client, "ctl-drift").await?;
+    let hub = EdgeHub::start(&client, &ns, "edge", 1000).await?;
+    // A resync far beyond the test: only the hub's twin change events can bring it back.
+    let mut config = test_config(&ns);
+    config.resync_period = Duration::from_secs(600);
+    let operator = Operator::start(&client, config);
+    let devices: Api<Device> = Api::namespaced(client.clone(), &ns);
+
+    apply::<Device>(
+        &client,
+        &ns,
+        device("dev-drift", json!({"logLevel": "info"})),
+    )
+    .await?;
+    eventually("dev-drift synced", WAIT, || async {
+        let device = status_of(&devices, "dev-drift").await?;
+        Ok(device.filter(|d| condition_true(d, "Synced")))
+    })
+    .await?;
+
+    // Someone else writes the twin with the service API.
+    let service = cloudpillar_controllers::twin::AzureTwinService::new(hub.connection(1000))?;
+    let other = |tags: Value, desired: Value| cloudpillar_controllers::twin::TwinPatch {
+        tags: Some(tags),
+        desired: Some(desired),
+    };
+    use cloudpillar_controllers::twin::TwinService;
+    service
+        .patch_twin(
+            "dev-drift",
+            &other(
+                json!({"site": "elsewhere", "owner": "it"}),
+                json!({"logLevel": "trace"}),
+            ),
+            None,
+        )
+        .await?;
+    let twin = eventually(
+        "owned keys written back",
+        Duration::from_secs(20),
+        || async {
+            let twin = hub.twin("dev-drift").expect("twin");
+            let back = twin["tags"]["site"] == "lab"
+                && twin["properties"]["desired"]["logLevel"] == "info";
+            Ok(back.then_some(twin))
+        },
+    )
+    .await?;
+    assert_eq!(
+        twin["tags"]["owner"], "it",
+        "a key the Device does not own was touched"
+    );
+
+    cloudpillar_tests::delete_namespace_and_wait(&client, &ns, Duration::from_secs(20)).await?;
+    operator.stop().await?;
+    Ok(())
+}

@@ -623,3 +623,65 @@ async fn a_second_rollout_waits_and_cancelling_leaves_reported_progress_untouche
     let _ = site.rollout("first").await?.name_any();
     site.finish().await
 }
+
+#[tokio::test]
+async fn a_rollout_whose_time_zone_is_unknown_shows_why_in_status_and_an_event()
+-> anyhow::Result<()> {
+    let site = Site::start("ctl-ro-invalid").await?;
+    let rollout = |time_zone: &str| {
+        json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout",
+            "metadata": { "name": "mars" },
+            "spec": {
+                "recipeRef": { "name": "windows" },
+                "selector": { "matchLabels": { "fleet": "mars" } },
+                "strategy": { "maintenanceWindow": {
+                    "schedule": "0 2 * * *", "duration": "2h", "timeZone": time_zone,
+                } },
+            },
+        })
+    };
+    apply::<Rollout>(&site.client, &site.ns, rollout("Mars/Olympus")).await?;
+
+    // The API server cannot know the IANA database; the Rollout says what is wrong.
+    let invalid = site
+        .wait_rollout("mars", "rollout Invalid", phase_is(RolloutPhase::Invalid))
+        .await?;
+    let status = invalid.status.clone().unwrap_or_default();
+    let progressing = cloudpillar_crds::conditions::find(&status.conditions, "Progressing")
+        .cloned()
+        .expect("Progressing condition");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        progressing.message.contains("\"Mars/Olympus\" is unknown"),
+        "{}",
+        progressing.message
+    );
+    assert_eq!(status.observed_generation, invalid.metadata.generation);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(site.client.clone(), &site.ns);
+    let warning = eventually("InvalidSpec Event", WAIT, || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidSpec") && e.type_.as_deref() == Some("Warning")
+        }))
+    })
+    .await?;
+    assert!(
+        warning.note.unwrap_or_default().contains("Mars/Olympus"),
+        "the Event says what is wrong"
+    );
+
+    // Fixed, the Rollout carries on: here it waits for its Recipe.
+    apply::<Rollout>(&site.client, &site.ns, rollout("Europe/Berlin")).await?;
+    site.wait_rollout(
+        "mars",
+        "rollout valid again",
+        phase_is(RolloutPhase::Pending),
+    )
+    .await?;
+    site.finish().await
+}

@@ -390,6 +390,12 @@ async fn desired_properties_the_operator_writes_are_refused_in_the_spec() -> any
     let spec = json!({ "desired": { "logLevel": "debug", "changeSign": "AAEC" } });
     let message = scratch.refused(&object("Device", "dev", spec)).await;
     assert_says(&message, &["spec.desired", "written by the operator"]);
+    let spec = json!({ "desired": { "changeCancel": { "id": "fw-1" } } });
+    let message = scratch.refused(&object("Device", "dev", spec)).await;
+    assert_says(
+        &message,
+        &["spec.desired", "changeCancel", "written by the operator"],
+    );
 
     let spec = json!({ "tags": { "firmware.version": "2.1" } });
     let message = scratch.refused(&object("Device", "dev", spec)).await;
@@ -502,5 +508,239 @@ async fn a_rollout_with_an_empty_selector_is_refused() -> anyhow::Result<()> {
         "matchExpressions": [{ "key": "cloudpillar.io/fleet", "operator": "Exists" }],
     });
     scratch.apply(&rollout).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_device_name_that_cannot_serve_as_its_device_id_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-devname").await?;
+    let message = scratch
+        .refused(&object("Device", &"a".repeat(129), json!({})))
+        .await;
+    assert_says(
+        &message,
+        &[
+            "metadata.name is too long",
+            "128 characters",
+            "set spec.deviceId",
+        ],
+    );
+    scratch
+        .apply(&object("Device", &"a".repeat(128), json!({})))
+        .await?;
+    scratch
+        .apply(&object(
+            "Device",
+            &"b".repeat(200),
+            json!({ "deviceId": "pc-02" }),
+        ))
+        .await?;
+
+    // The generated key Secret is named NAME-device-key and must be a valid name too.
+    let long = "c".repeat(250);
+    let message = scratch
+        .refused(&object("Device", &long, json!({ "deviceId": "pc-03" })))
+        .await;
+    assert_says(&message, &["metadata.name is too long", "242", "secretRef"]);
+    let own_keys = json!({
+        "deviceId": "pc-03",
+        "authentication": { "permanent": { "secretRef": { "name": "k", "key": "primaryKey" } } },
+    });
+    scratch.apply(&object("Device", &long, own_keys)).await?;
+
+    // Every character a Kubernetes name may hold is allowed in a device id.
+    let every_name_character = "abcdefghijklmnopqrstuvwxyz-0123456789.";
+    scratch
+        .apply(&object(
+            "Device",
+            "charset",
+            json!({ "deviceId": every_name_character }),
+        ))
+        .await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_recipe_id_outside_the_safe_characters_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-recipe-idchars").await?;
+    let step = json!({ "shell": "bash", "command": "true" });
+    for (index, id) in [
+        "../etc",
+        "a b",
+        ".hidden",
+        "fw/1",
+        "ünïcode",
+        "nul\u{0}x",
+        "a;b",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut recipe = recipe_with_step(&format!("id-{index}"), "installSteps", step.clone());
+        recipe["spec"]["changeSpec"]["id"] = json!(id);
+        let message = scratch.refused(&recipe).await;
+        assert_says(
+            &message,
+            &["spec.changeSpec.id", "may only hold ASCII letters, digits"],
+        );
+    }
+    let mut recipe = recipe_with_step("dotted", "installSteps", step);
+    recipe["spec"]["changeSpec"]["id"] = json!("1.14.61047_rc-2");
+    scratch.apply(&recipe).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_recipe_without_steps_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-recipe-empty").await?;
+    for (index, sections) in [
+        json!({ "patch": {} }),
+        json!({ "patch": { "installSteps": [] }, "base": {} }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut change_spec = json!({ "id": format!("empty-{index}") });
+        if let (Some(spec), Value::Object(sections)) = (change_spec.as_object_mut(), sections) {
+            spec.extend(sections);
+        }
+        let recipe = object(
+            "Recipe",
+            &format!("empty-{index}"),
+            json!({ "changeSpec": change_spec }),
+        );
+        let message = scratch.refused(&recipe).await;
+        assert_says(&message, &["spec.changeSpec", "changeSpec has no steps"]);
+    }
+    let step = json!({ "shell": "bash", "command": "true" });
+    let recipe = object(
+        "Recipe",
+        "one-step",
+        json!({ "changeSpec": { "id": "one", "patch": { "installSteps": [] },
+                                "base": { "postInstallConfig": [step] } } }),
+    );
+    scratch.apply(&recipe).await?;
+    scratch.finish().await
+}
+
+fn rollout_with_selector(name: &str, selector: Value) -> Value {
+    let mut rollout = rollout_with_waves(name, json!([{ "percent": 100 }]));
+    rollout["spec"]["selector"] = selector;
+    rollout
+}
+
+#[tokio::test]
+async fn a_selector_that_could_never_be_read_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-selector-syntax").await?;
+    let expression = |key: &str, operator: &str, values: Value| {
+        let mut requirement = json!({ "key": key, "operator": operator });
+        if !values.is_null() {
+            requirement["values"] = values;
+        }
+        json!({ "matchExpressions": [requirement] })
+    };
+    let refused = [
+        (
+            expression("fleet", "Foo", json!(["x"])),
+            vec![
+                "spec.selector.matchExpressions[0].operator",
+                "\"Foo\"",
+                "DoesNotExist",
+            ],
+        ),
+        (
+            expression("fleet", "In", Value::Null),
+            vec!["In and NotIn need at least one value"],
+        ),
+        (
+            expression("fleet", "Exists", json!(["x"])),
+            vec!["Exists and DoesNotExist take none"],
+        ),
+        (
+            expression("a b", "Exists", Value::Null),
+            vec!["spec.selector.matchExpressions[0].key", "a label key is"],
+        ),
+        (
+            expression("fleet", "In", json!(["x y"])),
+            vec!["a label value is"],
+        ),
+        (
+            json!({ "matchLabels": { "a b": "x" } }),
+            vec!["spec.selector.matchLabels", "a label key is"],
+        ),
+        (
+            json!({ "matchLabels": { "site": "-lab" } }),
+            vec!["spec.selector.matchLabels", "a label value is"],
+        ),
+    ];
+    for (index, (selector, expected)) in refused.into_iter().enumerate() {
+        let message = scratch
+            .refused(&rollout_with_selector(&format!("bad-{index}"), selector))
+            .await;
+        assert_says(&message, &expected);
+    }
+
+    // A wave's own selector is held to the same rules.
+    let waves = json!([
+        { "count": 1, "selector": expression("ring", "Near", json!(["canary"])) },
+        { "percent": 100 },
+    ]);
+    let message = scratch.refused(&rollout_with_waves("wave", waves)).await;
+    assert_says(&message, &["spec.strategy.waves[0].selector", "\"Near\""]);
+
+    let fine = json!({
+        "matchLabels": { "cloudpillar.io/site": "lab-3", "empty": "" },
+        "matchExpressions": [
+            { "key": "ring", "operator": "NotIn", "values": ["canary", "Lab_2.b"] },
+            { "key": "retired", "operator": "DoesNotExist" },
+        ],
+    });
+    scratch.apply(&rollout_with_selector("fine", fine)).await?;
+    scratch.finish().await
+}
+
+#[tokio::test]
+async fn a_maintenance_schedule_out_of_range_is_refused() -> anyhow::Result<()> {
+    let scratch = Scratch::new("crd-schedule").await?;
+    let with_schedule = |name: &str, schedule: &str| {
+        let mut rollout = rollout_with_waves(name, json!([{ "percent": 100 }]));
+        rollout["spec"]["strategy"]["maintenanceWindow"] =
+            json!({ "schedule": schedule, "duration": "2h" });
+        rollout
+    };
+    let bad = [
+        "99 99 * * *",
+        "60 0 * * *",
+        "0 24 * * *",
+        "0 0 32 * *",
+        "0 0 0 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "0 0 * * FUNDAY",
+        "0 2 * *",
+        "0 2 * * * *",
+    ];
+    for (index, schedule) in bad.into_iter().enumerate() {
+        let message = scratch
+            .refused(&with_schedule(&format!("bad-{index}"), schedule))
+            .await;
+        assert_says(
+            &message,
+            &[
+                "spec.strategy.maintenanceWindow.schedule",
+                "minute (0-59), hour (0-23)",
+            ],
+        );
+    }
+    // The operator's cron reader takes each of them (its window tests read the same list).
+    for (index, schedule) in cloudpillar_crds::rollout::SCHEDULE_EXAMPLES
+        .into_iter()
+        .enumerate()
+    {
+        scratch
+            .apply(&with_schedule(&format!("good-{index}"), schedule))
+            .await
+            .map_err(|e| anyhow::anyhow!("schedule {schedule:?} refused: {e}"))?;
+    }
     scratch.finish().await
 }

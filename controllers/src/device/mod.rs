@@ -2,6 +2,8 @@
 //! properties in line with the spec, and mirrors what the device reports into status.
 
 mod credentials;
+mod duplicate;
+mod index;
 mod memory;
 mod mirror;
 pub mod mode;
@@ -17,14 +19,15 @@ use cloudpillar_crds::Device;
 use cloudpillar_crds::conditions::{DEVICE_REGISTERED, DEVICE_SYNCED};
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 pub use credentials::{DEVICE_ID, PRIMARY_KEY, SECONDARY_KEY, key_secret_name};
+pub use duplicate::DUPLICATE_DEVICE_ID;
+pub use index::DeviceIndex;
 pub use memory::WrittenStatus;
 pub use mirror::{Mirrored, mirror, recipe_status};
 pub use registered::{Registrations, announce as announce_registrations};
-pub use sync::{Owned, desired_value, plan, within_limits};
+pub use sync::{Owned, desired_value, drifted, plan, within_limits};
 
 use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, finalizer, key_of};
@@ -86,6 +89,11 @@ async fn apply(
     let previous = ctx.device_status.current(device);
     let generation = device.meta().generation;
 
+    // Another Device holds this identity: touch nothing of it.
+    if let Some(holder) = ctx.index.held_by_other(device) {
+        return duplicate::refuse(device, &holder, api, ctx, &previous).await;
+    }
+
     let hub = match ctx.hubs.service(namespace, hub_name, &object).await {
         Ok(hub) => hub,
         Err(error) => {
@@ -108,9 +116,6 @@ async fn apply(
             return Err(error);
         }
     };
-    ctx.index
-        .insert(namespace, hub_name, &device_id, ObjectRef::from_obj(device));
-
     // Register when not known registered for this generation, or when the twin is gone.
     let registered = cloudpillar_crds::conditions::find(&previous.conditions, DEVICE_REGISTERED)
         .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
@@ -306,11 +311,17 @@ async fn write_twin(
     })
 }
 
-/// Removes the hub identity; an identity already gone counts as removed (F21).
+/// Removes the hub identity; an identity already gone counts as removed (F21). An identity
+/// another Device holds is left alone.
 async fn cleanup(device: &Device, namespace: &str, ctx: &Context) -> Result<()> {
     let object = key_of(device);
     let hub_name = device.spec.hub_ref.name.as_str();
     let device_id = device.device_id();
+    if let Some(holder) = ctx.index.held_by_other(device) {
+        let holder = holder.name.as_str();
+        tracing::info!(device = %device_id, holder, "identity held by another Device; kept");
+        return credentials::delete_generated(&ctx.client, device).await;
+    }
     match ctx.hubs.service(namespace, hub_name, &object).await {
         Ok(hub) => {
             let existed = hub.delete_device(&device_id).await.hub(&object)?;
@@ -333,7 +344,5 @@ async fn cleanup(device: &Device, namespace: &str, ctx: &Context) -> Result<()> 
         }
         Err(error) => return Err(error),
     }
-    credentials::delete_generated(&ctx.client, device).await?;
-    ctx.index.remove(namespace, hub_name, &device_id);
-    Ok(())
+    credentials::delete_generated(&ctx.client, device).await
 }

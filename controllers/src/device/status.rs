@@ -48,7 +48,7 @@ pub(super) async fn record_hub_failure(
         DEVICE_SYNCED,
         false,
         error.category(),
-        ErrorChain(error).to_string(),
+        failure_message(error),
         generation,
     );
     write_status(ctx, api, device, &previous, |s| {
@@ -56,6 +56,15 @@ pub(super) async fn record_hub_failure(
     })
     .await
     .map(drop)
+}
+
+/// The cause chain of a failed reconcile as the Device's own condition tells it: a hub call's
+/// failure without the wrapper that names the Device (the condition is on it already).
+fn failure_message(error: &Error) -> String {
+    match error {
+        Error::Hub { source, .. } => ErrorChain(source).to_string(),
+        other => ErrorChain(other).to_string(),
+    }
 }
 
 /// Events for changes a person cares about: connection lost or back, a failed recipe, a
@@ -128,5 +137,22 @@ pub(super) fn next_check(status: &DeviceStatus, ctx: &Context) -> Action {
         Action::requeue(until_stale)
     } else {
         ctx.resync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twin::tests::invalid_id_refused;
+
+    #[test]
+    fn a_hub_refusal_in_a_condition_names_the_device_id_once() {
+        let id = "a".repeat(200);
+        let error = Error::Hub {
+            object: format!("lab/{id}"),
+            source: invalid_id_refused(&id),
+        };
+        let message = failure_message(&error);
+        assert_eq!(message.matches(&id).count(), 1, "{message}");
     }
 }

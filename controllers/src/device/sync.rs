@@ -14,6 +14,8 @@ use cloudpillar_protocol::limits::{LimitError, TwinLimits};
 use cloudpillar_protocol::twin::{diff, is_equivalent, merge_patch, without_meta};
 use serde_json::{Map, Value};
 
+use cloudpillar_crds::Device;
+
 use crate::twin::{Twin, TwinPatch};
 
 /// What the operator wants in the twin, and what it last wrote there.
@@ -87,6 +89,30 @@ fn covers(current: &Value, wanted: &Value) -> bool {
     let mut merged = current.clone();
     merge_patch(&mut merged, wanted);
     is_equivalent(&merged, current)
+}
+
+/// Whether a twin change event body (`tags` and `properties.desired` as changed) sets a tag
+/// or desired property `device` owns to something its spec does not hold: someone else wrote
+/// it, and the Device must write it back. The operator's own writes carry the spec's values.
+pub fn drifted(device: &Device, change: &Value) -> bool {
+    let tags = change
+        .get("tags")
+        .is_some_and(|tags| contradicts(tags, &tags_value(&device.spec.tags)));
+    let desired = change
+        .pointer("/properties/desired")
+        .is_some_and(|desired| contradicts(desired, &desired_value(&device.spec.desired)));
+    tags || desired
+}
+
+/// Whether applying the merge patch `change` to a document holding `wanted` would change a
+/// member of `wanted`. Members `wanted` lacks are someone else's and never count.
+fn contradicts(change: &Value, wanted: &Value) -> bool {
+    match (change, wanted) {
+        (Value::Object(change), Value::Object(wanted)) => wanted
+            .iter()
+            .any(|(key, want)| change.get(key).is_some_and(|now| contradicts(now, want))),
+        (change, wanted) => !is_equivalent(change, wanted),
+    }
 }
 
 /// Checks the tags and desired properties a spec wants against IoT Hub's twin limits (depth 10,
@@ -292,6 +318,53 @@ mod tests {
         let shown = twin_with_desired(json!({"provisioning":
             {"authMethod": "SAS", "hub": "h", "mode": "STRICT"}}));
         assert!(plan(owned, &shown).is_empty());
+    }
+
+    fn device(tags: Value, desired: Value) -> Device {
+        Device::new(
+            "pc-02",
+            cloudpillar_crds::DeviceSpec {
+                tags: serde_json::from_value(tags).expect("tags"),
+                desired: map(desired),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_twin_change_by_someone_else_to_an_owned_key_is_drift() {
+        let device = device(
+            json!({"site": "lab"}),
+            json!({"logLevel": "info", "upload": {"everyMin": 15}}),
+        );
+        let drift = |change: Value| drifted(&device, &change);
+
+        // Another writer's values, or removal, of what the spec holds.
+        assert!(drift(json!({"version": 7, "tags": {"site": "elsewhere"}})));
+        assert!(drift(json!({"tags": {"site": null}})));
+        assert!(drift(
+            json!({"properties": {"desired": {"logLevel": "trace", "$version": 4}}})
+        ));
+        assert!(drift(
+            json!({"properties": {"desired": {"upload": {"everyMin": 1}}}})
+        ));
+        assert!(drift(json!({"properties": {"desired": {"upload": null}}})));
+
+        // The operator's own writes, and keys the spec does not own.
+        assert!(!drift(json!({"version": 7, "tags": {"site": "lab"}})));
+        assert!(!drift(json!({"tags": {"owner": "it"}})));
+        assert!(!drift(
+            json!({"properties": {"desired": {"logLevel": "info", "$version": 5}}})
+        ));
+        assert!(!drift(
+            json!({"properties": {"desired": {"upload": {"extra": true}}}})
+        ));
+        assert!(!drift(
+            json!({"properties": {"desired": {"changeSpec": {"id": "fw-1"}}}})
+        ));
+        assert!(!drift(
+            json!({"properties": {"reported": {"deviceState": "READY"}}})
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod plan;
 mod plan_tests;
 mod readiness;
 mod summary;
+mod validate;
 pub mod waves;
 pub mod window;
 
@@ -85,6 +86,9 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let rollout = finalizer::add(&api, rollout.as_ref(), FINALIZER).await?;
+    if let Some(problem) = validate::problem(&rollout.spec, chrono::Utc::now()) {
+        return validate::refuse(&api, &rollout, &ctx, problem).await;
+    }
 
     // Window and candidates, then the pure plan.
     let now = crate::status::now();

@@ -123,6 +123,15 @@ mod tests {
     }
 
     #[test]
+    fn every_form_the_crd_schedule_rule_allows_is_read() {
+        // The CRD validation test applies the same schedules to the API server.
+        for schedule in cloudpillar_crds::rollout::SCHEDULE_EXAMPLES {
+            let result = evaluate(&window(schedule, 1, "UTC"), utc(2026, 12, 5, 3, 30));
+            assert!(result.is_ok(), "{schedule:?}: {result:?}");
+        }
+    }
+
+    #[test]
     fn unknown_time_zone_is_an_error() {
         assert!(matches!(
             evaluate(

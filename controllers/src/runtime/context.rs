@@ -16,9 +16,10 @@ use tracing::Instrument;
 
 use super::metrics::Metrics;
 use crate::config::Config;
+use crate::device::DeviceIndex;
 use crate::device::{Registrations, WrittenStatus};
 use crate::error::Error;
-use crate::hubs::{DeviceIndex, HubClients};
+use crate::hubs::HubClients;
 use crate::recipe::Signer;
 use crate::rollout::Expectations;
 

@@ -29,7 +29,8 @@ pub use leader::{LeaderElection, Leadership};
 pub use metrics::Metrics;
 
 use crate::config::Config;
-use crate::hubs::{DeviceIndex, HubClients};
+use crate::device::DeviceIndex;
+use crate::hubs::HubClients;
 use crate::recipe::{NoSigner, SecretSigner, Signer};
 use crate::{device, hub, recipe, rollout};
 
@@ -203,10 +204,23 @@ async fn controllers(
     };
     let device_lists = triggers::Lists::default();
     let lists = device_lists.clone();
+    // Which Device holds each hub identity follows the watch before the cache does, so that
+    // a reconcile never sees a Device the index does not know. A Device that takes over an
+    // identity its holder left is reconciled.
+    let (triggers, twin_events) = mpsc::unbounded::<ObjectRef<Device>>();
+    let index = Arc::new(DeviceIndex::default());
+    let (claims, woken) = (index.clone(), triggers.clone());
     let feeds = [
         drive(
             watch::<Device>(&client, &config, "devices", &metrics)
                 .inspect(move |event| lists.note(event))
+                .inspect(move |event| {
+                    if let Ok(event) = event {
+                        for device in claims.observe(event) {
+                            let _ = woken.unbounded_send(device);
+                        }
+                    }
+                })
                 .reflect_shared(device_writer)
                 .map(|_| ())
                 .boxed(),
@@ -230,12 +244,11 @@ async fn controllers(
                 .boxed(),
         ),
     ];
-    let (triggers, twin_events) = mpsc::unbounded::<ObjectRef<Device>>();
-    let index = Arc::new(DeviceIndex::default());
     let hub_clients = Arc::new(HubClients::new(
         client.clone(),
         config.connector.clone(),
         hubs.clone(),
+        devices.clone(),
         index.clone(),
         triggers,
     ));

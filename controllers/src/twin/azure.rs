@@ -267,7 +267,7 @@ fn check_status(call: &Call<'_>, status: StatusCode, text: &str) -> Result<(), T
             operation: call.operation,
             device_id,
             status: code,
-            message: text.chars().take(512).collect(),
+            message: super::refusal_message(text),
         }),
     }
 }

@@ -70,7 +70,7 @@ impl AzureTwinService {
                 operation,
                 device_id: device_id.to_owned(),
                 status: code,
-                message: text.chars().take(512).collect(),
+                message: super::refusal_message(&text),
             },
         })
     }

@@ -199,7 +199,7 @@ impl Reader {
                 operation: "read events",
                 device_id: "-".into(),
                 status,
-                message: text.chars().take(512).collect(),
+                message: super::refusal_message(&text),
             });
         }
         serde_json::from_str(&text).map_err(|source| TwinError::Decode {

@@ -279,8 +279,12 @@ pub enum TwinError {
         /// Last HTTP status.
         status: u16,
     },
-    /// The hub refused the request (another 4xx).
-    #[error("hub refused {operation} on {device_id} with {status}: {message}")]
+    /// The hub refused the request (another 4xx). The device id is left out when the hub's
+    /// message names it already.
+    #[error(
+        "hub refused {operation}{} with {status}: {message}",
+        on_device(device_id, message)
+    )]
     Refused {
         /// What was attempted.
         operation: &'static str,
@@ -288,7 +292,7 @@ pub enum TwinError {
         device_id: String,
         /// HTTP status.
         status: u16,
-        /// The hub's message, cut to 512 characters.
+        /// The hub's message (see [`refusal_message`]).
         message: String,
     },
     /// The request did not reach the hub or the answer did not arrive.
@@ -353,6 +357,35 @@ pub enum TwinError {
     },
 }
 
+/// ` on DEVICE_ID`, unless `message` names the device already.
+fn on_device(device_id: &str, message: &str) -> String {
+    match device_id == "-" || message.contains(device_id) {
+        true => String::new(),
+        false => format!(" on {device_id}"),
+    }
+}
+
+/// The reason in a refusal's body, cut to 512 characters. IoT Hub answers
+/// `{"Message":"ErrorCode:CODE;REASON","ExceptionMessage":"..."}`, whose exception message
+/// repeats the reason or only carries a tracking id: this gives `CODE: REASON`. Any other
+/// body is kept as it is.
+pub(crate) fn refusal_message(body: &str) -> String {
+    let azure = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("Message").and_then(Value::as_str).map(str::to_owned));
+    let message = match azure {
+        Some(text) => match text
+            .strip_prefix("ErrorCode:")
+            .and_then(|rest| rest.split_once(';'))
+        {
+            Some((code, reason)) => format!("{code}: {reason}"),
+            None => text,
+        },
+        None => body.to_owned(),
+    };
+    message.chars().take(512).collect()
+}
+
 impl TwinError {
     /// Whether retrying later may succeed (throttling, outages, transport errors).
     pub fn is_transient(&self) -> bool {
@@ -365,3 +398,52 @@ impl TwinError {
 
 /// How long a SAS token the client makes stays valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The edge hub's answer to registering `id` when it is no valid device id, in IoT Hub's
+    /// error shape (the reason twice).
+    pub(crate) fn invalid_id_refused(id: &str) -> TwinError {
+        let body = serde_json::json!({
+            "Message": format!("ErrorCode:ArgumentInvalid;invalid device id {id:?}"),
+            "ExceptionMessage": format!("ArgumentInvalid invalid device id {id:?}"),
+        });
+        TwinError::Refused {
+            operation: "register device",
+            device_id: id.to_owned(),
+            status: 400,
+            message: refusal_message(&body.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_device_id_once() {
+        let id = "a".repeat(200);
+        let text = invalid_id_refused(&id).to_string();
+        assert_eq!(text.matches(&id).count(), 1, "{text}");
+        assert!(
+            text.starts_with("hub refused register device with 400: ArgumentInvalid: invalid"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_that_does_not_name_the_device_says_which() {
+        let body = r#"{"Message":"ErrorCode:ThrottleBacklogLimitExceeded;too many requests",
+                       "ExceptionMessage":"Tracking ID:1f-G:3-TimeStamp:05/23/2023 13:40:21"}"#;
+        let error = TwinError::Refused {
+            operation: "patch twin",
+            device_id: "pc-02".into(),
+            status: 429,
+            message: refusal_message(body),
+        };
+        assert_eq!(
+            error.to_string(),
+            "hub refused patch twin on pc-02 with 429: ThrottleBacklogLimitExceeded: too many \
+             requests"
+        );
+        assert_eq!(refusal_message("bad gateway"), "bad gateway");
+    }
+}

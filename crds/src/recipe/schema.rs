@@ -32,7 +32,13 @@ pub fn change_spec_schema(generator: &mut SchemaGenerator) -> Schema {
             "minLength": 1,
             "maxLength": 128,
             "description": "Identifies this recipe version; devices use it to tell recipes \
-                            apart, so any change to the recipe needs a new id.",
+                            apart, so any change to the recipe needs a new id. ASCII letters, \
+                            digits, '.', '_' and '-', not starting with '.'.",
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^[A-Za-z0-9_-][A-Za-z0-9._-]*$')",
+                "message": "changeSpec.id may only hold ASCII letters, digits, '.', '_' and '-', \
+                            and may not start with '.': devices keep recipe state under it",
+            }],
         })
         .into(),
     );
@@ -42,13 +48,27 @@ pub fn change_spec_schema(generator: &mut SchemaGenerator) -> Schema {
         section.insert("description".into(), description.into());
         properties.insert(name.into(), section.into());
     }
+    let any_section = SECTIONS
+        .map(|name| format!("has(self.{name})"))
+        .join(" || ");
+    let any_step = SECTIONS
+        .map(|name| {
+            format!("(has(self.{name}) && self.{name}.exists(s, size(self.{name}[s]) > 0))")
+        })
+        .join(" || ");
     json_schema!({
         "type": "object",
         "required": ["id"],
         "properties": properties,
         "x-kubernetes-validations": [{
-            "rule": SECTIONS.map(|name| format!("has(self.{name})")).join(" || "),
+            "rule": any_section.clone(),
             "message": format!("changeSpec needs at least one section: {}", SECTIONS.join(" or ")),
+        }, {
+            // A recipe with no step at all would be signed, rolled out and reported a success
+            // on every device without doing anything: almost certainly a mistake.
+            "rule": format!("!({any_section}) || {any_step}"),
+            "message": "changeSpec has no steps: a recipe needs at least one step in one of its \
+                        stages",
         }],
     })
 }

@@ -21,7 +21,9 @@ pub struct RolloutStatus {
     pub observed_generation: Option<i64>,
 
     /// Pending (waiting for a valid, signed recipe), Progressing, Paused, Succeeded,
-    /// Failed (finished with failed devices) or Aborted (stopped by the failure threshold).
+    /// Failed (finished with failed devices), Aborted (stopped by the failure threshold) or
+    /// Invalid (the spec holds something the operator cannot use; the Progressing condition
+    /// says what).
     #[serde(default)]
     pub phase: RolloutPhase,
 
@@ -57,9 +59,9 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// Current state: `Progressing`, `Paused` (the reason says why: Requested,
-    /// WaitingForApproval, WavePause, FailureThreshold, OutsideMaintenanceWindow,
-    /// RecipeBusy) and `Complete`.
+    /// Current state: `Progressing` (False with reason InvalidSpec when the spec cannot be
+    /// used), `Paused` (the reason says why: Requested, WaitingForApproval, WavePause,
+    /// FailureThreshold, OutsideMaintenanceWindow, RecipeBusy) and `Complete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_list")]
     pub conditions: Vec<Condition>,
@@ -81,6 +83,10 @@ pub enum RolloutPhase {
     Failed,
     /// Stopped early because the failure threshold was crossed with action Abort.
     Aborted,
+    /// The spec holds something the operator cannot use, such as an unknown time zone; the
+    /// Progressing condition says what. No device starts until the spec is fixed; devices
+    /// already running finish.
+    Invalid,
 }
 
 impl RolloutPhase {

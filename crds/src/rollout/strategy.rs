@@ -2,10 +2,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::Duration;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::duration;
+use crate::common::{duration, optional_label_selector};
 
 /// Most waves a Rollout may have.
 pub const MAX_WAVES: usize = 20;
@@ -117,6 +117,7 @@ pub struct Wave {
     /// besides matching the Rollout's selector. The wave ends early when no such device is
     /// left, even below its count or percent. Not allowed on the last wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_label_selector")]
     pub selector: Option<LabelSelector>,
 
     /// Wait after this wave's devices have finished, before the next wave starts.
@@ -200,15 +201,10 @@ pub enum FailureAction {
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceWindow {
     /// When the window opens, as a five-field cron expression (minute, hour, day of month,
-    /// month, day of week), for example `0 2 * * 6` for Saturdays at 02:00.
-    #[schemars(
-        length(max = 128),
-        extend("x-kubernetes-validations" = [{
-            "rule": r"self.matches('^\\s*[0-9*/,?LW#A-Za-z-]+(\\s+[0-9*/,?LW#A-Za-z-]+){4}\\s*$')",
-            "message": "schedule must be a cron expression with five fields (minute hour \
-                        day-of-month month day-of-week), for example '0 2 * * 6'",
-        }])
-    )]
+    /// month, day of week), for example `0 2 * * 6` for Saturdays at 02:00. Each value must
+    /// lie in its field's range; lists, ranges, steps, month and weekday names, `L`, `nW` and
+    /// `n#k` are allowed.
+    #[schemars(schema_with = "schedule")]
     pub schedule: String,
 
     /// How long the window stays open, for example `4h`.
@@ -230,4 +226,56 @@ pub struct MaintenanceWindow {
 
 fn utc() -> String {
     "UTC".into()
+}
+
+/// One schedule of each form the `schedule` rule accepts: lists, ranges, steps, month and
+/// weekday names in any case, `L`, `nW`, `nL`, `n#k`, `?`, a leading `+` on the day of week,
+/// and surrounding spaces.
+pub const SCHEDULE_EXAMPLES: [&str; 9] = [
+    "0 2 * * 6",
+    "*/15 1-5 * * MON-FRI",
+    "0 2 L * *",
+    "0 3 15W * ?",
+    "30 1 * JAN,jul 5L",
+    "0 0 1 */3 0#2",
+    "0 2 * * 7",
+    "0,30 22-23 1-7 * sun",
+    " 5 4 * * +1 ",
+];
+
+/// Schema of a maintenance window schedule: five cron fields, each a list of values, ranges
+/// and steps within the field's range, as the operator's cron reader takes them. A schedule
+/// that passes and still cannot be read shows in the Rollout's status.
+fn schedule(_: &mut SchemaGenerator) -> Schema {
+    const MONTHS: &str = "(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)";
+    const DAYS: &str = "(?i:sun|mon|tue|wed|thu|fri|sat)";
+    const DAY: &str = "0?[1-9]|[12][0-9]|3[01]";
+    // One field: items separated by commas; an item is `*`, a value or a range, with an
+    // optional step, or one of the field's special forms.
+    let field = |value: &str, special: &str| {
+        let item = format!("([*]|({value})(-({value}))?)(/[0-9]{{1,3}})?{special}");
+        format!("({item})(,({item}))*")
+    };
+    let weekday = format!("0?[0-7]|{DAYS}");
+    let fields = [
+        field("[0-5]?[0-9]", ""),
+        field("[01]?[0-9]|2[0-3]", ""),
+        field(DAY, &format!("|({DAY})[Ww]|[Ll]|[?]")),
+        field(&format!("0?[1-9]|1[0-2]|{MONTHS}"), ""),
+        format!(
+            "[+]?{}",
+            field(&weekday, &format!("|({weekday})([Ll]|#[1-5])|[Ll]|[?]"))
+        ),
+    ];
+    let pattern = format!("^[[:space:]]*{}[[:space:]]*$", fields.join("[[:space:]]+"));
+    json_schema!({
+        "type": "string",
+        "maxLength": 128,
+        "x-kubernetes-validations": [{
+            "rule": format!("self.matches('{pattern}')"),
+            "message": "schedule must be a cron expression with five fields: minute (0-59), \
+                        hour (0-23), day of month (1-31, L, nW), month (1-12 or JAN-DEC) and \
+                        day of week (0-7 or SUN-SAT, nL, n#k), for example '0 2 * * 6'",
+        }],
+    })
 }
