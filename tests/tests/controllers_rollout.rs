@@ -623,3 +623,115 @@ async fn a_second_rollout_waits_and_cancelling_leaves_reported_progress_untouche
     let _ = site.rollout("first").await?.name_any();
     site.finish().await
 }
+
+/// A recipe of one quick shell step.
+fn quick_recipe(id: &str) -> Value {
+    json!({ "id": id, "patch": { "installSteps": [ { "shell": "bash", "command": "true" } ] } })
+}
+
+#[tokio::test]
+async fn two_rollouts_over_the_same_devices_take_turns_and_both_finish() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-turns").await?;
+    site.recipe("quick5", quick_recipe("quick5")).await?;
+    site.recipe("quick6", quick_recipe("quick6")).await?;
+    let names = ["pc-01", "pc-02", "pc-03", "pc-04"];
+    site.devices(&names, json!({"fleet": "rev"})).await?;
+    let rollout = |name: &str, recipe: &str, waves: Value| {
+        json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": name },
+            "spec": {
+                "recipeRef": { "name": recipe },
+                "selector": { "matchLabels": { "fleet": "rev" } },
+                "strategy": { "waves": waves },
+            },
+        })
+    };
+    let canary = json!([{ "name": "canary", "count": 1 }, { "name": "rest", "percent": 100 }]);
+    let all = json!([{ "percent": 100 }]);
+    let (first, second) = tokio::join!(
+        apply::<Rollout>(
+            &site.client,
+            &site.ns,
+            rollout("canary-first", "quick5", canary)
+        ),
+        apply::<Rollout>(
+            &site.client,
+            &site.ns,
+            rollout("all-at-once", "quick6", all)
+        ),
+    );
+    first?;
+    second?;
+
+    // Every device runs whatever recipe its twin holds and succeeds. Neither Rollout's
+    // counts ever go back, also when the other one takes a device it finished with.
+    let rollouts: Api<Rollout> = Api::namespaced(site.client.clone(), &site.ns);
+    let mut reported: Vec<(String, String)> = Vec::new();
+    let mut seen: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        for device in names {
+            if let Some(id) = site.twin_recipe(device)
+                && !reported.contains(&(device.to_owned(), id.clone()))
+            {
+                site.recipe_status(device, &id, "Success").await?;
+                reported.push((device.to_owned(), id));
+            }
+        }
+        let mut finished = 0;
+        for name in ["canary-first", "all-at-once"] {
+            let status = rollouts.get(name).await?.status.unwrap_or_default();
+            let now = (status.counts.total, status.counts.succeeded);
+            let before = seen.insert(name, now).unwrap_or_default();
+            assert!(
+                now.0 >= before.0 && now.1 >= before.1,
+                "{name} went back from {before:?} to {now:?}"
+            );
+            if status.phase == RolloutPhase::Succeeded {
+                finished += 1;
+            }
+        }
+        if finished == 2 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = |r: Rollout| {
+                let s = r.status.unwrap_or_default();
+                (s.phase, s.counts, s.conditions)
+            };
+            anyhow::bail!(
+                "the Rollouts did not both finish: {:?} / {:?}",
+                status(rollouts.get("canary-first").await?),
+                status(rollouts.get("all-at-once").await?)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for name in ["canary-first", "all-at-once"] {
+        let counts = site.rollout(name).await?.status.expect("status").counts;
+        assert_eq!(
+            (counts.total, counts.succeeded),
+            (4, 4),
+            "{name}: {counts:?}"
+        );
+    }
+
+    // Each device received each recipe exactly once.
+    for device in names {
+        let ids: Vec<String> = site
+            .recorder
+            .patches_for(device)
+            .into_iter()
+            .filter_map(|p| {
+                p.desired?
+                    .pointer("/changeSpec/id")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["quick5", "quick6"], "{device} got {ids:?}");
+    }
+    site.finish().await
+}

@@ -81,7 +81,7 @@ pub async fn cancel(
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(Time(now));
-            apply_assignment(&api, device, Some(&record), None).await?;
+            apply_assignment(&api, device, &record, None, ctx).await?;
             ctx.expectations
                 .expect(uid, ObjectRef::from_obj(device.as_ref()), Some(record));
         }

@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::handover;
 use super::plan::{AssignmentWrite, Plan};
 use super::{CANCEL_KEY, CONTROLLER, ReadyRecipe};
 use crate::error::{Error, HubContext, KubeContext, Result, is_status};
@@ -112,7 +113,7 @@ async fn write_assignment(
     uid: &str,
 ) -> Result<bool> {
     let version = write.claim.then(|| device.resource_version()).flatten();
-    match apply_assignment(api, device, Some(&write.assignment), version).await {
+    match apply_assignment(api, device, &write.assignment, version, ctx).await {
         Ok(()) => {
             ctx.expectations.expect(
                 uid,
@@ -129,22 +130,35 @@ async fn write_assignment(
     }
 }
 
-/// Server-side applies `status.assignment` (or removes it with `None`) under this
-/// controller's field manager, optionally guarded by `resource_version`.
+/// Server-side applies `status.assignment` under this controller's field manager, with
+/// `status.previousAssignments` (the record it replaces moves there, see [`handover`]),
+/// optionally guarded by `resource_version`. Every write carries both fields: the field
+/// manager owns them together, and a field left out of an apply would be removed.
 pub async fn apply_assignment(
     api: &Api<Device>,
     device: &Device,
-    assignment: Option<&DeviceAssignment>,
+    assignment: &DeviceAssignment,
     resource_version: Option<String>,
+    ctx: &Context,
 ) -> Result<()> {
     let mut metadata = json!({ "name": device.name_any() });
     if let Some(version) = resource_version {
         metadata["resourceVersion"] = version.into();
     }
-    let status = match assignment {
-        Some(a) => json!({ "assignment": a }),
-        None => json!({}),
-    };
+    let namespace = device.namespace().unwrap_or_default();
+    let current = device.status.as_ref();
+    let previous = handover::previous_assignments(
+        current.and_then(|s| s.assignment.as_ref()),
+        current
+            .map(|s| s.previous_assignments.as_slice())
+            .unwrap_or_default(),
+        assignment,
+        |a| super::running(ctx, &namespace, a),
+    );
+    let mut status = json!({ "assignment": assignment });
+    if !previous.is_empty() {
+        status["previousAssignments"] = json!(previous);
+    }
     let body = json!({
         "apiVersion": Device::api_version(&()),
         "kind": Device::kind(&()),
@@ -181,7 +195,7 @@ async fn start(
             assignment.phase = DeviceRolloutPhase::Failed;
             assignment.reason = Some(format!("HubUnusable: {error}"));
             assignment.phase_time = Some(Time(crate::status::now()));
-            apply_assignment(api, device, Some(&assignment), None).await?;
+            apply_assignment(api, device, &assignment, None, ctx).await?;
             ctx.expectations
                 .expect(uid, ObjectRef::from_obj(device), Some(assignment));
             return Ok(());
@@ -196,7 +210,7 @@ async fn start(
 
     assignment.phase = DeviceRolloutPhase::Assigned;
     assignment.assigned_time = Some(Time(crate::status::now()));
-    apply_assignment(api, device, Some(&assignment), None).await?;
+    apply_assignment(api, device, &assignment, None, ctx).await?;
     ctx.expectations
         .expect(uid, ObjectRef::from_obj(device), Some(assignment));
     tracing::info!(device = %device_id, recipe = %recipe.id, "recipe written to twin");

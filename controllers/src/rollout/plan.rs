@@ -1,6 +1,7 @@
 //! One step of a Rollout, decided from durable state only (pure; no I/O).
 //!
-//! Inputs are the Rollout, the devices it selects with their `status.assignment` records,
+//! Inputs are the Rollout, the devices it selects with this Rollout's record on each (the
+//! current `status.assignment`, or one a later Rollout took over, which is only counted),
 //! and the clock; the output is the assignment records to write, the devices whose twins
 //! must receive the recipe, and the new Rollout status. Because every input is durable
 //! (Device and Rollout status, written before acting), a restarted operator plans exactly
@@ -29,6 +30,8 @@ pub struct Candidate<'a> {
     pub selected: bool,
     /// This Rollout's record on the device, if it claimed it.
     pub mine: Option<&'a DeviceAssignment>,
+    /// Whether `mine` was handed over to a later Rollout (it is finished and only counted).
+    pub handed_over: bool,
     /// The other Rollout that still holds the device (one recipe at a time), by name.
     pub held_by: Option<&'a str>,
     /// The agent reports BUSY.
@@ -116,6 +119,10 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
     let mut members: BTreeMap<&str, DeviceAssignment> = BTreeMap::new();
     for candidate in candidates {
         let Some(mine) = candidate.mine else { continue };
+        if candidate.handed_over {
+            members.insert(candidate.name, mine.clone());
+            continue;
+        }
         let (phase, reason) = waves::observe(mine, &candidate.observed, timeout, facts.now);
         let mut record = mine.clone();
         if phase != mine.phase || reason != mine.reason {

@@ -21,6 +21,8 @@ struct Fleet {
     reports: BTreeMap<String, DeviceRecipeStatus>,
     busy: Vec<String>,
     elsewhere: Vec<String>,
+    /// Devices a later Rollout took: their records here are kept as previous assignments.
+    handed_over: Vec<String>,
     names: Vec<String>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     now: i64,
@@ -39,6 +41,7 @@ impl Fleet {
             reports: BTreeMap::new(),
             busy: Vec::new(),
             elsewhere: Vec::new(),
+            handed_over: Vec::new(),
             names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
             labels: BTreeMap::new(),
             now: 1_000,
@@ -57,6 +60,7 @@ impl Fleet {
                 name,
                 selected: true,
                 mine: self.records.get(name),
+                handed_over: self.handed_over.contains(name),
                 held_by: self.elsewhere.contains(name).then_some("fw-1-9"),
                 busy: self.busy.contains(name),
                 labels: self.labels.get(name).unwrap_or(&unlabelled),
@@ -475,4 +479,39 @@ fn a_missing_recipe_is_named_in_the_pending_rollout() {
     assert_eq!(fleet.status.phase, RolloutPhase::Pending);
     assert_eq!(progressing.reason, "RecipeNotReady");
     assert_eq!(progressing.message, "Recipe fw does not exist");
+}
+
+#[test]
+fn a_device_another_rollout_took_after_it_finished_still_counts_and_is_not_claimed_again() {
+    let mut fleet = Fleet::new(3, vec![Wave::count(1), Wave::percent(100)]);
+    fleet.step();
+    fleet.report("dev-00", "Success");
+    fleet.step();
+    assert_eq!(fleet.status.current_wave, Some(2));
+    let before = fleet.status.counts.clone();
+
+    // A later Rollout takes the finished canary and runs its own recipe on it.
+    fleet.handed_over.push("dev-00".into());
+    fleet.reports.insert(
+        "dev-00".into(),
+        DeviceRecipeStatus {
+            id: Some("other".into()),
+            status: Some("InProgress".into()),
+            ..DeviceRecipeStatus::default()
+        },
+    );
+    let plan = fleet.step();
+    assert!(
+        plan.writes.iter().all(|w| w.device != "dev-00") && !plan.starts.contains(&"dev-00".into()),
+        "the handed-over record is neither rewritten nor claimed again"
+    );
+    assert_eq!(fleet.status.counts, before, "counts do not regress");
+
+    fleet.finish_running("Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
+    assert_eq!(
+        (fleet.status.counts.total, fleet.status.counts.succeeded),
+        (3, 3)
+    );
 }
