@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cloudpillar_controllers::SecretLocation;
-use cloudpillar_crds::{Device, DeviceRolloutPhase, Recipe, Rollout, RolloutPhase};
+use cloudpillar_crds::{
+    Device, DeviceAssignment, DeviceRolloutPhase, Recipe, Rollout, RolloutPhase,
+};
 use cloudpillar_protocol::signing::{SigningKey, TrustStore};
 use cloudpillar_tests::controllers::{
     EdgeHub, Operator, SimDevice, apply, device_key, eventually, test_config,
@@ -106,6 +108,18 @@ impl Site {
 
     /// Applies labelled Devices, waits until registered and connects each over MQTT.
     async fn devices(&mut self, names: &[&str], labels: Value) -> anyhow::Result<()> {
+        self.register(names, labels).await?;
+        for name in names {
+            let key = device_key(&self.client, &self.ns, name).await?;
+            let mut link = self.hub.connect(name, &key).await?;
+            link.report(json!({"deviceState": "READY"})).await?;
+            self.links.insert((*name).to_owned(), link);
+        }
+        Ok(())
+    }
+
+    /// Applies labelled Devices and waits until they are registered; no agent connects.
+    async fn register(&self, names: &[&str], labels: Value) -> anyhow::Result<()> {
         for name in names {
             let object = json!({
                 "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
@@ -125,10 +139,6 @@ impl Site {
                 Ok(cloudpillar_crds::conditions::is_true(&conditions, "Registered").then_some(()))
             })
             .await?;
-            let key = device_key(&self.client, &self.ns, name).await?;
-            let mut link = self.hub.connect(name, &key).await?;
-            link.report(json!({"deviceState": "READY"})).await?;
-            self.links.insert((*name).to_owned(), link);
         }
         Ok(())
     }
@@ -185,10 +195,22 @@ impl Site {
     }
 
     async fn assignment_phase(&self, device: &str) -> anyhow::Result<Option<DeviceRolloutPhase>> {
+        Ok(self.assignment(device).await?.map(|a| a.phase))
+    }
+
+    async fn assignment(&self, device: &str) -> anyhow::Result<Option<DeviceAssignment>> {
         let device = Api::<Device>::namespaced(self.client.clone(), &self.ns)
             .get(device)
             .await?;
-        Ok(device.status.and_then(|s| s.assignment).map(|a| a.phase))
+        Ok(device.status.and_then(|s| s.assignment))
+    }
+
+    /// The twin's desired `changeCancel`, if any.
+    fn twin_cancel(&self, device: &str) -> Option<Value> {
+        self.hub
+            .twin(device)?
+            .pointer("/properties/desired/changeCancel")
+            .cloned()
     }
 
     /// Checks the twin holds the Recipe's changeSpec and a changeSign that verifies.
@@ -733,5 +755,105 @@ async fn two_rollouts_over_the_same_devices_take_turns_and_both_finish() -> anyh
         sorted.sort();
         assert_eq!(sorted, vec!["quick5", "quick6"], "{device} got {ids:?}");
     }
+    site.finish().await
+}
+
+#[tokio::test]
+async fn timed_out_and_aborted_devices_are_cancelled_and_a_late_result_is_recorded()
+-> anyhow::Result<()> {
+    let mut site = Site::start("ctl-abort").await?;
+    site.recipe("quick7", quick_recipe("quick7")).await?;
+    // Two devices whose agents never come, and one that turns busy mid-run.
+    site.register(&["pc-01", "pc-02"], json!({"fleet": "late"}))
+        .await?;
+    site.devices(&["pc-03"], json!({"fleet": "late"})).await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "timed" },
+        "spec": {
+            "recipeRef": { "name": "quick7" },
+            "selector": { "matchLabels": { "fleet": "late" } },
+            "strategy": {
+                "deviceTimeout": "5s",
+                "failureThreshold": { "percent": 40, "action": "Abort" },
+            },
+        },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+    eventually("recipe in pc-03's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-03").map(|_| ()))
+    })
+    .await?;
+    site.recipe_status("pc-03", "quick7", "InProgress").await?;
+    site.report("pc-03", json!({"deviceState": "BUSY"})).await?;
+
+    // The silent devices time out and the Rollout aborts: every unfinished device, timed
+    // out or still running, gets a cancel request in its twin.
+    let aborted = site
+        .wait_rollout("timed", "rollout aborted", phase_is(RolloutPhase::Aborted))
+        .await?;
+    let failed = aborted.status.expect("status").failed_devices;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for entry in &failed {
+        assert_eq!(entry.reason, "Timeout");
+        assert_eq!(
+            entry.message.as_deref(),
+            Some("Timeout: no result within 5s of receiving the recipe")
+        );
+    }
+    for device in ["pc-01", "pc-02", "pc-03"] {
+        let cancel = eventually(&format!("cancel in {device}'s twin"), WAIT, || async {
+            Ok(site.twin_cancel(device))
+        })
+        .await?;
+        assert_eq!(cancel, json!({ "id": "quick7" }), "{device}");
+    }
+    let running = site.assignment("pc-03").await?.expect("assignment");
+    assert_eq!(
+        running.reason.as_deref(),
+        Some("CancelRequested: the Rollout was aborted")
+    );
+
+    // pc-01 had run the recipe after all and its result arrives late: it is recorded as it
+    // is, saying so; pc-03 confirms the cancel. The Rollout stays Aborted, counting both.
+    let late = json!({"changeSpec": {"id": "quick7", "Status": "Success"}, "deviceState": "READY"});
+    site.hub.handle.core().patch_reported("pc-01", late).await?;
+    site.recipe_status("pc-03", "quick7", "Cancelled").await?;
+    let counted = site
+        .wait_rollout("timed", "late results counted", |r| {
+            r.status.as_ref().is_some_and(|s| {
+                (s.counts.succeeded, s.counts.failed, s.counts.cancelled) == (1, 1, 1)
+            })
+        })
+        .await?;
+    let status = counted.status.expect("status");
+    assert_eq!(status.phase, RolloutPhase::Aborted);
+    assert_eq!(status.counts.total, 3);
+    assert_eq!(
+        status
+            .failed_devices
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pc-02"]
+    );
+    let record = site.assignment("pc-01").await?.expect("assignment");
+    assert_eq!(record.phase, DeviceRolloutPhase::Succeeded);
+    assert_eq!(
+        record.reason.as_deref(),
+        Some("FinishedLate: the device reported Success after it had timed out")
+    );
+    assert_eq!(
+        site.assignment_phase("pc-03").await?,
+        Some(DeviceRolloutPhase::Cancelled)
+    );
+
+    // Deleting the aborted Rollout leaves every twin it wrote cancelled.
+    let rollouts: Api<Rollout> = Api::namespaced(site.client.clone(), &site.ns);
+    rollouts.delete("timed", &DeleteParams::default()).await?;
+    eventually("rollout removed", WAIT, || async {
+        Ok(rollouts.get_opt("timed").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(site.twin_cancel("pc-02"), Some(json!({ "id": "quick7" })));
     site.finish().await
 }

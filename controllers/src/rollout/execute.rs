@@ -13,9 +13,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::handover;
 use super::plan::{AssignmentWrite, Plan};
 use super::{CANCEL_KEY, CONTROLLER, ReadyRecipe};
+use super::{cancel, handover};
 use crate::error::{Error, HubContext, KubeContext, Result, is_status};
 use crate::runtime::{Context, key_of};
 use crate::status::manager;
@@ -102,9 +102,11 @@ pub async fn run(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Writes one assignment record. A claim carries the cached resourceVersion, so it fails
-/// (`Ok(false)`) when the Device changed meanwhile, for example because another Rollout
-/// claimed it; the next reconcile sees the change.
+/// Writes one assignment record, after the cancel request in the twin when the write asks
+/// for one (if that fails, the record stays as it was and the next reconcile tries again).
+/// A guarded write carries the cached resourceVersion, so it fails (`Ok(false)`) when the
+/// Device changed meanwhile, for example because another Rollout claimed it; the next
+/// reconcile sees the change.
 async fn write_assignment(
     api: &Api<Device>,
     device: &Device,
@@ -112,7 +114,13 @@ async fn write_assignment(
     ctx: &Context,
     uid: &str,
 ) -> Result<bool> {
-    let version = write.claim.then(|| device.resource_version()).flatten();
+    if write.cancel {
+        // `Timeout: no result within 6h ...`, `CancelRequested: the Rollout was aborted`.
+        let reason = write.assignment.reason.as_deref().unwrap_or_default();
+        let why = reason.split_once(": ").map_or(reason, |(_, why)| why);
+        cancel::request_cancel(device, &write.assignment.recipe_id, why, ctx).await?;
+    }
+    let version = write.guarded.then(|| device.resource_version()).flatten();
     match apply_assignment(api, device, &write.assignment, version, ctx).await {
         Ok(()) => {
             ctx.expectations.expect(
@@ -220,13 +228,14 @@ async fn start(
 /// Makes the twin's desired section hold `wanted` (top-level members), ETag-guarded: the
 /// members are turned into the merge patch that changes the twin's current values into the
 /// wanted ones, so that no member of an older recipe lingers. Any pending cancel request is
-/// removed with it. Nothing is written when the twin already holds `wanted`.
+/// removed with it, unless `wanted` is one. Nothing is written when the twin already holds
+/// `wanted`; `Ok(true)` when something was.
 pub async fn write_desired(
     hub: &dyn TwinService,
     device_id: &str,
     wanted: &Value,
     ctx: &Context,
-) -> std::result::Result<(), TwinError> {
+) -> std::result::Result<bool, TwinError> {
     for _ in 0..3 {
         let twin = hub.get_twin(device_id).await?;
         let current = &twin.properties.desired;
@@ -243,7 +252,7 @@ pub async fn write_desired(
             patch.insert(CANCEL_KEY.into(), Value::Null);
         }
         if patch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let patch = TwinPatch {
             tags: None,
@@ -252,7 +261,7 @@ pub async fn write_desired(
         match hub.patch_twin(device_id, &patch, Some(&twin.etag)).await {
             Ok(_) => {
                 ctx.metrics.twin_write("written");
-                return Ok(());
+                return Ok(true);
             }
             Err(TwinError::EtagMismatch { .. }) => ctx.metrics.twin_write("etag_mismatch"),
             Err(error) => {

@@ -11,7 +11,17 @@ use cloudpillar_crds::device::MAX_PREVIOUS_ASSIGNMENTS;
 use cloudpillar_crds::{DeviceAssignment, DeviceRecipeStatus};
 
 /// Reported recipe statuses after which the device no longer works on the recipe.
-pub const FINISHED_REPORTS: [&str; 4] = ["Success", "Failure", "Cancelled", "Refused"];
+const FINISHED_REPORTS: [&str; 4] = ["Success", "Failure", "Cancelled", "Refused"];
+
+/// Whether the device reports `recipe_id` finished, one way or another.
+pub fn reports_finished(report: Option<&DeviceRecipeStatus>, recipe_id: &str) -> bool {
+    report.is_some_and(|r| {
+        r.id.as_deref() == Some(recipe_id)
+            && r.status
+                .as_deref()
+                .is_some_and(|s| FINISHED_REPORTS.contains(&s))
+    })
+}
 
 /// Whether `assignment` keeps other Rollouts off the device.
 ///
@@ -29,13 +39,7 @@ pub fn holds(
     if owner_running {
         return true;
     }
-    let finished_report = report.is_some_and(|r| {
-        r.id.as_deref() == Some(assignment.recipe_id.as_str())
-            && r.status
-                .as_deref()
-                .is_some_and(|s| FINISHED_REPORTS.contains(&s))
-    });
-    assignment.phase.is_in_flight() && !finished_report
+    assignment.phase.is_in_flight() && !reports_finished(report, &assignment.recipe_id)
 }
 
 /// The `previousAssignments` to write together with `next`.

@@ -5,6 +5,7 @@
 //! controller's field manager, see [`handover`]) and in the twins; the Rollout's own status holds counts. Each
 //! reconcile rebuilds its view from those durable records (see [`plan`]).
 
+mod abort;
 mod cancel;
 mod execute;
 mod expect;
@@ -13,6 +14,7 @@ pub mod plan;
 #[cfg(test)]
 mod plan_tests;
 mod readiness;
+pub mod reasons;
 mod summary;
 pub mod waves;
 pub mod window;

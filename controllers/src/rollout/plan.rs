@@ -18,6 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
+use super::abort;
+use super::reasons;
 use super::summary::{self, Gate};
 use super::waves::{self, Observed, cumulative_targets};
 
@@ -74,8 +76,32 @@ pub struct AssignmentWrite {
     pub device: String,
     /// The record to write.
     pub assignment: DeviceAssignment,
-    /// Whether this claims a device the Rollout did not hold (guarded by resourceVersion).
+    /// Whether this claims a device the Rollout did not hold.
     pub claim: bool,
+    /// Whether the write carries the Device's resourceVersion, so that it fails when the
+    /// Device changed meanwhile: claims, and rewrites of finished records (another Rollout
+    /// may be taking the device).
+    pub guarded: bool,
+    /// Whether the twin must hold a cancel request for the recipe before the record is
+    /// written (the device timed out, or its Rollout was aborted).
+    pub cancel: bool,
+}
+
+impl AssignmentWrite {
+    /// An update of a record the Rollout holds, from `before` to `record`.
+    pub(super) fn update(
+        device: &str,
+        before: &DeviceAssignment,
+        record: DeviceAssignment,
+    ) -> Self {
+        Self {
+            device: device.to_owned(),
+            guarded: before.phase.is_finished(),
+            cancel: false,
+            claim: false,
+            assignment: record,
+        }
+    }
 }
 
 /// A Kubernetes Event to publish on the Rollout.
@@ -114,6 +140,7 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         .as_ref()
         .map(|d| Duration::from(*d));
     let mut plan = Plan::default();
+    let by_name: BTreeMap<&str, &Candidate<'_>> = candidates.iter().map(|c| (c.name, c)).collect();
 
     // Observe: move each claimed device to the phase its report shows.
     let mut members: BTreeMap<&str, DeviceAssignment> = BTreeMap::new();
@@ -129,11 +156,14 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(now_time.clone());
-            plan.writes.push(AssignmentWrite {
-                device: candidate.name.to_owned(),
-                assignment: record.clone(),
-                claim: false,
-            });
+            let mut write = AssignmentWrite::update(candidate.name, mine, record.clone());
+            // A device that timed out must not start the recipe later, nor go on with it.
+            write.cancel = !mine.phase.is_finished()
+                && record
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(reasons::TIMEOUT));
+            plan.writes.push(write);
         }
         if record.phase == Phase::Assigned && record.assigned_time.is_none() {
             plan.starts.push(candidate.name.to_owned());
@@ -258,8 +288,6 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         let limit = facts.spec.strategy.max_concurrent.unwrap_or(u32::MAX);
         let mut free = limit.saturating_sub(counts.in_flight()) as usize;
         let mut started = 0_usize;
-        let by_name: BTreeMap<&str, &Candidate<'_>> =
-            candidates.iter().map(|c| (c.name, c)).collect();
         for (name, record) in members
             .iter_mut()
             .filter(|(_, r)| r.phase == Phase::Deferred && r.wave <= wave)
@@ -279,14 +307,12 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
                 started += 1;
                 plan.starts.push((*name).to_owned());
             }
+            let before = record.clone();
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(now_time.clone());
-            plan.writes.push(AssignmentWrite {
-                device: (*name).to_owned(),
-                assignment: record.clone(),
-                claim: false,
-            });
+            plan.writes
+                .push(AssignmentWrite::update(name, &before, record.clone()));
         }
 
         let index = (wave - 1) as usize;
@@ -333,6 +359,8 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
                 device: candidate.name.to_owned(),
                 assignment: record.clone(),
                 claim: true,
+                guarded: true,
+                cancel: false,
             });
             members.insert(candidate.name, record);
         }
@@ -346,6 +374,10 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         }
         claims.extend(std::mem::take(&mut plan.writes));
         plan.writes = claims;
+    }
+
+    if gate == Gate::Final(RolloutPhase::Aborted) {
+        abort::stop_devices(&mut plan, &mut members, &by_name, &now_time);
     }
 
     // Deadlines: the earliest device timeout among devices holding the recipe.
@@ -363,6 +395,22 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         .filter(|c| !members.contains_key(c.name))
         .count();
     counts = summary::counts(&members, unclaimed_left);
+    // A finished Rollout keeps the record it ended with, changed only by later results of
+    // the devices it still holds: its other devices may have moved on to later Rollouts.
+    let carried = facts.previous.phase.is_final().then(|| {
+        let changes: Vec<(&str, Phase, &DeviceAssignment)> = plan
+            .writes
+            .iter()
+            .filter_map(|w| {
+                let before = by_name.get(w.device.as_str())?.mine?;
+                Some((w.device.as_str(), before.phase, &w.assignment))
+            })
+            .collect();
+        summary::carry(facts.previous, &changes)
+    });
+    if let Some(carried) = &carried {
+        counts = carried.counts.clone();
+    }
     let summary = summary::Summary {
         members: &members,
         counts,
@@ -373,11 +421,12 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         waiting: &waiting,
     };
     plan.status = summary.status(facts, &mut plan.events);
-    if facts.previous.phase.is_final() {
-        // A finished Rollout keeps the record it ended with: its devices may take part in
-        // later Rollouts, which replace their assignment records.
-        plan.status = facts.previous.clone();
-        plan.status.observed_generation = facts.generation;
+    if let Some(carried) = carried {
+        plan.status = RolloutStatus {
+            observed_generation: facts.generation,
+            conditions: std::mem::take(&mut plan.status.conditions),
+            ..carried
+        };
     }
     plan
 }

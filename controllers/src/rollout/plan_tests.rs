@@ -97,6 +97,15 @@ impl Fleet {
         plan
     }
 
+    /// A failure threshold of `count` devices with `action`.
+    fn fail_at(&mut self, count: u32, action: FailureAction) {
+        self.spec.strategy.failure_threshold = Some(FailureThreshold {
+            count: Some(count),
+            percent: None,
+            action,
+        });
+    }
+
     fn report(&mut self, name: &str, status: &str) {
         let report = DeviceRecipeStatus {
             id: Some("r1".into()),
@@ -285,11 +294,7 @@ fn a_wave_whose_selector_matches_nothing_left_ends_without_blocking_the_next() {
 #[test]
 fn failure_threshold_pauses_with_the_reason_and_an_event() {
     let mut fleet = Fleet::new(6, vec![Wave::count(2), Wave::count(4)]);
-    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
-        count: Some(1),
-        percent: None,
-        action: FailureAction::Pause,
-    });
+    fleet.fail_at(1, FailureAction::Pause);
     fleet.step();
     fleet.report("dev-00", "Failure");
     fleet.report("dev-01", "Failure");
@@ -314,11 +319,7 @@ fn failure_threshold_pauses_with_the_reason_and_an_event() {
 fn failure_threshold_with_abort_ends_the_rollout() {
     let mut fleet = Fleet::new(4, vec![Wave::percent(100)]);
     fleet.spec.strategy.max_concurrent = Some(1);
-    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
-        count: Some(0),
-        percent: None,
-        action: FailureAction::Abort,
-    });
+    fleet.fail_at(0, FailureAction::Abort);
     fleet.step();
     fleet.report("dev-00", "Failure");
     fleet.step();
@@ -514,4 +515,111 @@ fn a_device_another_rollout_took_after_it_finished_still_counts_and_is_not_claim
         (fleet.status.counts.total, fleet.status.counts.succeeded),
         (3, 3)
     );
+}
+
+#[test]
+fn a_timed_out_device_is_cancelled_and_its_late_success_is_recorded_as_it_is() {
+    let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
+    fleet.spec.strategy.device_timeout = Some(Duration::from_secs(300).into());
+    fleet.step();
+    fleet.report("dev-01", "Success");
+    fleet.now += 301;
+    let plan = fleet.step();
+    let timed_out = plan
+        .writes
+        .iter()
+        .find(|w| w.device == "dev-00")
+        .expect("dev-00 written");
+    assert!(timed_out.cancel, "the twin gets a cancel request first");
+    assert_eq!(
+        timed_out.assignment.reason.as_deref(),
+        Some("Timeout: no result within 5m of receiving the recipe")
+    );
+    assert_eq!(fleet.status.phase, RolloutPhase::Failed);
+    assert_eq!(fleet.status.failed_devices[0].reason, "Timeout");
+
+    // The device had been running all along and reports Success after all.
+    fleet.report("dev-00", "Success");
+    let plan = fleet.step();
+    let late = plan.writes.first().expect("late result written");
+    assert!(late.guarded && !late.cancel);
+    assert_eq!(fleet.records["dev-00"].phase, Phase::Succeeded);
+    assert_eq!(
+        fleet.records["dev-00"].reason.as_deref(),
+        Some("FinishedLate: the device reported Success after it had timed out")
+    );
+    let counts = &fleet.status.counts;
+    assert_eq!((counts.succeeded, counts.failed), (2, 0), "{counts:?}");
+    assert_eq!(fleet.status.waves[0].counts.succeeded, 2);
+    assert!(fleet.status.failed_devices.is_empty());
+    assert_eq!(
+        fleet.status.phase,
+        RolloutPhase::Failed,
+        "an ended Rollout keeps its phase"
+    );
+    assert!(fleet.step().writes.is_empty(), "recorded once");
+}
+
+#[test]
+fn an_abort_cancels_every_device_that_has_not_finished() {
+    let mut fleet = Fleet::new(5, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(3);
+    fleet.fail_at(0, FailureAction::Abort);
+    fleet.busy = vec!["dev-03".into()];
+    fleet.step();
+    fleet.report("dev-01", "InProgress");
+    fleet.report("dev-00", "Failure");
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+    assert!(plan.starts.is_empty());
+    let write = |name: &str| {
+        plan.writes
+            .iter()
+            .find(|w| w.device == name)
+            .cloned()
+            .expect("written")
+    };
+    let running = write("dev-01");
+    assert!(running.cancel);
+    assert_eq!(running.assignment.phase, Phase::InProgress);
+    assert_eq!(
+        running.assignment.reason.as_deref(),
+        Some("CancelRequested: the Rollout was aborted")
+    );
+    let unstarted = write("dev-02");
+    assert!(unstarted.cancel);
+    assert_eq!(
+        (
+            unstarted.assignment.phase,
+            unstarted.assignment.reason.as_deref()
+        ),
+        (
+            Phase::Cancelled,
+            Some("Withdrawn: the Rollout was aborted before the device started the recipe")
+        )
+    );
+    let deferred = write("dev-03");
+    assert!(!deferred.cancel, "its twin never held the recipe");
+    assert_eq!(deferred.assignment.phase, Phase::Cancelled);
+    assert!(
+        plan.writes.iter().all(|w| w.device != "dev-04"),
+        "never claimed"
+    );
+
+    // The running device confirms: counted as Cancelled, the Rollout stays Aborted.
+    fleet.report("dev-01", "Cancelled");
+    fleet.step();
+    assert_eq!(fleet.records["dev-01"].phase, Phase::Cancelled);
+    let counts = &fleet.status.counts;
+    assert_eq!(
+        (
+            counts.failed,
+            counts.cancelled,
+            counts.in_flight(),
+            counts.pending
+        ),
+        (1, 3, 0, 1),
+        "{counts:?}"
+    );
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
 }

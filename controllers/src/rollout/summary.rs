@@ -324,39 +324,67 @@ impl Summary<'_> {
     }
 
     fn failed_devices(&self) -> Vec<FailedDevice> {
-        let mut failed: Vec<FailedDevice> = self
+        let failed = self
             .members
             .iter()
             .filter(|(_, a)| a.phase == Phase::Failed)
-            .map(|(name, a)| FailedDevice {
-                name: (*name).to_owned(),
-                wave: a.wave,
-                reason: a
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.split([' ', ':']).next())
-                    .unwrap_or("Failed")
-                    .to_owned(),
-                message: a.reason.clone(),
-                action_path: a
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.split_once(" at "))
-                    // `StepFailed at <path>: <device's text>`; paths hold no ": ".
-                    .and_then(|(_, rest)| rest.split(": ").next())
-                    .map(str::to_owned),
-                time: a.phase_time.clone(),
-            })
+            .map(|(name, a)| failed_entry(name, a))
             .collect();
-        failed.sort_by(|a, b| {
-            b.time
-                .as_ref()
-                .map(|t| t.0)
-                .cmp(&a.time.as_ref().map(|t| t.0))
-        });
-        failed.truncate(MAX_FAILED_DEVICES);
-        failed
+        newest_failures(failed)
     }
+}
+
+/// The entry of `status.failedDevices` for a failed device.
+fn failed_entry(name: &str, assignment: &DeviceAssignment) -> FailedDevice {
+    let reason = assignment.reason.as_deref();
+    FailedDevice {
+        name: name.to_owned(),
+        wave: assignment.wave,
+        reason: reason
+            .and_then(|r| r.split([' ', ':', ';']).next())
+            .unwrap_or("Failed")
+            .to_owned(),
+        message: assignment.reason.clone(),
+        action_path: reason
+            .filter(|r| r.starts_with("StepFailed at "))
+            .and_then(|r| r.split_once(" at "))
+            // `StepFailed at <path>: <device's text>`; paths hold no ": ".
+            .and_then(|(_, rest)| rest.split(": ").next())
+            .map(str::to_owned),
+        time: assignment.phase_time.clone(),
+    }
+}
+
+/// The most recent failures first, at most [`MAX_FAILED_DEVICES`].
+fn newest_failures(mut failed: Vec<FailedDevice>) -> Vec<FailedDevice> {
+    failed.sort_by(|a, b| {
+        b.time
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&a.time.as_ref().map(|t| t.0))
+    });
+    failed.truncate(MAX_FAILED_DEVICES);
+    failed
+}
+
+/// The status a finished Rollout ended with, with `changes` (device, phase before, record
+/// now) of the devices it still holds applied to its counts, wave counts and failures.
+pub fn carry(ended: &RolloutStatus, changes: &[(&str, Phase, &DeviceAssignment)]) -> RolloutStatus {
+    let mut status = ended.clone();
+    for (name, before, record) in changes {
+        status.counts.remove(*before);
+        status.counts.add(record.phase);
+        if let Some(wave) = status.waves.iter_mut().find(|w| w.number == record.wave) {
+            wave.counts.remove(*before);
+            wave.counts.add(record.phase);
+        }
+        status.failed_devices.retain(|f| f.name != *name);
+        if record.phase == Phase::Failed {
+            status.failed_devices.push(failed_entry(name, record));
+        }
+    }
+    status.failed_devices = newest_failures(status.failed_devices);
+    status
 }
 
 fn reason_of(status: &RolloutStatus, type_: &str) -> &'static str {

@@ -175,7 +175,9 @@ pub struct DeviceAssignment {
     pub phase: DeviceRolloutPhase,
 
     /// Why the device is in this phase, for example `Busy`, `OutsideMaintenanceWindow`,
-    /// `Timeout` or the failed step's result code.
+    /// `Timeout: no result within 6h of receiving the recipe`, `CancelRequested: ...` or
+    /// the failed step with the device's words. A result the device reported after it timed
+    /// out or after the Rollout was aborted says so here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
@@ -207,7 +209,8 @@ pub enum DeviceRolloutPhase {
     Failed,
     /// The device has been disconnected or stale too long to make progress; not failed.
     Unreachable,
-    /// The Rollout was cancelled and the device confirmed it stopped.
+    /// The Rollout was deleted or aborted, and the device confirmed it stopped the recipe
+    /// or never received or started it.
     Cancelled,
 }
 

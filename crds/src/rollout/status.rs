@@ -20,8 +20,9 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending (waiting for a valid, signed recipe), Progressing, Paused, Succeeded,
-    /// Failed (finished with failed devices) or Aborted (stopped by the failure threshold).
+    /// Pending (waiting for a valid, signed recipe), Progressing, Paused, Succeeded, Failed
+    /// (finished with failed devices) or Aborted (stopped by the failure threshold; its
+    /// unfinished devices are asked to cancel).
     #[serde(default)]
     pub phase: RolloutPhase,
 
@@ -79,7 +80,8 @@ pub enum RolloutPhase {
     Succeeded,
     /// Every selected device finished, and some failed.
     Failed,
-    /// Stopped early because the failure threshold was crossed with action Abort.
+    /// Stopped early because the failure threshold was crossed with action Abort. Devices
+    /// that had not finished are asked to cancel the recipe.
     Aborted,
 }
 
@@ -118,7 +120,8 @@ pub struct DeviceCounts {
     /// Disconnected or stale while holding the recipe; not failed.
     #[serde(default)]
     pub unreachable: u32,
-    /// Stopped by a cancellation the device confirmed.
+    /// Stopped by a cancellation (Rollout deleted or aborted) the device confirmed, or
+    /// withdrawn before the device started the recipe.
     #[serde(default)]
     pub cancelled: u32,
 }
@@ -127,7 +130,18 @@ impl DeviceCounts {
     /// Counts one more device in `phase` (and in `total`).
     pub fn add(&mut self, phase: DeviceRolloutPhase) {
         self.total += 1;
-        let slot = match phase {
+        *self.slot(phase) += 1;
+    }
+
+    /// Counts one device less in `phase` (and in `total`), never below zero.
+    pub fn remove(&mut self, phase: DeviceRolloutPhase) {
+        self.total = self.total.saturating_sub(1);
+        let slot = self.slot(phase);
+        *slot = slot.saturating_sub(1);
+    }
+
+    fn slot(&mut self, phase: DeviceRolloutPhase) -> &mut u32 {
+        match phase {
             DeviceRolloutPhase::Pending => &mut self.pending,
             DeviceRolloutPhase::Deferred => &mut self.deferred,
             DeviceRolloutPhase::Assigned => &mut self.assigned,
@@ -136,8 +150,7 @@ impl DeviceCounts {
             DeviceRolloutPhase::Failed => &mut self.failed,
             DeviceRolloutPhase::Unreachable => &mut self.unreachable,
             DeviceRolloutPhase::Cancelled => &mut self.cancelled,
-        };
-        *slot += 1;
+        }
     }
 
     /// Devices that hold the recipe and have not finished: these count against
