@@ -12,7 +12,7 @@ use cloudpillar_crds::{
 };
 use cloudpillar_protocol::signing::{SigningKey, TrustStore};
 use cloudpillar_tests::controllers::{
-    EdgeHub, Operator, SimDevice, apply, device_key, eventually, test_config,
+    EdgeHub, Operator, SimDevice, apply, device_key, events_for, eventually, test_config,
 };
 use cloudpillar_tests::recording::RecordingConnector;
 use cloudpillar_tests::{fixture_json, install_crds, kube_client, test_namespace};
@@ -855,5 +855,78 @@ async fn timed_out_and_aborted_devices_are_cancelled_and_a_late_result_is_record
     })
     .await?;
     assert_eq!(site.twin_cancel("pc-02"), Some(json!({ "id": "quick7" })));
+    site.finish().await
+}
+
+#[tokio::test]
+async fn a_recipe_the_twin_refuses_fails_its_device_with_the_hubs_words() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-refused").await?;
+    // Just inside the Recipe's own 32 KB check; pc-big's twin also holds a long note.
+    let command = format!("echo {}", "x".repeat(31_800));
+    let big = json!({ "id": "big-1", "patch": { "installSteps": [ { "shell": "bash", "command": command } ] } });
+    site.recipe("big", big).await?;
+    site.devices(&["pc-big", "pc-ok"], json!({"fleet": "big"}))
+        .await?;
+    let noted = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+        "metadata": { "name": "pc-big", "labels": { "fleet": "big" } },
+        "spec": { "hubRef": { "name": "edge" }, "desired": { "note": "n".repeat(3_000) } },
+    });
+    apply::<Device>(&site.client, &site.ns, noted).await?;
+    eventually("note in pc-big's twin", WAIT, || async {
+        let twin = site.hub.twin("pc-big");
+        Ok(twin
+            .and_then(|t| t.pointer("/properties/desired/note").cloned())
+            .map(drop))
+    })
+    .await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "big" },
+        "spec": { "recipeRef": { "name": "big" }, "selector": { "matchLabels": { "fleet": "big" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+
+    // The hub will never take the recipe into pc-big's twin: that device fails with the
+    // hub's words and a Warning Event; pc-ok runs the recipe and the Rollout ends.
+    let refused = site
+        .wait_rollout("big", "pc-big failed", |r| {
+            r.status.as_ref().is_some_and(|s| s.counts.failed == 1)
+        })
+        .await?;
+    let failed = &refused.status.expect("status").failed_devices[0];
+    assert_eq!(
+        (failed.name.as_str(), failed.reason.as_str()),
+        ("pc-big", "TwinRefused")
+    );
+    let reason = site.assignment("pc-big").await?.and_then(|a| a.reason);
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("TwinRefused: the twin refused the recipe: ")
+            && reason.contains("twin section is ")
+            && reason.ends_with(" bytes, more than 32768"),
+        "{reason}"
+    );
+    let events = events_for(&site.client, &site.ns, "big").await?;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TwinRefused"))
+        .expect("a TwinRefused Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("pc-big") && n.contains("more than 32768")),
+        "{:?}",
+        warning.note
+    );
+
+    eventually("recipe in pc-ok's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-ok").map(drop))
+    })
+    .await?;
+    site.recipe_status("pc-ok", "big-1", "Success").await?;
+    site.wait_rollout("big", "rollout ended", phase_is(RolloutPhase::Failed))
+        .await?;
     site.finish().await
 }

@@ -28,7 +28,7 @@ const PARALLEL: usize = 32;
 /// the first error is returned after all of them.
 pub async fn run(
     ctx: &Context,
-    namespace: &str,
+    rollout: &Rollout,
     uid: &str,
     recipe: Option<&ReadyRecipe>,
     devices: &[Arc<Device>],
@@ -36,7 +36,8 @@ pub async fn run(
 ) -> Result<()> {
     let by_name: HashMap<String, &Arc<Device>> =
         devices.iter().map(|d| (d.name_any(), d)).collect();
-    let api: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
+    let namespace = rollout.namespace().unwrap_or_default();
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), &namespace);
 
     let mut writes = Vec::new();
     let api = &api;
@@ -86,8 +87,10 @@ pub async fn run(
             let Some(assignment) = planned.or(cached) else {
                 continue;
             };
-            starts.push(Box::pin(start(api, device, assignment, recipe, ctx, uid))
-                as BoxFuture<'_, Result<()>>);
+            starts.push(
+                Box::pin(start(api, device, assignment, recipe, rollout, uid, ctx))
+                    as BoxFuture<'_, Result<()>>,
+            );
         }
         let results: Vec<Result<()>> = stream::iter(starts)
             .buffer_unordered(PARALLEL)
@@ -186,35 +189,42 @@ async fn start(
     device: &Device,
     mut assignment: DeviceAssignment,
     recipe: &ReadyRecipe,
-    ctx: &Context,
+    rollout: &Rollout,
     uid: &str,
+    ctx: &Context,
 ) -> Result<()> {
     let object = key_of(device);
     let namespace = device.namespace().unwrap_or_default();
+    let refused = |cause, why| Refused {
+        cause,
+        why,
+        rollout,
+        uid,
+    };
     let hub = match ctx
         .hubs
         .service(&namespace, &device.spec.hub_ref.name, &object)
         .await
     {
         Ok(hub) => hub,
-        // This device cannot receive the recipe; it fails with the reason, the others go on.
         Err(error @ Error::HubUnusable { .. }) => {
-            tracing::warn!(device = %object, %error, "device cannot receive the recipe");
-            assignment.phase = DeviceRolloutPhase::Failed;
-            assignment.reason = Some(format!("HubUnusable: {error}"));
-            assignment.phase_time = Some(Time(crate::status::now()));
-            apply_assignment(api, device, &assignment, None, ctx).await?;
-            ctx.expectations
-                .expect(uid, ObjectRef::from_obj(device), Some(assignment));
-            return Ok(());
+            let refusal = refused("HubUnusable", error.to_string());
+            return refusal.record(api, device, assignment, ctx).await;
         }
         Err(error) => return Err(error),
     };
     let device_id = device.device_id();
     let desired = json!({ "changeSpec": recipe.form.value, "changeSign": recipe.signature });
-    write_desired(hub.as_ref(), &device_id, &desired, ctx)
-        .await
-        .hub(&object)?;
+    if let Err(error) = write_desired(hub.as_ref(), &device_id, &desired, ctx).await {
+        // A refusal the hub will never take back fails the device; anything else is retried.
+        let Some(words) = error.lasting_refusal() else {
+            return Err(error).hub(&object);
+        };
+        let why = format!("the twin refused the recipe: {words}");
+        return refused("TwinRefused", why)
+            .record(api, device, assignment, ctx)
+            .await;
+    }
 
     assignment.phase = DeviceRolloutPhase::Assigned;
     assignment.assigned_time = Some(Time(crate::status::now()));
@@ -223,6 +233,53 @@ async fn start(
         .expect(uid, ObjectRef::from_obj(device), Some(assignment));
     tracing::info!(device = %device_id, recipe = %recipe.id, "recipe written to twin");
     Ok(())
+}
+
+/// Why a device cannot receive the recipe, for good.
+struct Refused<'a> {
+    /// Static category: the reason's first word and the Event reason.
+    cause: &'static str,
+    /// The words that explain it.
+    why: String,
+    rollout: &'a Rollout,
+    uid: &'a str,
+}
+
+impl Refused<'_> {
+    /// Records the device as Failed with the reason (it counts against the failure
+    /// threshold) and publishes a Warning Event on the Rollout naming the device; the other
+    /// devices go on.
+    async fn record(
+        self,
+        api: &Api<Device>,
+        device: &Device,
+        mut assignment: DeviceAssignment,
+        ctx: &Context,
+    ) -> Result<()> {
+        let Self {
+            cause,
+            why,
+            rollout,
+            uid,
+        } = self;
+        tracing::warn!(device = %key_of(device), cause, %why, "device cannot receive the recipe");
+        assignment.phase = DeviceRolloutPhase::Failed;
+        assignment.reason = Some(format!("{cause}: {why}"));
+        assignment.phase_time = Some(Time(crate::status::now()));
+        apply_assignment(api, device, &assignment, None, ctx).await?;
+        ctx.expectations
+            .expect(uid, ObjectRef::from_obj(device), Some(assignment));
+        let note = format!("{}: {why}", device.name_any());
+        ctx.publish_to(
+            &rollout.object_ref(&()),
+            Some(device.object_ref(&())),
+            true,
+            cause,
+            note,
+        )
+        .await;
+        Ok(())
+    }
 }
 
 /// Makes the twin's desired section hold `wanted` (top-level members), ETag-guarded: the

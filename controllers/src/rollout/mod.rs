@@ -125,7 +125,7 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     let capped = plan.starts.len() >= MAX_STARTS;
 
     // Act: assignment records first, then twins, then the Rollout's status.
-    let outcome = execute::run(&ctx, &namespace, &uid, recipe.as_ref(), &devices, &plan).await;
+    let outcome = execute::run(&ctx, &rollout, &uid, recipe.as_ref(), &devices, &plan).await;
     execute::write_status(&api, &rollout, &previous, &plan.status).await?;
     for event in &plan.events {
         ctx.publish(&rollout, event.warning, event.reason, event.note.clone())

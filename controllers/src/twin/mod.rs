@@ -361,7 +361,68 @@ impl TwinError {
             Self::Unavailable { .. } | Self::Transport { .. } | Self::EventHub { .. }
         )
     }
+
+    /// The hub's own words when it refused the request for good: a 4xx answer other than
+    /// throttling (429), timeouts (408), conflicts (409, 412) and authorization (401, 403),
+    /// which a retry or a fixed hub configuration may clear. Azure's and the edge hub's body
+    /// `{"Message":"ErrorCode:<code>;<words>", ...}` gives `<words>`.
+    pub fn lasting_refusal(&self) -> Option<String> {
+        let Self::Refused {
+            status, message, ..
+        } = self
+        else {
+            return None;
+        };
+        if !(400..500).contains(status) || matches!(status, 401 | 403 | 408 | 409 | 412 | 429) {
+            return None;
+        }
+        let body: Option<Value> = serde_json::from_str(message).ok();
+        let text = body
+            .as_ref()
+            .and_then(|b| b.get("Message")?.as_str())
+            .unwrap_or(message)
+            .trim();
+        let words = text
+            .strip_prefix("ErrorCode:")
+            .and_then(|rest| rest.split_once(';'))
+            .map_or(text, |(_, words)| words.trim());
+        Some(words.to_owned())
+    }
 }
 
 /// How long a SAS token the client makes stays valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, message: &str) -> TwinError {
+        TwinError::Refused {
+            operation: "patch twin",
+            device_id: "pc-01".into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_lasting_refusal_gives_the_hubs_words_and_a_passing_one_gives_none() {
+        let body = r#"{"Message":"ErrorCode:MessageTooLarge;twin section is 35137 bytes, more than 32768","ExceptionMessage":"MessageTooLarge twin section is 35137 bytes, more than 32768"}"#;
+        assert_eq!(
+            refused(413, body).lasting_refusal().as_deref(),
+            Some("twin section is 35137 bytes, more than 32768")
+        );
+        assert_eq!(
+            refused(400, "not json").lasting_refusal().as_deref(),
+            Some("not json")
+        );
+        for status in [401, 403, 408, 409, 412, 429, 500] {
+            assert_eq!(refused(status, body).lasting_refusal(), None, "{status}");
+        }
+        let gone = TwinError::NotFound {
+            device_id: "pc-01".into(),
+        };
+        assert_eq!(gone.lasting_refusal(), None);
+    }
+}

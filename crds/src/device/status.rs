@@ -205,7 +205,8 @@ pub enum DeviceRolloutPhase {
     InProgress,
     /// The device finished every step.
     Succeeded,
-    /// A step failed or the device timed out.
+    /// A step failed, the device timed out, or it could not receive the recipe (its twin
+    /// refused it, or its Hub is unusable).
     Failed,
     /// The device has been disconnected or stale too long to make progress; not failed.
     Unreachable,

@@ -114,7 +114,7 @@ pub struct DeviceCounts {
     /// Finished successfully.
     #[serde(default)]
     pub succeeded: u32,
-    /// Failed a step or timed out.
+    /// Failed a step, timed out, or could not receive the recipe (its twin refused it).
     #[serde(default)]
     pub failed: u32,
     /// Disconnected or stale while holding the recipe; not failed.
@@ -216,7 +216,7 @@ pub struct FailedDevice {
     /// Wave the device belonged to (1 is the first wave).
     pub wave: u32,
 
-    /// Short machine-readable reason, for example `StepFailed` or `Timeout`.
+    /// Short machine-readable reason, for example `StepFailed`, `Timeout` or `TwinRefused`.
     pub reason: String,
 
     /// What the device reported, for example the step's result code and text.
