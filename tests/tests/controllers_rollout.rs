@@ -930,3 +930,64 @@ async fn a_recipe_the_twin_refuses_fails_its_device_with_the_hubs_words() -> any
         .await?;
     site.finish().await
 }
+
+#[tokio::test]
+async fn a_rollout_that_selects_no_device_waits_for_one_and_then_runs() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-nobody").await?;
+    site.recipe("quick8", quick_recipe("quick8")).await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "nobody" },
+        "spec": { "recipeRef": { "name": "quick8" }, "selector": { "matchLabels": { "fleet": "later" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+
+    // Nothing matches: the Rollout waits and says why, rather than succeeding with 0 of 0.
+    let no_devices = |r: &Rollout| {
+        let conditions = r.status.clone().map(|s| s.conditions).unwrap_or_default();
+        cloudpillar_crds::conditions::find(&conditions, "Progressing")
+            .is_some_and(|c| c.status == "False" && c.reason == "NoDevicesSelected")
+    };
+    let waiting = site
+        .wait_rollout("nobody", "no devices selected", no_devices)
+        .await?;
+    let status = waiting.status.expect("status");
+    assert_eq!(status.phase, RolloutPhase::Pending);
+    let progressing =
+        cloudpillar_crds::conditions::find(&status.conditions, "Progressing").expect("condition");
+    assert_eq!(
+        progressing.message,
+        "no Device in this namespace matches the selector fleet=later; \
+         the Rollout starts when one does"
+    );
+    let events = events_for(&site.client, &site.ns, "nobody").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NoDevicesSelected")
+                && e.type_.as_deref() == Some("Warning")),
+        "{events:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        site.rollout("nobody").await?.status.map(|s| s.phase),
+        Some(RolloutPhase::Pending)
+    );
+
+    // A Device labelled to match joins, and the Rollout runs to its end.
+    site.devices(&["pc-late"], json!({"fleet": "later"}))
+        .await?;
+    eventually("recipe in pc-late's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-late").map(drop))
+    })
+    .await?;
+    site.recipe_status("pc-late", "quick8", "Success").await?;
+    let done = site
+        .wait_rollout(
+            "nobody",
+            "rollout succeeded",
+            phase_is(RolloutPhase::Succeeded),
+        )
+        .await?;
+    assert_eq!(done.status.expect("status").counts.succeeded, 1);
+    site.finish().await
+}

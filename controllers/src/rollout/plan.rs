@@ -215,6 +215,9 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         Gate::FailureThreshold
     } else if facts.recipe_id.is_none() || recipe_changed {
         Gate::RecipeNotReady
+    } else if total == 0 && facts.previous.start_time.is_none() {
+        // Never selected a device: wait for one to match rather than end with 0 of 0.
+        Gate::NoDevices
     } else if facts.spec.paused {
         Gate::Requested
     } else {

@@ -623,3 +623,31 @@ fn an_abort_cancels_every_device_that_has_not_finished() {
     );
     assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
 }
+
+#[test]
+fn a_rollout_that_selects_no_device_waits_for_one_instead_of_succeeding() {
+    let mut fleet = Fleet::new(0, vec![Wave::percent(100)]);
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Pending);
+    let progressing = cloudpillar_crds::conditions::find(&fleet.status.conditions, "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "NoDevicesSelected")
+    );
+    assert_eq!(
+        progressing.message,
+        "no Device in this namespace matches the selector site=lab; \
+         the Rollout starts when one does"
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "NoDevicesSelected")
+    );
+    assert!(fleet.step().events.is_empty(), "announced once");
+
+    fleet.names.push("dev-late".into());
+    assert_eq!(fleet.step().starts, vec!["dev-late".to_owned()]);
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+}

@@ -10,6 +10,7 @@ use cloudpillar_crds::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::Selector;
 
 use super::plan::{Announcement, Facts};
 use crate::status::{condition, merge_conditions};
@@ -38,6 +39,8 @@ pub enum Gate {
     OutsideWindow,
     /// Devices wait for other Rollouts (see [`Summary::waiting`]) and nothing else can run.
     RecipeBusy,
+    /// The selector has never matched a Device.
+    NoDevices,
 }
 
 /// Counts by phase of claimed devices, plus `unclaimed` pending ones.
@@ -132,9 +135,12 @@ impl Summary<'_> {
         ];
         status.conditions = merge_conditions(&previous.conditions, wanted);
 
-        if phase != previous.phase || paused.1 != reason_of(previous, ROLLOUT_PAUSED) {
+        if phase != previous.phase
+            || Some(paused.1) != reason_of(previous, ROLLOUT_PAUSED)
+            || Some(progressing.1) != reason_of(previous, ROLLOUT_PROGRESSING)
+        {
             let warning = matches!(phase, RolloutPhase::Failed | RolloutPhase::Aborted)
-                || self.gate == Gate::FailureThreshold;
+                || matches!(self.gate, Gate::FailureThreshold | Gate::NoDevices);
             let (reason, note) = match phase {
                 RolloutPhase::Paused => (paused.1, paused.2.clone()),
                 RolloutPhase::Aborted | RolloutPhase::Failed | RolloutPhase::Succeeded => {
@@ -247,6 +253,12 @@ impl Summary<'_> {
                 not_complete,
             ),
             Gate::RecipeNotReady => paused("RecipeNotReady", recipe_problem),
+            Gate::NoDevices => (
+                RolloutPhase::Pending,
+                (false, "NoDevicesSelected", no_devices(facts)),
+                not_paused,
+                not_complete,
+            ),
             Gate::Open => (
                 RolloutPhase::Progressing,
                 (true, "WaveInProgress", tally.clone()),
@@ -387,19 +399,17 @@ pub fn carry(ended: &RolloutStatus, changes: &[(&str, Phase, &DeviceAssignment)]
     status
 }
 
-fn reason_of(status: &RolloutStatus, type_: &str) -> &'static str {
-    // Only compared against the static reasons above; unknown text never matches one.
-    match cloudpillar_crds::conditions::find(&status.conditions, type_) {
-        Some(c) if c.status == "True" => match c.reason.as_str() {
-            "FailureThreshold" => "FailureThreshold",
-            "Requested" => "Requested",
-            "WaitingForApproval" => "WaitingForApproval",
-            "WavePause" => "WavePause",
-            "OutsideMaintenanceWindow" => "OutsideMaintenanceWindow",
-            "RecipeBusy" => "RecipeBusy",
-            "RecipeNotReady" => "RecipeNotReady",
-            _ => "Paused",
-        },
-        _ => "Running",
-    }
+/// The reason of the condition `type_` in `status`, whatever its status.
+fn reason_of<'a>(status: &'a RolloutStatus, type_: &str) -> Option<&'a str> {
+    cloudpillar_crds::conditions::find(&status.conditions, type_).map(|c| c.reason.as_str())
+}
+
+/// `no Device in this namespace matches the selector fleet=rev; ...`.
+fn no_devices(facts: &Facts<'_>) -> String {
+    let selector = Selector::try_from(facts.spec.selector.clone())
+        .map_or_else(|e| format!("({e})"), |s| s.to_string());
+    format!(
+        "no Device in this namespace matches the selector {selector}; \
+         the Rollout starts when one does"
+    )
 }

@@ -20,9 +20,9 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending (waiting for a valid, signed recipe), Progressing, Paused, Succeeded, Failed
-    /// (finished with failed devices) or Aborted (stopped by the failure threshold; its
-    /// unfinished devices are asked to cancel).
+    /// Pending (waiting for a valid, signed recipe, or for a Device the selector matches),
+    /// Progressing, Paused, Succeeded, Failed (finished with failed devices) or Aborted
+    /// (stopped by the failure threshold; its unfinished devices are asked to cancel).
     #[serde(default)]
     pub phase: RolloutPhase,
 
@@ -58,9 +58,9 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// Current state: `Progressing`, `Paused` (the reason says why: Requested,
-    /// WaitingForApproval, WavePause, FailureThreshold, OutsideMaintenanceWindow,
-    /// RecipeBusy) and `Complete`.
+    /// Current state: `Progressing` (False while Pending, with reason `RecipeNotReady` or
+    /// `NoDevicesSelected`), `Paused` (the reason says why: Requested, WaitingForApproval,
+    /// WavePause, FailureThreshold, OutsideMaintenanceWindow, RecipeBusy) and `Complete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_list")]
     pub conditions: Vec<Condition>,
@@ -69,7 +69,8 @@ pub struct RolloutStatus {
 /// Phase of a rollout.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RolloutPhase {
-    /// Not started: the recipe is not yet valid and signed, or no wave has begun.
+    /// Not started: the recipe is not yet valid and signed, or no Device matches the
+    /// selector yet.
     #[default]
     Pending,
     /// Devices are being started or are running the recipe.
