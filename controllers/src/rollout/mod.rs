@@ -118,6 +118,10 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         recipe_id: recipe.as_ref().map(|r| r.id.as_str()),
         recipe_problem: recipe_problem.as_deref(),
         window_open: window.is_none_or(|w| w.open),
+        window_opens: window
+            .filter(|w| !w.open)
+            .and_then(|w| w.changes_at)
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).ok()),
         now,
         max_starts: MAX_STARTS,
     };

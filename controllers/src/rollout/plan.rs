@@ -63,6 +63,8 @@ pub struct Facts<'a> {
     pub recipe_problem: Option<&'a str>,
     /// Whether the maintenance window is open (true without a window).
     pub window_open: bool,
+    /// When a closed maintenance window opens next.
+    pub window_opens: Option<Timestamp>,
     /// Now.
     pub now: Timestamp,
     /// Most devices started in one step, to keep a reconcile short.

@@ -28,6 +28,8 @@ struct Fleet {
     now: i64,
     /// `changeSpec.id` of a ready Recipe, or why it is not ready.
     recipe: Result<&'static str, &'static str>,
+    /// When the maintenance window opens, while it is closed.
+    window_opens: Option<i64>,
 }
 
 impl Fleet {
@@ -46,6 +48,7 @@ impl Fleet {
             labels: BTreeMap::new(),
             now: 1_000,
             recipe: Ok("r1"),
+            window_opens: None,
         }
     }
 
@@ -79,7 +82,10 @@ impl Fleet {
             previous: &self.status,
             recipe_id: self.recipe.ok(),
             recipe_problem: self.recipe.err(),
-            window_open: true,
+            window_open: self.window_opens.is_none(),
+            window_opens: self
+                .window_opens
+                .map(|t| Timestamp::from_second(t).expect("valid time")),
             now,
             max_starts: 500,
         };
@@ -650,4 +656,66 @@ fn a_rollout_that_selects_no_device_waits_for_one_instead_of_succeeding() {
     fleet.names.push("dev-late".into());
     assert_eq!(fleet.step().starts, vec!["dev-late".to_owned()]);
     assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+}
+
+fn condition(fleet: &Fleet, type_: &str) -> (String, String, String) {
+    let found = cloudpillar_crds::conditions::find(&fleet.status.conditions, type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
+    (
+        found.status.clone(),
+        found.reason.clone(),
+        found.message.clone(),
+    )
+}
+
+#[test]
+fn conditions_say_what_the_rollout_is_doing_in_every_phase() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.recipe = Err("Recipe fw does not exist");
+    fleet.step();
+    assert_eq!(condition(&fleet, "Paused").1, "NotStarted");
+
+    fleet.recipe = Ok("r1");
+    fleet.spec.strategy.max_concurrent = Some(2);
+    fleet.step();
+    fleet.report("dev-00", "InProgress");
+    fleet.step();
+    let (status, reason, message) = condition(&fleet, "Progressing");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "WaveInProgress")
+    );
+    assert_eq!(
+        message,
+        "0 of 3 devices succeeded, 0 failed, 1 running, 1 not started yet, 0 deferred, 1 pending"
+    );
+    assert_eq!(condition(&fleet, "Paused").1, "Running");
+
+    fleet.spec.paused = true;
+    fleet.step();
+    let (status, reason, _) = condition(&fleet, "Progressing");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Paused"));
+
+    fleet.spec.paused = false;
+    fleet.finish_running("Success");
+    fleet.step();
+    fleet.finish_running("Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
+    assert_eq!(condition(&fleet, "Paused").1, "Finished");
+    assert!(fleet.step().events.is_empty(), "nothing new to announce");
+}
+
+#[test]
+fn a_closed_maintenance_window_says_when_it_opens() {
+    let mut fleet = Fleet::new(1, vec![Wave::percent(100)]);
+    // 2026-12-12T02:00:00Z.
+    fleet.window_opens = Some(1_797_040_800);
+    fleet.step();
+    let (_, reason, message) = condition(&fleet, "Paused");
+    assert_eq!(reason, "OutsideMaintenanceWindow");
+    assert_eq!(
+        message,
+        "no device starts until the maintenance window opens at 2026-12-12T02:00:00Z"
+    );
 }

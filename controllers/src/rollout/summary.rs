@@ -169,16 +169,7 @@ impl Summary<'_> {
         (bool, &'static str, String),
         (bool, &'static str, String),
     ) {
-        let c = &self.counts;
-        let mut tally = format!(
-            "{} of {} devices succeeded, {} failed, {} running, {} deferred, {} pending",
-            c.succeeded,
-            c.total,
-            c.failed,
-            c.in_flight(),
-            c.deferred,
-            c.pending
-        );
+        let mut tally = tally(&self.counts);
         if let Some(waiting) = self.waiting_note() {
             tally.push_str(&format!("; {waiting}"));
         }
@@ -197,10 +188,12 @@ impl Summary<'_> {
             .unwrap_or_else(|| format!("Recipe {} is not ready", facts.spec.recipe_ref.name));
         let not_complete = (false, "InProgress", tally.clone());
         let not_paused = (false, "Running", String::new());
+        let finished = (false, "Finished", String::new());
+        let not_started = (false, "NotStarted", String::new());
         let paused = |reason: &'static str, message: String| {
             (
                 RolloutPhase::Paused,
-                (true, "Paused", tally.clone()),
+                (false, "Paused", tally.clone()),
                 (true, reason, message),
                 not_complete.clone(),
             )
@@ -209,19 +202,19 @@ impl Summary<'_> {
             Gate::Final(RolloutPhase::Succeeded) => (
                 RolloutPhase::Succeeded,
                 (false, "Finished", tally.clone()),
-                not_paused,
+                finished,
                 (true, "Succeeded", tally.clone()),
             ),
             Gate::Final(RolloutPhase::Failed) => (
                 RolloutPhase::Failed,
                 (false, "Finished", tally.clone()),
-                not_paused,
+                finished,
                 (true, "Failed", tally.clone()),
             ),
             Gate::Final(_) => (
                 RolloutPhase::Aborted,
                 (false, "Aborted", tally.clone()),
-                not_paused,
+                finished,
                 (
                     true,
                     "FailureThreshold",
@@ -232,7 +225,7 @@ impl Summary<'_> {
                 "FailureThreshold",
                 format!(
                     "failure threshold crossed ({} failed); raise spec.strategy.failureThreshold to go on",
-                    c.failed
+                    self.counts.failed
                 ),
             ),
             Gate::Requested => paused("Requested", "spec.paused is true".into()),
@@ -243,20 +236,25 @@ impl Summary<'_> {
             Gate::WavePause(w) => paused("WavePause", format!("timed pause before wave {w}")),
             Gate::OutsideWindow => paused(
                 "OutsideMaintenanceWindow",
-                "no device starts until the maintenance window opens".into(),
+                match facts.window_opens {
+                    Some(at) => {
+                        format!("no device starts until the maintenance window opens at {at:.0}")
+                    }
+                    None => "no device starts until the maintenance window opens".into(),
+                },
             ),
             Gate::RecipeBusy => paused("RecipeBusy", self.waiting_note().unwrap_or_default()),
             Gate::RecipeNotReady if !started => (
                 RolloutPhase::Pending,
                 (false, "RecipeNotReady", recipe_problem),
-                not_paused,
+                not_started,
                 not_complete,
             ),
             Gate::RecipeNotReady => paused("RecipeNotReady", recipe_problem),
             Gate::NoDevices => (
                 RolloutPhase::Pending,
                 (false, "NoDevicesSelected", no_devices(facts)),
-                not_paused,
+                not_started,
                 not_complete,
             ),
             Gate::Open => (
@@ -397,6 +395,28 @@ pub fn carry(ended: &RolloutStatus, changes: &[(&str, Phase, &DeviceAssignment)]
     }
     status.failed_devices = newest_failures(status.failed_devices);
     status
+}
+
+/// `2 of 9 devices succeeded, 1 failed, 3 running, 1 not started yet, 1 deferred, 1 pending`;
+/// devices that have not started the recipe, unreachable and cancelled ones only when there
+/// are some.
+fn tally(c: &DeviceCounts) -> String {
+    let mut parts = vec![
+        format!("{} of {} devices succeeded", c.succeeded, c.total),
+        format!("{} failed", c.failed),
+        format!("{} running", c.in_progress),
+    ];
+    for (count, what) in [
+        (c.assigned, "not started yet"),
+        (c.unreachable, "unreachable"),
+        (c.cancelled, "cancelled"),
+    ] {
+        if count > 0 {
+            parts.push(format!("{count} {what}"));
+        }
+    }
+    parts.push(format!("{} deferred, {} pending", c.deferred, c.pending));
+    parts.join(", ")
 }
 
 /// The reason of the condition `type_` in `status`, whatever its status.

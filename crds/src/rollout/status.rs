@@ -58,9 +58,11 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// Current state: `Progressing` (False while Pending, with reason `RecipeNotReady` or
-    /// `NoDevicesSelected`), `Paused` (the reason says why: Requested, WaitingForApproval,
-    /// WavePause, FailureThreshold, OutsideMaintenanceWindow, RecipeBusy) and `Complete`.
+    /// Current state: `Progressing` (True while devices start, reason `WaveInProgress`;
+    /// False while Pending with reason `RecipeNotReady` or `NoDevicesSelected`, while
+    /// Paused, and once ended), `Paused` (True: the reason says why: Requested,
+    /// WaitingForApproval, WavePause, FailureThreshold, OutsideMaintenanceWindow, RecipeBusy,
+    /// RecipeNotReady; False: `Running`, `NotStarted` or `Finished`) and `Complete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_list")]
     pub conditions: Vec<Condition>,
