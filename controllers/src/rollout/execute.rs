@@ -24,8 +24,16 @@ use crate::twin::{TwinError, TwinPatch, TwinService};
 /// Device writes in flight at once within one reconcile.
 const PARALLEL: usize = 32;
 
-/// Writes the plan's assignment records, then starts its devices. Every device is attempted;
-/// the first error is returned after all of them.
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Devices whose assignment record could not be written (refused or failed).
+    pub unwritten: HashSet<String>,
+    /// The first error, after every device was attempted.
+    pub error: Option<Error>,
+}
+
+/// Writes the plan's assignment records, then starts its devices. Every device is attempted.
 pub async fn run(
     ctx: &Context,
     rollout: &Rollout,
@@ -33,7 +41,7 @@ pub async fn run(
     recipe: Option<&ReadyRecipe>,
     devices: &[Arc<Device>],
     plan: &Plan,
-) -> Result<()> {
+) -> Outcome {
     let by_name: HashMap<String, &Arc<Device>> =
         devices.iter().map(|d| (d.name_any(), d)).collect();
     let namespace = rollout.namespace().unwrap_or_default();
@@ -102,7 +110,10 @@ pub async fn run(
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Outcome {
+        unwritten: refused,
+        error: first_error,
+    }
 }
 
 /// Writes one assignment record, after the cancel request in the twin when the write asks

@@ -2,19 +2,20 @@
 //!
 //! Per-device progress is kept on each Device (`status.assignment`, and finished records
 //! another Rollout took over in `status.previousAssignments`, both written under this
-//! controller's field manager, see [`handover`]) and in the twins; the Rollout's own status holds counts. Each
-//! reconcile rebuilds its view from those durable records (see [`plan`]).
+//! controller's field manager) and in the twins; the Rollout's own status holds counts.
+//! Each reconcile rebuilds its view from those durable records (see [`plan`]).
 
 mod abort;
 mod cancel;
 mod execute;
 mod expect;
-pub mod handover;
+mod handover;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
 mod readiness;
-pub mod reasons;
+mod reasons;
+mod settle;
 mod summary;
 pub mod waves;
 pub mod window;
@@ -130,12 +131,16 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
 
     // Act: assignment records first, then twins, then the Rollout's status.
     let outcome = execute::run(&ctx, &rollout, &uid, recipe.as_ref(), &devices, &plan).await;
-    execute::write_status(&api, &rollout, &previous, &plan.status).await?;
-    for event in &plan.events {
-        ctx.publish(&rollout, event.warning, event.reason, event.note.clone())
-            .await;
+    if let Some(status) = settle::settle(&facts, &candidates, &plan, &outcome.unwritten) {
+        execute::write_status(&api, &rollout, &previous, &status).await?;
+        for event in &plan.events {
+            ctx.publish(&rollout, event.warning, event.reason, event.note.clone())
+                .await;
+        }
     }
-    outcome?;
+    if let Some(error) = outcome.error {
+        return Err(error);
+    }
 
     let mut next = ctx.config.resync_period;
     let wake = plan
@@ -149,6 +154,10 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     }
     if capped {
         next = Duration::from_millis(200);
+    }
+    if !outcome.unwritten.is_empty() {
+        // Records another writer changed meanwhile: plan again from the fresh Devices.
+        next = next.min(Duration::from_secs(1));
     }
     Ok(Action::requeue(next))
 }

@@ -18,10 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
-use super::abort;
 use super::reasons;
 use super::summary::{self, Gate};
 use super::waves::{self, Observed, cumulative_targets};
+use super::{abort, settle};
 
 /// One device as the Rollout sees it.
 #[derive(Debug, Clone)]
@@ -400,22 +400,6 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         .filter(|c| !members.contains_key(c.name))
         .count();
     counts = summary::counts(&members, unclaimed_left);
-    // A finished Rollout keeps the record it ended with, changed only by later results of
-    // the devices it still holds: its other devices may have moved on to later Rollouts.
-    let carried = facts.previous.phase.is_final().then(|| {
-        let changes: Vec<(&str, Phase, &DeviceAssignment)> = plan
-            .writes
-            .iter()
-            .filter_map(|w| {
-                let before = by_name.get(w.device.as_str())?.mine?;
-                Some((w.device.as_str(), before.phase, &w.assignment))
-            })
-            .collect();
-        summary::carry(facts.previous, &changes)
-    });
-    if let Some(carried) = &carried {
-        counts = carried.counts.clone();
-    }
     let summary = summary::Summary {
         members: &members,
         counts,
@@ -426,12 +410,8 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         waiting: &waiting,
     };
     plan.status = summary.status(facts, &mut plan.events);
-    if let Some(carried) = carried {
-        plan.status = RolloutStatus {
-            observed_generation: facts.generation,
-            conditions: std::mem::take(&mut plan.status.conditions),
-            ..carried
-        };
+    if facts.previous.phase.is_final() {
+        plan.status = settle::carried(facts, candidates, &plan.writes);
     }
     plan
 }

@@ -1,6 +1,6 @@
 //! Wave planning from durable state: concurrency, deferral, pauses, thresholds, restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use cloudpillar_crds::{
@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::plan::{Candidate, Facts, Plan, plan};
+use super::settle::settle;
 use super::waves::Observed;
 
 /// A fleet with its durable records, advanced step by step like the controller does.
@@ -23,6 +24,8 @@ struct Fleet {
     elsewhere: Vec<String>,
     /// Devices a later Rollout took: their records here are kept as previous assignments.
     handed_over: Vec<String>,
+    /// Devices whose record writes fail.
+    lost: Vec<String>,
     names: Vec<String>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     now: i64,
@@ -44,6 +47,7 @@ impl Fleet {
             busy: Vec::new(),
             elsewhere: Vec::new(),
             handed_over: Vec::new(),
+            lost: Vec::new(),
             names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
             labels: BTreeMap::new(),
             now: 1_000,
@@ -52,7 +56,8 @@ impl Fleet {
         }
     }
 
-    /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed).
+    /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed,
+    /// record writes too except those of the devices in `lost`).
     fn step(&mut self) -> Plan {
         let now = Timestamp::from_second(self.now).expect("valid time");
         let unlabelled = BTreeMap::new();
@@ -90,16 +95,29 @@ impl Fleet {
             max_starts: 500,
         };
         let plan = plan(&facts, &candidates);
-        for write in &plan.writes {
+        let unwritten: HashSet<String> = plan
+            .writes
+            .iter()
+            .map(|w| w.device.clone())
+            .filter(|d| self.lost.contains(d))
+            .collect();
+        let status = settle(&facts, &candidates, &plan, &unwritten);
+        for write in plan
+            .writes
+            .iter()
+            .filter(|w| !unwritten.contains(&w.device))
+        {
             self.records
                 .insert(write.device.clone(), write.assignment.clone());
         }
-        for name in &plan.starts {
+        for name in plan.starts.iter().filter(|n| !unwritten.contains(*n)) {
             if let Some(record) = self.records.get_mut(name) {
                 record.assigned_time = Some(Time(now));
             }
         }
-        self.status = plan.status.clone();
+        if let Some(status) = status {
+            self.status = status;
+        }
         plan
     }
 
@@ -718,4 +736,51 @@ fn a_closed_maintenance_window_says_when_it_opens() {
         message,
         "no device starts until the maintenance window opens at 2026-12-12T02:00:00Z"
     );
+}
+
+#[test]
+fn an_ended_rollout_counts_only_the_changes_that_were_written() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.fail_at(0, FailureAction::Abort);
+    fleet.step();
+    fleet.report("dev-01", "InProgress");
+    fleet.report("dev-02", "InProgress");
+    fleet.step();
+
+    // The abort's write for dev-02 fails: the Rollout is not recorded as ended yet.
+    fleet.report("dev-00", "Failure");
+    fleet.lost = vec!["dev-02".into()];
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+    fleet.lost.clear();
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+
+    // Both confirm the cancel, but dev-02's record write fails once.
+    fleet.report("dev-01", "Cancelled");
+    fleet.report("dev-02", "Cancelled");
+    fleet.lost = vec!["dev-02".into()];
+    fleet.step();
+    assert_eq!(
+        (
+            fleet.status.counts.cancelled,
+            fleet.status.counts.in_progress
+        ),
+        (1, 1)
+    );
+    fleet.lost.clear();
+    fleet.step();
+    fleet.step();
+    let counts = &fleet.status.counts;
+    assert_eq!(
+        (
+            counts.total,
+            counts.failed,
+            counts.cancelled,
+            counts.in_flight()
+        ),
+        (3, 1, 2, 0),
+        "{counts:?}"
+    );
+    assert_eq!(fleet.status.waves[0].counts, *counts);
 }

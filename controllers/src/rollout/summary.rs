@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use cloudpillar_crds::conditions::{ROLLOUT_COMPLETE, ROLLOUT_PAUSED, ROLLOUT_PROGRESSING};
 use cloudpillar_crds::rollout::MAX_FAILED_DEVICES;
 use cloudpillar_crds::{
-    DeviceAssignment, DeviceCounts, DeviceRolloutPhase as Phase, FailedDevice, RolloutPhase,
-    RolloutStatus, WaveStatus,
+    Condition, DeviceAssignment, DeviceCounts, DeviceRolloutPhase as Phase, FailedDevice,
+    RolloutPhase, RolloutStatus, WaveStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -110,30 +110,7 @@ impl Summary<'_> {
         if phase.is_final() && status.completion_time.is_none() {
             status.completion_time = Some(Time(facts.now));
         }
-        let wanted = vec![
-            condition(
-                ROLLOUT_PROGRESSING,
-                progressing.0,
-                progressing.1,
-                progressing.2.clone(),
-                generation,
-            ),
-            condition(
-                ROLLOUT_PAUSED,
-                paused.0,
-                paused.1,
-                paused.2.clone(),
-                generation,
-            ),
-            condition(
-                ROLLOUT_COMPLETE,
-                complete.0,
-                complete.1,
-                complete.2.clone(),
-                generation,
-            ),
-        ];
-        status.conditions = merge_conditions(&previous.conditions, wanted);
+        status.conditions = conditions(facts, [&progressing, &paused, &complete]);
 
         if phase != previous.phase
             || Some(paused.1) != reason_of(previous, ROLLOUT_PAUSED)
@@ -344,6 +321,19 @@ impl Summary<'_> {
     }
 }
 
+/// `Progressing`, `Paused` and `Complete` from their (holds, reason, message), merged into
+/// the previous ones.
+fn conditions(facts: &Facts<'_>, wanted: [&(bool, &str, String); 3]) -> Vec<Condition> {
+    let wanted = [ROLLOUT_PROGRESSING, ROLLOUT_PAUSED, ROLLOUT_COMPLETE]
+        .into_iter()
+        .zip(wanted)
+        .map(|(type_, (holds, reason, message))| {
+            condition(type_, *holds, reason, message.clone(), facts.generation)
+        })
+        .collect();
+    merge_conditions(&facts.previous.conditions, wanted)
+}
+
 /// The entry of `status.failedDevices` for a failed device.
 fn failed_entry(name: &str, assignment: &DeviceAssignment) -> FailedDevice {
     let reason = assignment.reason.as_deref();
@@ -377,10 +367,13 @@ fn newest_failures(mut failed: Vec<FailedDevice>) -> Vec<FailedDevice> {
     failed
 }
 
-/// The status a finished Rollout ended with, with `changes` (device, phase before, record
-/// now) of the devices it still holds applied to its counts, wave counts and failures.
-pub fn carry(ended: &RolloutStatus, changes: &[(&str, Phase, &DeviceAssignment)]) -> RolloutStatus {
+/// The status an ended Rollout ended with, with `changes` (device, phase before, record
+/// now) of the devices it still holds applied to its counts, wave counts, failures and the
+/// messages of its conditions. Its phase stays.
+pub fn carry(facts: &Facts<'_>, changes: &[(&str, Phase, &DeviceAssignment)]) -> RolloutStatus {
+    let ended = facts.previous;
     let mut status = ended.clone();
+    status.observed_generation = facts.generation;
     for (name, before, record) in changes {
         status.counts.remove(*before);
         status.counts.add(record.phase);
@@ -394,6 +387,19 @@ pub fn carry(ended: &RolloutStatus, changes: &[(&str, Phase, &DeviceAssignment)]
         }
     }
     status.failed_devices = newest_failures(status.failed_devices);
+
+    let members = BTreeMap::new();
+    let summary = Summary {
+        members: &members,
+        counts: status.counts.clone(),
+        targets: &[],
+        wave: ended.current_wave.unwrap_or(1),
+        gate: Gate::Final(ended.phase),
+        completed: BTreeMap::new(),
+        waiting: &[],
+    };
+    let (_, progressing, paused, complete) = summary.conditions(facts, true);
+    status.conditions = conditions(facts, [&progressing, &paused, &complete]);
     status
 }
 

@@ -71,7 +71,7 @@ pub struct Observed<'a> {
 /// longer than `timeout` from receiving the recipe has Failed with reason Timeout. A device
 /// asked to cancel keeps that reason until it reports. Finished devices keep their phase,
 /// unless the result of a device the operator had stopped waiting for arrives (see
-/// [`reasons::late`]).
+/// `reasons::late`).
 pub fn observe(
     assignment: &DeviceAssignment,
     device: &Observed<'_>,
