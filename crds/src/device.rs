@@ -13,7 +13,7 @@ mod status;
 
 pub use status::{
     Connection, ConnectionState, DeviceAssignment, DeviceRecipeStatus, DeviceRolloutPhase,
-    DeviceStatus, ProvisioningUpgrade,
+    DeviceStatus, MAX_PREVIOUS_ASSIGNMENTS, ProvisioningUpgrade,
 };
 
 /// A device's identity, hub, credentials, agent mode, and the tags and desired properties

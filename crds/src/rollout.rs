@@ -63,9 +63,12 @@ pub struct RolloutSpec {
     pub recipe_ref: LocalRef,
 
     /// Which Devices (in this namespace) receive the recipe, by label. Devices that match
-    /// later join the current or the next wave. An empty selector is refused, so that no
-    /// rollout reaches every device by accident. Operators are In, NotIn, Exists and
-    /// DoesNotExist; label keys and values follow Kubernetes label syntax.
+    /// later join the current or a later wave, until the Rollout has ended (Succeeded,
+    /// Failed or Aborted). A Rollout whose selector has matched no Device yet stays Pending
+    /// (condition Progressing=False, reason `NoDevicesSelected`) and starts when one matches.
+    /// An empty selector is refused, so that no rollout reaches every device by accident.
+    /// Operators are In, NotIn, Exists and DoesNotExist; label keys and values follow
+    /// Kubernetes label syntax.
     #[schemars(schema_with = "label_selector")]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || \

@@ -518,6 +518,22 @@ pub mod controllers {
         Ok(String::from_utf8(bytes.0)?)
     }
 
+    /// The Events about the object called `name` in `namespace`.
+    pub async fn events_for(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), namespace);
+        let events = api.list(&kube::api::ListParams::default()).await?;
+        Ok(events
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect())
+    }
+
     /// Applies an object given as JSON with the test field manager.
     pub async fn apply<K>(client: &Client, namespace: &str, object: Value) -> anyhow::Result<K>
     where

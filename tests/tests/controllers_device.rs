@@ -7,14 +7,14 @@ use cloudpillar_controllers::device::FINALIZER;
 use cloudpillar_controllers::runtime::finalizer;
 use cloudpillar_crds::{ConnectionState, Device};
 use cloudpillar_tests::controllers::{
-    EdgeHub, Operator, apply, device_key, eventually, test_config,
+    EdgeHub, Operator, apply, device_key, events_for, eventually, test_config,
 };
 use cloudpillar_tests::recording::RecordingConnector;
 use cloudpillar_tests::{fixture_json, install_crds, kube_client, test_namespace};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -41,16 +41,6 @@ fn condition_true(device: &Device, type_: &str) -> bool {
     cloudpillar_crds::conditions::is_true(&conditions, type_)
         && cloudpillar_crds::conditions::find(&conditions, type_)
             .is_some_and(|c| c.observed_generation == device.metadata.generation)
-}
-
-async fn events_for(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<Event>> {
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let events = api.list(&ListParams::default()).await?;
-    Ok(events
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect())
 }
 
 #[tokio::test]

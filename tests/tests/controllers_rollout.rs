@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cloudpillar_controllers::SecretLocation;
-use cloudpillar_crds::{Device, DeviceRolloutPhase, Recipe, Rollout, RolloutPhase};
+use cloudpillar_crds::{
+    Device, DeviceAssignment, DeviceRolloutPhase, Recipe, Rollout, RolloutPhase,
+};
 use cloudpillar_protocol::signing::{SigningKey, TrustStore};
 use cloudpillar_tests::controllers::{
-    EdgeHub, Operator, SimDevice, apply, device_key, eventually, test_config,
+    EdgeHub, Operator, SimDevice, apply, device_key, events_for, eventually, test_config,
 };
 use cloudpillar_tests::recording::RecordingConnector;
 use cloudpillar_tests::{fixture_json, install_crds, kube_client, test_namespace};
@@ -106,6 +108,18 @@ impl Site {
 
     /// Applies labelled Devices, waits until registered and connects each over MQTT.
     async fn devices(&mut self, names: &[&str], labels: Value) -> anyhow::Result<()> {
+        self.register(names, labels).await?;
+        for name in names {
+            let key = device_key(&self.client, &self.ns, name).await?;
+            let mut link = self.hub.connect(name, &key).await?;
+            link.report(json!({"deviceState": "READY"})).await?;
+            self.links.insert((*name).to_owned(), link);
+        }
+        Ok(())
+    }
+
+    /// Applies labelled Devices and waits until they are registered; no agent connects.
+    async fn register(&self, names: &[&str], labels: Value) -> anyhow::Result<()> {
         for name in names {
             let object = json!({
                 "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
@@ -125,10 +139,6 @@ impl Site {
                 Ok(cloudpillar_crds::conditions::is_true(&conditions, "Registered").then_some(()))
             })
             .await?;
-            let key = device_key(&self.client, &self.ns, name).await?;
-            let mut link = self.hub.connect(name, &key).await?;
-            link.report(json!({"deviceState": "READY"})).await?;
-            self.links.insert((*name).to_owned(), link);
         }
         Ok(())
     }
@@ -185,10 +195,22 @@ impl Site {
     }
 
     async fn assignment_phase(&self, device: &str) -> anyhow::Result<Option<DeviceRolloutPhase>> {
+        Ok(self.assignment(device).await?.map(|a| a.phase))
+    }
+
+    async fn assignment(&self, device: &str) -> anyhow::Result<Option<DeviceAssignment>> {
         let device = Api::<Device>::namespaced(self.client.clone(), &self.ns)
             .get(device)
             .await?;
-        Ok(device.status.and_then(|s| s.assignment).map(|a| a.phase))
+        Ok(device.status.and_then(|s| s.assignment))
+    }
+
+    /// The twin's desired `changeCancel`, if any.
+    fn twin_cancel(&self, device: &str) -> Option<Value> {
+        self.hub
+            .twin(device)?
+            .pointer("/properties/desired/changeCancel")
+            .cloned()
     }
 
     /// Checks the twin holds the Recipe's changeSpec and a changeSign that verifies.
@@ -683,5 +705,351 @@ async fn a_rollout_whose_time_zone_is_unknown_shows_why_in_status_and_an_event()
         phase_is(RolloutPhase::Pending),
     )
     .await?;
+    site.finish().await
+}
+
+/// A recipe of one quick shell step.
+fn quick_recipe(id: &str) -> Value {
+    json!({ "id": id, "patch": { "installSteps": [ { "shell": "bash", "command": "true" } ] } })
+}
+
+#[tokio::test]
+async fn two_rollouts_over_the_same_devices_take_turns_and_both_finish() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-turns").await?;
+    site.recipe("quick5", quick_recipe("quick5")).await?;
+    site.recipe("quick6", quick_recipe("quick6")).await?;
+    let names = ["pc-01", "pc-02", "pc-03", "pc-04"];
+    site.devices(&names, json!({"fleet": "rev"})).await?;
+    let rollout = |name: &str, recipe: &str, waves: Value| {
+        json!({
+            "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": name },
+            "spec": {
+                "recipeRef": { "name": recipe },
+                "selector": { "matchLabels": { "fleet": "rev" } },
+                "strategy": { "waves": waves },
+            },
+        })
+    };
+    let canary = json!([{ "name": "canary", "count": 1 }, { "name": "rest", "percent": 100 }]);
+    let all = json!([{ "percent": 100 }]);
+    let (first, second) = tokio::join!(
+        apply::<Rollout>(
+            &site.client,
+            &site.ns,
+            rollout("canary-first", "quick5", canary)
+        ),
+        apply::<Rollout>(
+            &site.client,
+            &site.ns,
+            rollout("all-at-once", "quick6", all)
+        ),
+    );
+    first?;
+    second?;
+
+    // Every device runs whatever recipe its twin holds and succeeds. Neither Rollout's
+    // counts ever go back, also when the other one takes a device it finished with.
+    let rollouts: Api<Rollout> = Api::namespaced(site.client.clone(), &site.ns);
+    let mut reported: Vec<(String, String)> = Vec::new();
+    let mut seen: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        for device in names {
+            if let Some(id) = site.twin_recipe(device)
+                && !reported.contains(&(device.to_owned(), id.clone()))
+            {
+                site.recipe_status(device, &id, "Success").await?;
+                reported.push((device.to_owned(), id));
+            }
+        }
+        let mut finished = 0;
+        for name in ["canary-first", "all-at-once"] {
+            let status = rollouts.get(name).await?.status.unwrap_or_default();
+            let now = (status.counts.total, status.counts.succeeded);
+            let before = seen.insert(name, now).unwrap_or_default();
+            assert!(
+                now.0 >= before.0 && now.1 >= before.1,
+                "{name} went back from {before:?} to {now:?}"
+            );
+            if status.phase == RolloutPhase::Succeeded {
+                finished += 1;
+            }
+        }
+        if finished == 2 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = |r: Rollout| {
+                let s = r.status.unwrap_or_default();
+                (s.phase, s.counts, s.conditions)
+            };
+            anyhow::bail!(
+                "the Rollouts did not both finish: {:?} / {:?}",
+                status(rollouts.get("canary-first").await?),
+                status(rollouts.get("all-at-once").await?)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for name in ["canary-first", "all-at-once"] {
+        let counts = site.rollout(name).await?.status.expect("status").counts;
+        assert_eq!(
+            (counts.total, counts.succeeded),
+            (4, 4),
+            "{name}: {counts:?}"
+        );
+    }
+
+    // Each device received each recipe exactly once.
+    for device in names {
+        let ids: Vec<String> = site
+            .recorder
+            .patches_for(device)
+            .into_iter()
+            .filter_map(|p| {
+                p.desired?
+                    .pointer("/changeSpec/id")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["quick5", "quick6"], "{device} got {ids:?}");
+    }
+    site.finish().await
+}
+
+#[tokio::test]
+async fn timed_out_and_aborted_devices_are_cancelled_and_a_late_result_is_recorded()
+-> anyhow::Result<()> {
+    let mut site = Site::start("ctl-abort").await?;
+    site.recipe("quick7", quick_recipe("quick7")).await?;
+    // Two devices whose agents never come, and one that turns busy mid-run.
+    site.register(&["pc-01", "pc-02"], json!({"fleet": "late"}))
+        .await?;
+    site.devices(&["pc-03"], json!({"fleet": "late"})).await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "timed" },
+        "spec": {
+            "recipeRef": { "name": "quick7" },
+            "selector": { "matchLabels": { "fleet": "late" } },
+            "strategy": {
+                "deviceTimeout": "5s",
+                "failureThreshold": { "percent": 40, "action": "Abort" },
+            },
+        },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+    eventually("recipe in pc-03's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-03").map(|_| ()))
+    })
+    .await?;
+    site.recipe_status("pc-03", "quick7", "InProgress").await?;
+    site.report("pc-03", json!({"deviceState": "BUSY"})).await?;
+
+    // The silent devices time out and the Rollout aborts: every unfinished device, timed
+    // out or still running, gets a cancel request in its twin.
+    let aborted = site
+        .wait_rollout("timed", "rollout aborted", phase_is(RolloutPhase::Aborted))
+        .await?;
+    let failed = aborted.status.expect("status").failed_devices;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for entry in &failed {
+        assert_eq!(entry.reason, "Timeout");
+        assert_eq!(
+            entry.message.as_deref(),
+            Some("Timeout: no result within 5s of receiving the recipe")
+        );
+    }
+    for device in ["pc-01", "pc-02", "pc-03"] {
+        let cancel = eventually(&format!("cancel in {device}'s twin"), WAIT, || async {
+            Ok(site.twin_cancel(device))
+        })
+        .await?;
+        assert_eq!(cancel, json!({ "id": "quick7" }), "{device}");
+    }
+    let running = site.assignment("pc-03").await?.expect("assignment");
+    assert_eq!(
+        running.reason.as_deref(),
+        Some("CancelRequested: the Rollout was aborted")
+    );
+
+    // pc-01 had run the recipe after all and its result arrives late: it is recorded as it
+    // is, saying so; pc-03 confirms the cancel. The Rollout stays Aborted, counting both.
+    let late = json!({"changeSpec": {"id": "quick7", "Status": "Success"}, "deviceState": "READY"});
+    site.hub.handle.core().patch_reported("pc-01", late).await?;
+    site.recipe_status("pc-03", "quick7", "Cancelled").await?;
+    let counted = site
+        .wait_rollout("timed", "late results counted", |r| {
+            r.status.as_ref().is_some_and(|s| {
+                (s.counts.succeeded, s.counts.failed, s.counts.cancelled) == (1, 1, 1)
+            })
+        })
+        .await?;
+    let status = counted.status.expect("status");
+    assert_eq!(status.phase, RolloutPhase::Aborted);
+    assert_eq!(status.counts.total, 3);
+    assert_eq!(
+        status
+            .failed_devices
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pc-02"]
+    );
+    let record = site.assignment("pc-01").await?.expect("assignment");
+    assert_eq!(record.phase, DeviceRolloutPhase::Succeeded);
+    assert_eq!(
+        record.reason.as_deref(),
+        Some("FinishedLate: the device reported Success after it had timed out")
+    );
+    assert_eq!(
+        site.assignment_phase("pc-03").await?,
+        Some(DeviceRolloutPhase::Cancelled)
+    );
+
+    // Deleting the aborted Rollout leaves every twin it wrote cancelled.
+    let rollouts: Api<Rollout> = Api::namespaced(site.client.clone(), &site.ns);
+    rollouts.delete("timed", &DeleteParams::default()).await?;
+    eventually("rollout removed", WAIT, || async {
+        Ok(rollouts.get_opt("timed").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(site.twin_cancel("pc-02"), Some(json!({ "id": "quick7" })));
+    site.finish().await
+}
+
+#[tokio::test]
+async fn a_recipe_the_twin_refuses_fails_its_device_with_the_hubs_words() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-refused").await?;
+    // Just inside the Recipe's own 32 KB check; pc-big's twin also holds a long note.
+    let command = format!("echo {}", "x".repeat(31_800));
+    let big = json!({ "id": "big-1", "patch": { "installSteps": [ { "shell": "bash", "command": command } ] } });
+    site.recipe("big", big).await?;
+    site.devices(&["pc-big", "pc-ok"], json!({"fleet": "big"}))
+        .await?;
+    let noted = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+        "metadata": { "name": "pc-big", "labels": { "fleet": "big" } },
+        "spec": { "hubRef": { "name": "edge" }, "desired": { "note": "n".repeat(3_000) } },
+    });
+    apply::<Device>(&site.client, &site.ns, noted).await?;
+    eventually("note in pc-big's twin", WAIT, || async {
+        let twin = site.hub.twin("pc-big");
+        Ok(twin
+            .and_then(|t| t.pointer("/properties/desired/note").cloned())
+            .map(drop))
+    })
+    .await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "big" },
+        "spec": { "recipeRef": { "name": "big" }, "selector": { "matchLabels": { "fleet": "big" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+
+    // The hub will never take the recipe into pc-big's twin: that device fails with the
+    // hub's words and a Warning Event; pc-ok runs the recipe and the Rollout ends.
+    let refused = site
+        .wait_rollout("big", "pc-big failed", |r| {
+            r.status.as_ref().is_some_and(|s| s.counts.failed == 1)
+        })
+        .await?;
+    let failed = &refused.status.expect("status").failed_devices[0];
+    assert_eq!(
+        (failed.name.as_str(), failed.reason.as_str()),
+        ("pc-big", "TwinRefused")
+    );
+    let reason = site.assignment("pc-big").await?.and_then(|a| a.reason);
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("TwinRefused: the twin refused the recipe: ")
+            && reason.contains("twin section is ")
+            && reason.ends_with(" bytes, more than 32768"),
+        "{reason}"
+    );
+    let events = events_for(&site.client, &site.ns, "big").await?;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TwinRefused"))
+        .expect("a TwinRefused Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("pc-big") && n.contains("more than 32768")),
+        "{:?}",
+        warning.note
+    );
+
+    eventually("recipe in pc-ok's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-ok").map(drop))
+    })
+    .await?;
+    site.recipe_status("pc-ok", "big-1", "Success").await?;
+    site.wait_rollout("big", "rollout ended", phase_is(RolloutPhase::Failed))
+        .await?;
+    site.finish().await
+}
+
+#[tokio::test]
+async fn a_rollout_that_selects_no_device_waits_for_one_and_then_runs() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-nobody").await?;
+    site.recipe("quick8", quick_recipe("quick8")).await?;
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "nobody" },
+        "spec": { "recipeRef": { "name": "quick8" }, "selector": { "matchLabels": { "fleet": "later" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+
+    // Nothing matches: the Rollout waits and says why, rather than succeeding with 0 of 0.
+    let no_devices = |r: &Rollout| {
+        let conditions = r.status.clone().map(|s| s.conditions).unwrap_or_default();
+        cloudpillar_crds::conditions::find(&conditions, "Progressing")
+            .is_some_and(|c| c.status == "False" && c.reason == "NoDevicesSelected")
+    };
+    let waiting = site
+        .wait_rollout("nobody", "no devices selected", no_devices)
+        .await?;
+    let status = waiting.status.expect("status");
+    assert_eq!(status.phase, RolloutPhase::Pending);
+    let progressing =
+        cloudpillar_crds::conditions::find(&status.conditions, "Progressing").expect("condition");
+    assert_eq!(
+        progressing.message,
+        "no Device in this namespace matches the selector fleet=later; \
+         the Rollout starts when one does"
+    );
+    let events = events_for(&site.client, &site.ns, "nobody").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NoDevicesSelected")
+                && e.type_.as_deref() == Some("Warning")),
+        "{events:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        site.rollout("nobody").await?.status.map(|s| s.phase),
+        Some(RolloutPhase::Pending)
+    );
+
+    // A Device labelled to match joins, and the Rollout runs to its end.
+    site.devices(&["pc-late"], json!({"fleet": "later"}))
+        .await?;
+    eventually("recipe in pc-late's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-late").map(drop))
+    })
+    .await?;
+    site.recipe_status("pc-late", "quick8", "Success").await?;
+    let done = site
+        .wait_rollout(
+            "nobody",
+            "rollout succeeded",
+            phase_is(RolloutPhase::Succeeded),
+        )
+        .await?;
+    assert_eq!(done.status.expect("status").counts.succeeded, 1);
     site.finish().await
 }

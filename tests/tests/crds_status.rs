@@ -100,6 +100,17 @@ async fn a_full_device_status_reads_back_unchanged() -> anyhow::Result<()> {
             assigned_time: Some(at(1)),
             phase_time: Some(at(10)),
         }),
+        previous_assignments: vec![DeviceAssignment {
+            rollout: "canary-rollout".into(),
+            rollout_uid: "7a0d9e41-5b2c-4f7e-8d1a-2c3e4f5a6b7c".into(),
+            recipe: "quick-fix".into(),
+            recipe_id: "quick-fix-1".into(),
+            wave: 1,
+            phase: DeviceRolloutPhase::Succeeded,
+            reason: None,
+            assigned_time: Some(at(0)),
+            phase_time: Some(at(1)),
+        }],
         provisioning_upgrade: Some(ProvisioningUpgrade {
             mode: "STRICT".into(),
             hub: "hub.example".into(),

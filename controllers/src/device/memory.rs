@@ -56,7 +56,8 @@ impl WrittenStatus {
     }
 
     /// The freshest status known for `device`: the cached one, or the last write while the
-    /// cache has not shown it yet (with the cached assignment, which another controller owns).
+    /// cache has not shown it yet (with the cached assignment records, which another
+    /// controller owns).
     pub fn current(&self, device: &Device) -> DeviceStatus {
         let cached = device.status.clone().unwrap_or_default();
         let Some(uid) = device.uid() else {
@@ -72,6 +73,7 @@ impl WrittenStatus {
         }
         DeviceStatus {
             assignment: cached.assignment,
+            previous_assignments: cached.previous_assignments,
             ..written.clone()
         }
     }
@@ -83,10 +85,12 @@ impl WrittenStatus {
     }
 }
 
-/// The status without the fields other controllers own.
-fn owned(status: &DeviceStatus) -> DeviceStatus {
+/// The status without the fields other controllers own: the assignment records belong to
+/// the Rollout controller's field manager.
+pub(super) fn owned(status: &DeviceStatus) -> DeviceStatus {
     DeviceStatus {
         assignment: None,
+        previous_assignments: Vec::new(),
         ..status.clone()
     }
 }

@@ -26,9 +26,7 @@ pub(super) async fn write_status(
     if wanted == *previous {
         return Ok(wanted);
     }
-    // The assignment belongs to the Rollout controller's field manager; leave it out.
-    let mut owned = wanted.clone();
-    owned.assignment = None;
+    let owned = super::memory::owned(&wanted);
     apply_status(api, device, &manager(CONTROLLER), &owned).await?;
     ctx.device_status.remember(device, &owned);
     Ok(wanted)

@@ -1,11 +1,13 @@
-//! Cancelling a Rollout when it is deleted (field case F22).
+//! Cancel requests in twins, and cancelling a Rollout when it is deleted (field case F22).
 //!
 //! The cancel request lives only in the twin's desired section (`changeCancel`), progress only
 //! in reported, so neither overwrites the other. A device is marked Cancelled only once it
 //! reports the recipe cancelled; one that finished first keeps its outcome. Devices that never
 //! received the recipe are released at once. Deletion waits for running devices to answer,
 //! at most the cancel grace period, after which their records stay as they are and keep
-//! holding the device until it reports the recipe finished.
+//! holding the device until it reports the recipe finished. A device the Rollout had already
+//! given up on (timed out, withdrawn) whose twin still holds the recipe unfinished gets the
+//! cancel too, so that no twin keeps a recipe nobody waits for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +22,14 @@ use serde_json::json;
 
 use super::CANCEL_KEY;
 use super::execute::{apply_assignment, write_desired};
+use super::handover::reports_finished;
+use super::reasons::{self, Stop};
 use super::waves::{self, Observed};
 use crate::error::{Error, HubContext, Result};
 use crate::runtime::{Context, key_of};
 
 /// Longest a deleted Rollout waits for its running devices to confirm the cancel.
 const CANCEL_GRACE: Duration = Duration::from_secs(600);
-
-/// Reason recorded on a device whose twin holds the cancel request.
-const CANCEL_REQUESTED: &str = "CancelRequested";
 
 /// Cancels the Rollout's running devices. `Ok(true)` once none is left running (or the grace
 /// period is over) and the finalizer may go.
@@ -44,12 +45,16 @@ pub async fn cancel(
         let Some(mut record) = device.status.as_ref().and_then(|s| s.assignment.clone()) else {
             continue;
         };
+        let status = device.status.as_ref();
         if record.phase.is_finished() {
+            let report = status.and_then(|s| s.recipe.as_ref());
+            if !reports_finished(report, &record.recipe_id) {
+                request_cancel(device, &record.recipe_id, DELETED, ctx).await?;
+            }
             continue;
         }
         let namespace = device.namespace().unwrap_or_default();
         let api: Api<Device> = Api::namespaced(ctx.client.clone(), &namespace);
-        let status = device.status.as_ref();
         let observed = Observed {
             report: status.and_then(|s| s.recipe.as_ref()),
             reachable: status
@@ -64,24 +69,27 @@ pub async fn cancel(
             // cancelled in the twin too, in case it landed).
             (Phase::Deferred | Phase::Pending | Phase::Assigned, false) => {
                 if phase == Phase::Assigned {
-                    request_cancel(device, &record.recipe_id, ctx).await?;
+                    request_cancel(device, &record.recipe_id, DELETED, ctx).await?;
                 }
                 (Phase::Cancelled, Some("RolloutDeleted".to_owned()))
             }
             (phase, _) if phase.is_finished() => (phase, reason),
             (phase, _) => {
-                if record.reason.as_deref() != Some(CANCEL_REQUESTED) {
-                    request_cancel(device, &record.recipe_id, ctx).await?;
+                // Sent again under the deletion's name even if an abort asked before; the
+                // twin write is skipped when the request is there already.
+                let deleted = reasons::cancel_requested(Stop::Deleted);
+                if record.reason.as_deref() != Some(deleted.as_str()) {
+                    request_cancel(device, &record.recipe_id, DELETED, ctx).await?;
                 }
                 running += 1;
-                (phase, Some(CANCEL_REQUESTED.to_owned()))
+                (phase, Some(deleted))
             }
         };
         if phase != record.phase || reason != record.reason {
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(Time(now));
-            apply_assignment(&api, device, Some(&record), None).await?;
+            apply_assignment(&api, device, &record, None, ctx).await?;
             ctx.expectations
                 .expect(uid, ObjectRef::from_obj(device.as_ref()), Some(record));
         }
@@ -106,8 +114,17 @@ pub async fn cancel(
     Ok(true)
 }
 
-/// Writes `changeCancel: {"id": recipe_id}` into the twin, if the twin holds that recipe.
-async fn request_cancel(device: &Device, recipe_id: &str, ctx: &Context) -> Result<()> {
+/// Why a deleted Rollout's devices are asked to cancel, in their Events.
+const DELETED: &str = "its Rollout was deleted";
+
+/// Writes `changeCancel: {"id": recipe_id}` into the twin if the twin holds that recipe and
+/// does not cancel it yet, with a Normal Event on the Device saying `why`.
+pub(super) async fn request_cancel(
+    device: &Device,
+    recipe_id: &str,
+    why: &str,
+    ctx: &Context,
+) -> Result<()> {
     let object = key_of(device);
     let namespace = device.namespace().unwrap_or_default();
     let hub = match ctx
@@ -135,16 +152,18 @@ async fn request_cancel(device: &Device, recipe_id: &str, ctx: &Context) -> Resu
         return Ok(());
     }
     let wanted = json!({ CANCEL_KEY: cancel_request(recipe_id) });
-    write_desired(hub.as_ref(), &device_id, &wanted, ctx)
+    let written = write_desired(hub.as_ref(), &device_id, &wanted, ctx)
         .await
         .hub(&object)?;
-    tracing::info!(device = %device_id, recipe = recipe_id, "cancel requested");
-    ctx.publish(
-        device,
-        false,
-        "CancelRequested",
-        format!("recipe {recipe_id} cancelled by its Rollout's deletion"),
-    )
-    .await;
+    if written {
+        tracing::info!(device = %device_id, recipe = recipe_id, why, "cancel requested");
+        ctx.publish(
+            device,
+            false,
+            "CancelRequested",
+            format!("recipe {recipe_id} cancelled: {why}"),
+        )
+        .await;
+    }
     Ok(())
 }

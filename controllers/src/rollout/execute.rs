@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::plan::{AssignmentWrite, Plan};
 use super::{CANCEL_KEY, CONTROLLER, ReadyRecipe};
+use super::{cancel, handover};
 use crate::error::{Error, HubContext, KubeContext, Result, is_status};
 use crate::runtime::{Context, key_of};
 use crate::status::manager;
@@ -23,19 +24,28 @@ use crate::twin::{TwinError, TwinPatch, TwinService};
 /// Device writes in flight at once within one reconcile.
 const PARALLEL: usize = 32;
 
-/// Writes the plan's assignment records, then starts its devices. Every device is attempted;
-/// the first error is returned after all of them.
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Devices whose assignment record could not be written (refused or failed).
+    pub unwritten: HashSet<String>,
+    /// The first error, after every device was attempted.
+    pub error: Option<Error>,
+}
+
+/// Writes the plan's assignment records, then starts its devices. Every device is attempted.
 pub async fn run(
     ctx: &Context,
-    namespace: &str,
+    rollout: &Rollout,
     uid: &str,
     recipe: Option<&ReadyRecipe>,
     devices: &[Arc<Device>],
     plan: &Plan,
-) -> Result<()> {
+) -> Outcome {
     let by_name: HashMap<String, &Arc<Device>> =
         devices.iter().map(|d| (d.name_any(), d)).collect();
-    let api: Api<Device> = Api::namespaced(ctx.client.clone(), namespace);
+    let namespace = rollout.namespace().unwrap_or_default();
+    let api: Api<Device> = Api::namespaced(ctx.client.clone(), &namespace);
 
     let mut writes = Vec::new();
     let api = &api;
@@ -85,8 +95,10 @@ pub async fn run(
             let Some(assignment) = planned.or(cached) else {
                 continue;
             };
-            starts.push(Box::pin(start(api, device, assignment, recipe, ctx, uid))
-                as BoxFuture<'_, Result<()>>);
+            starts.push(
+                Box::pin(start(api, device, assignment, recipe, rollout, uid, ctx))
+                    as BoxFuture<'_, Result<()>>,
+            );
         }
         let results: Vec<Result<()>> = stream::iter(starts)
             .buffer_unordered(PARALLEL)
@@ -98,12 +110,17 @@ pub async fn run(
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Outcome {
+        unwritten: refused,
+        error: first_error,
+    }
 }
 
-/// Writes one assignment record. A claim carries the cached resourceVersion, so it fails
-/// (`Ok(false)`) when the Device changed meanwhile, for example because another Rollout
-/// claimed it; the next reconcile sees the change.
+/// Writes one assignment record, after the cancel request in the twin when the write asks
+/// for one (if that fails, the record stays as it was and the next reconcile tries again).
+/// A guarded write carries the cached resourceVersion, so it fails (`Ok(false)`) when the
+/// Device changed meanwhile, for example because another Rollout claimed it; the next
+/// reconcile sees the change.
 async fn write_assignment(
     api: &Api<Device>,
     device: &Device,
@@ -111,8 +128,14 @@ async fn write_assignment(
     ctx: &Context,
     uid: &str,
 ) -> Result<bool> {
-    let version = write.claim.then(|| device.resource_version()).flatten();
-    match apply_assignment(api, device, Some(&write.assignment), version).await {
+    if write.cancel {
+        // `Timeout: no result within 6h ...`, `CancelRequested: the Rollout was aborted`.
+        let reason = write.assignment.reason.as_deref().unwrap_or_default();
+        let why = reason.split_once(": ").map_or(reason, |(_, why)| why);
+        cancel::request_cancel(device, &write.assignment.recipe_id, why, ctx).await?;
+    }
+    let version = write.guarded.then(|| device.resource_version()).flatten();
+    match apply_assignment(api, device, &write.assignment, version, ctx).await {
         Ok(()) => {
             ctx.expectations.expect(
                 uid,
@@ -129,22 +152,35 @@ async fn write_assignment(
     }
 }
 
-/// Server-side applies `status.assignment` (or removes it with `None`) under this
-/// controller's field manager, optionally guarded by `resource_version`.
+/// Server-side applies `status.assignment` under this controller's field manager, with
+/// `status.previousAssignments` (the record it replaces moves there, see [`handover`]),
+/// optionally guarded by `resource_version`. Every write carries both fields: the field
+/// manager owns them together, and a field left out of an apply would be removed.
 pub async fn apply_assignment(
     api: &Api<Device>,
     device: &Device,
-    assignment: Option<&DeviceAssignment>,
+    assignment: &DeviceAssignment,
     resource_version: Option<String>,
+    ctx: &Context,
 ) -> Result<()> {
     let mut metadata = json!({ "name": device.name_any() });
     if let Some(version) = resource_version {
         metadata["resourceVersion"] = version.into();
     }
-    let status = match assignment {
-        Some(a) => json!({ "assignment": a }),
-        None => json!({}),
-    };
+    let namespace = device.namespace().unwrap_or_default();
+    let current = device.status.as_ref();
+    let previous = handover::previous_assignments(
+        current.and_then(|s| s.assignment.as_ref()),
+        current
+            .map(|s| s.previous_assignments.as_slice())
+            .unwrap_or_default(),
+        assignment,
+        |a| super::running(ctx, &namespace, a),
+    );
+    let mut status = json!({ "assignment": assignment });
+    if !previous.is_empty() {
+        status["previousAssignments"] = json!(previous);
+    }
     let body = json!({
         "apiVersion": Device::api_version(&()),
         "kind": Device::kind(&()),
@@ -164,55 +200,110 @@ async fn start(
     device: &Device,
     mut assignment: DeviceAssignment,
     recipe: &ReadyRecipe,
-    ctx: &Context,
+    rollout: &Rollout,
     uid: &str,
+    ctx: &Context,
 ) -> Result<()> {
     let object = key_of(device);
     let namespace = device.namespace().unwrap_or_default();
+    let refused = |cause, why| Refused {
+        cause,
+        why,
+        rollout,
+        uid,
+    };
     let hub = match ctx
         .hubs
         .service(&namespace, &device.spec.hub_ref.name, &object)
         .await
     {
         Ok(hub) => hub,
-        // This device cannot receive the recipe; it fails with the reason, the others go on.
         Err(error @ Error::HubUnusable { .. }) => {
-            tracing::warn!(device = %object, %error, "device cannot receive the recipe");
-            assignment.phase = DeviceRolloutPhase::Failed;
-            assignment.reason = Some(format!("HubUnusable: {error}"));
-            assignment.phase_time = Some(Time(crate::status::now()));
-            apply_assignment(api, device, Some(&assignment), None).await?;
-            ctx.expectations
-                .expect(uid, ObjectRef::from_obj(device), Some(assignment));
-            return Ok(());
+            let refusal = refused("HubUnusable", error.to_string());
+            return refusal.record(api, device, assignment, ctx).await;
         }
         Err(error) => return Err(error),
     };
     let device_id = device.device_id();
     let desired = json!({ "changeSpec": recipe.form.value, "changeSign": recipe.signature });
-    write_desired(hub.as_ref(), &device_id, &desired, ctx)
-        .await
-        .hub(&object)?;
+    if let Err(error) = write_desired(hub.as_ref(), &device_id, &desired, ctx).await {
+        // A refusal the hub will never take back fails the device; anything else is retried.
+        let Some(words) = error.lasting_refusal() else {
+            return Err(error).hub(&object);
+        };
+        let why = format!("the twin refused the recipe: {words}");
+        return refused("TwinRefused", why)
+            .record(api, device, assignment, ctx)
+            .await;
+    }
 
     assignment.phase = DeviceRolloutPhase::Assigned;
     assignment.assigned_time = Some(Time(crate::status::now()));
-    apply_assignment(api, device, Some(&assignment), None).await?;
+    apply_assignment(api, device, &assignment, None, ctx).await?;
     ctx.expectations
         .expect(uid, ObjectRef::from_obj(device), Some(assignment));
     tracing::info!(device = %device_id, recipe = %recipe.id, "recipe written to twin");
     Ok(())
 }
 
+/// Why a device cannot receive the recipe, for good.
+struct Refused<'a> {
+    /// Static category: the reason's first word and the Event reason.
+    cause: &'static str,
+    /// The words that explain it.
+    why: String,
+    rollout: &'a Rollout,
+    uid: &'a str,
+}
+
+impl Refused<'_> {
+    /// Records the device as Failed with the reason (it counts against the failure
+    /// threshold) and publishes a Warning Event on the Rollout naming the device; the other
+    /// devices go on.
+    async fn record(
+        self,
+        api: &Api<Device>,
+        device: &Device,
+        mut assignment: DeviceAssignment,
+        ctx: &Context,
+    ) -> Result<()> {
+        let Self {
+            cause,
+            why,
+            rollout,
+            uid,
+        } = self;
+        tracing::warn!(device = %key_of(device), cause, %why, "device cannot receive the recipe");
+        assignment.phase = DeviceRolloutPhase::Failed;
+        assignment.reason = Some(format!("{cause}: {why}"));
+        assignment.phase_time = Some(Time(crate::status::now()));
+        apply_assignment(api, device, &assignment, None, ctx).await?;
+        ctx.expectations
+            .expect(uid, ObjectRef::from_obj(device), Some(assignment));
+        let note = format!("{}: {why}", device.name_any());
+        ctx.publish_to(
+            &rollout.object_ref(&()),
+            Some(device.object_ref(&())),
+            true,
+            cause,
+            note,
+        )
+        .await;
+        Ok(())
+    }
+}
+
 /// Makes the twin's desired section hold `wanted` (top-level members), ETag-guarded: the
 /// members are turned into the merge patch that changes the twin's current values into the
 /// wanted ones, so that no member of an older recipe lingers. Any pending cancel request is
-/// removed with it. Nothing is written when the twin already holds `wanted`.
+/// removed with it, unless `wanted` is one. Nothing is written when the twin already holds
+/// `wanted`; `Ok(true)` when something was.
 pub async fn write_desired(
     hub: &dyn TwinService,
     device_id: &str,
     wanted: &Value,
     ctx: &Context,
-) -> std::result::Result<(), TwinError> {
+) -> std::result::Result<bool, TwinError> {
     for _ in 0..3 {
         let twin = hub.get_twin(device_id).await?;
         let current = &twin.properties.desired;
@@ -229,7 +320,7 @@ pub async fn write_desired(
             patch.insert(CANCEL_KEY.into(), Value::Null);
         }
         if patch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let patch = TwinPatch {
             tags: None,
@@ -238,7 +329,7 @@ pub async fn write_desired(
         match hub.patch_twin(device_id, &patch, Some(&twin.etag)).await {
             Ok(_) => {
                 ctx.metrics.twin_write("written");
-                return Ok(());
+                return Ok(true);
             }
             Err(TwinError::EtagMismatch { .. }) => ctx.metrics.twin_write("etag_mismatch"),
             Err(error) => {

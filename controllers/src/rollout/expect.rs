@@ -67,8 +67,17 @@ impl Expectations {
             let Some(device) = devices.get(&e.device) else {
                 return false;
             };
-            let cached = device.status.as_ref().and_then(|s| s.assignment.as_ref());
-            cached != e.assignment.as_ref()
+            let status = device.status.as_ref();
+            let cached = status.and_then(|s| s.assignment.as_ref());
+            // Another Rollout took the device and keeps this one's record among the
+            // previous assignments: whatever this Rollout wrote last has been superseded.
+            let handed_over = cached.is_some_and(|c| c.rollout_uid != rollout_uid)
+                && status.is_some_and(|s| {
+                    s.previous_assignments
+                        .iter()
+                        .any(|p| p.rollout_uid == rollout_uid)
+                });
+            !handed_over && cached != e.assignment.as_ref()
         });
         let unseen = !list.is_empty();
         if !unseen {

@@ -1,16 +1,21 @@
 //! Rollout controller: brings a signed Recipe to the Devices a selector picks, wave by wave.
 //!
-//! Per-device progress is kept on each Device (`status.assignment`, written under this
-//! controller's field manager) and in the twins; the Rollout's own status holds counts. Each
-//! reconcile rebuilds its view from those durable records (see [`plan`]).
+//! Per-device progress is kept on each Device (`status.assignment`, and finished records
+//! another Rollout took over in `status.previousAssignments`, both written under this
+//! controller's field manager) and in the twins; the Rollout's own status holds counts.
+//! Each reconcile rebuilds its view from those durable records (see [`plan`]).
 
+mod abort;
 mod cancel;
 mod execute;
 mod expect;
+mod handover;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
 mod readiness;
+mod reasons;
+mod settle;
 mod summary;
 mod validate;
 pub mod waves;
@@ -19,7 +24,7 @@ pub mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudpillar_crds::{Device, DeviceAssignment, DeviceRolloutPhase, Recipe, Rollout};
+use cloudpillar_crds::{Device, DeviceAssignment, Recipe, Rollout};
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
@@ -118,6 +123,10 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         recipe_id: recipe.as_ref().map(|r| r.id.as_str()),
         recipe_problem: recipe_problem.as_deref(),
         window_open: window.is_none_or(|w| w.open),
+        window_opens: window
+            .filter(|w| !w.open)
+            .and_then(|w| w.changes_at)
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).ok()),
         now,
         max_starts: MAX_STARTS,
     };
@@ -125,13 +134,17 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     let capped = plan.starts.len() >= MAX_STARTS;
 
     // Act: assignment records first, then twins, then the Rollout's status.
-    let outcome = execute::run(&ctx, &namespace, &uid, recipe.as_ref(), &devices, &plan).await;
-    execute::write_status(&api, &rollout, &previous, &plan.status).await?;
-    for event in &plan.events {
-        ctx.publish(&rollout, event.warning, event.reason, event.note.clone())
-            .await;
+    let outcome = execute::run(&ctx, &rollout, &uid, recipe.as_ref(), &devices, &plan).await;
+    if let Some(status) = settle::settle(&facts, &candidates, &plan, &outcome.unwritten) {
+        execute::write_status(&api, &rollout, &previous, &status).await?;
+        for event in &plan.events {
+            ctx.publish(&rollout, event.warning, event.reason, event.note.clone())
+                .await;
+        }
     }
-    outcome?;
+    if let Some(error) = outcome.error {
+        return Err(error);
+    }
 
     let mut next = ctx.config.resync_period;
     let wake = plan
@@ -145,6 +158,10 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     }
     if capped {
         next = Duration::from_millis(200);
+    }
+    if !outcome.unwritten.is_empty() {
+        // Records another writer changed meanwhile: plan again from the fresh Devices.
+        next = next.min(Duration::from_secs(1));
     }
     Ok(Action::requeue(next))
 }
@@ -202,12 +219,13 @@ fn selection(
     Ok(devices)
 }
 
-/// Devices this Rollout claimed.
+/// Devices whose current assignment is this Rollout's.
 fn members(ctx: &Context, namespace: &str, uid: &str) -> Vec<Arc<Device>> {
     ctx.devices
         .state()
         .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace) && is_mine(d, uid))
+        .filter(|d| d.namespace().as_deref() == Some(namespace))
+        .filter(|d| assignment(d).is_some_and(|a| a.rollout_uid == uid))
         .collect()
 }
 
@@ -215,15 +233,32 @@ fn assignment(device: &Device) -> Option<&DeviceAssignment> {
     device.status.as_ref().and_then(|s| s.assignment.as_ref())
 }
 
+/// This Rollout's record on the device, and whether it is still the current assignment
+/// (`false`: handed over to a later Rollout, kept in `status.previousAssignments`).
+fn record_of<'a>(device: &'a Device, uid: &str) -> Option<(&'a DeviceAssignment, bool)> {
+    let status = device.status.as_ref()?;
+    if let Some(current) = status.assignment.as_ref().filter(|a| a.rollout_uid == uid) {
+        return Some((current, true));
+    }
+    status
+        .previous_assignments
+        .iter()
+        .find(|a| a.rollout_uid == uid)
+        .map(|a| (a, false))
+}
+
 fn is_mine(device: &Device, uid: &str) -> bool {
-    assignment(device).is_some_and(|a| a.rollout_uid == uid)
+    record_of(device, uid).is_some()
 }
 
 fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context) -> Candidate<'a> {
     let status = device.status.as_ref();
-    let mine = assignment(device).filter(|a| a.rollout_uid == uid);
+    let mine = record_of(device, uid);
+    let report = status.and_then(|s| s.recipe.as_ref());
+    let namespace = device.namespace().unwrap_or_default();
     let held_by = assignment(device)
-        .filter(|a| a.rollout_uid != uid && holds(a, device, ctx))
+        .filter(|a| a.rollout_uid != uid)
+        .filter(|a| handover::holds(a, running(ctx, &namespace, a), report))
         .map(|a| a.rollout.as_str());
     let reachable = status
         .and_then(|s| s.connection.as_ref())
@@ -234,42 +269,28 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
         selected: device.meta().deletion_timestamp.is_none()
             && Selector::try_from(rollout.spec.selector.clone())
                 .is_ok_and(|s| s.matches(device.labels())),
-        mine,
+        mine: mine.map(|(record, _)| record),
+        handed_over: mine.is_some_and(|(_, current)| !current),
         held_by,
         busy,
         labels: device.labels(),
         observed: Observed {
-            report: status.and_then(|s| s.recipe.as_ref()),
+            report,
             reachable,
             busy,
         },
     }
 }
 
-/// Whether another Rollout's assignment still holds the device: that Rollout exists and is
-/// not over, or the device still runs its recipe (as far as it reported).
-fn holds(assignment: &DeviceAssignment, device: &Device, ctx: &Context) -> bool {
-    let namespace = device.namespace().unwrap_or_default();
+/// Whether the Rollout that made `assignment` exists (same UID), is not being deleted and
+/// has not ended.
+fn running(ctx: &Context, namespace: &str, assignment: &DeviceAssignment) -> bool {
     let owner = ctx
         .rollouts
-        .get(&ObjectRef::new(&assignment.rollout).within(&namespace));
-    let owner_live = owner.is_some_and(|o| {
+        .get(&ObjectRef::new(&assignment.rollout).within(namespace));
+    owner.is_some_and(|o| {
         o.uid().as_deref() == Some(assignment.rollout_uid.as_str())
             && o.meta().deletion_timestamp.is_none()
             && !o.status.as_ref().is_some_and(|s| s.phase.is_final())
-    });
-    if owner_live {
-        return true;
-    }
-    let report = device.status.as_ref().and_then(|s| s.recipe.as_ref());
-    let finished_report = report.is_some_and(|r| {
-        r.id.as_deref() == Some(assignment.recipe_id.as_str())
-            && matches!(
-                r.status.as_deref(),
-                Some("Success" | "Failure" | "Cancelled" | "Refused")
-            )
-    });
-    assignment.phase.is_in_flight()
-        && !finished_report
-        && assignment.phase != DeviceRolloutPhase::Pending
+    })
 }

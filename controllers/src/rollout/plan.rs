@@ -1,6 +1,7 @@
 //! One step of a Rollout, decided from durable state only (pure; no I/O).
 //!
-//! Inputs are the Rollout, the devices it selects with their `status.assignment` records,
+//! Inputs are the Rollout, the devices it selects with this Rollout's record on each (the
+//! current `status.assignment`, or one a later Rollout took over, which is only counted),
 //! and the clock; the output is the assignment records to write, the devices whose twins
 //! must receive the recipe, and the new Rollout status. Because every input is durable
 //! (Device and Rollout status, written before acting), a restarted operator plans exactly
@@ -17,8 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
+use super::reasons;
 use super::summary::{self, Gate};
 use super::waves::{self, Observed, cumulative_targets};
+use super::{abort, settle};
 
 /// One device as the Rollout sees it.
 #[derive(Debug, Clone)]
@@ -29,6 +32,8 @@ pub struct Candidate<'a> {
     pub selected: bool,
     /// This Rollout's record on the device, if it claimed it.
     pub mine: Option<&'a DeviceAssignment>,
+    /// Whether `mine` was handed over to a later Rollout (it is finished and only counted).
+    pub handed_over: bool,
     /// The other Rollout that still holds the device (one recipe at a time), by name.
     pub held_by: Option<&'a str>,
     /// The agent reports BUSY.
@@ -58,6 +63,8 @@ pub struct Facts<'a> {
     pub recipe_problem: Option<&'a str>,
     /// Whether the maintenance window is open (true without a window).
     pub window_open: bool,
+    /// When a closed maintenance window opens next.
+    pub window_opens: Option<Timestamp>,
     /// Now.
     pub now: Timestamp,
     /// Most devices started in one step, to keep a reconcile short.
@@ -71,8 +78,32 @@ pub struct AssignmentWrite {
     pub device: String,
     /// The record to write.
     pub assignment: DeviceAssignment,
-    /// Whether this claims a device the Rollout did not hold (guarded by resourceVersion).
+    /// Whether this claims a device the Rollout did not hold.
     pub claim: bool,
+    /// Whether the write carries the Device's resourceVersion, so that it fails when the
+    /// Device changed meanwhile: claims, and rewrites of finished records (another Rollout
+    /// may be taking the device).
+    pub guarded: bool,
+    /// Whether the twin must hold a cancel request for the recipe before the record is
+    /// written (the device timed out, or its Rollout was aborted).
+    pub cancel: bool,
+}
+
+impl AssignmentWrite {
+    /// An update of a record the Rollout holds, from `before` to `record`.
+    pub(super) fn update(
+        device: &str,
+        before: &DeviceAssignment,
+        record: DeviceAssignment,
+    ) -> Self {
+        Self {
+            device: device.to_owned(),
+            guarded: before.phase.is_finished(),
+            cancel: false,
+            claim: false,
+            assignment: record,
+        }
+    }
 }
 
 /// A Kubernetes Event to publish on the Rollout.
@@ -111,22 +142,30 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         .as_ref()
         .map(|d| Duration::from(*d));
     let mut plan = Plan::default();
+    let by_name: BTreeMap<&str, &Candidate<'_>> = candidates.iter().map(|c| (c.name, c)).collect();
 
     // Observe: move each claimed device to the phase its report shows.
     let mut members: BTreeMap<&str, DeviceAssignment> = BTreeMap::new();
     for candidate in candidates {
         let Some(mine) = candidate.mine else { continue };
+        if candidate.handed_over {
+            members.insert(candidate.name, mine.clone());
+            continue;
+        }
         let (phase, reason) = waves::observe(mine, &candidate.observed, timeout, facts.now);
         let mut record = mine.clone();
         if phase != mine.phase || reason != mine.reason {
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(now_time.clone());
-            plan.writes.push(AssignmentWrite {
-                device: candidate.name.to_owned(),
-                assignment: record.clone(),
-                claim: false,
-            });
+            let mut write = AssignmentWrite::update(candidate.name, mine, record.clone());
+            // A device that timed out must not start the recipe later, nor go on with it.
+            write.cancel = !mine.phase.is_finished()
+                && record
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(reasons::TIMEOUT));
+            plan.writes.push(write);
         }
         if record.phase == Phase::Assigned && record.assigned_time.is_none() {
             plan.starts.push(candidate.name.to_owned());
@@ -178,6 +217,9 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         Gate::FailureThreshold
     } else if facts.recipe_id.is_none() || recipe_changed {
         Gate::RecipeNotReady
+    } else if total == 0 && facts.previous.start_time.is_none() {
+        // Never selected a device: wait for one to match rather than end with 0 of 0.
+        Gate::NoDevices
     } else if facts.spec.paused {
         Gate::Requested
     } else {
@@ -251,8 +293,6 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         let limit = facts.spec.strategy.max_concurrent.unwrap_or(u32::MAX);
         let mut free = limit.saturating_sub(counts.in_flight()) as usize;
         let mut started = 0_usize;
-        let by_name: BTreeMap<&str, &Candidate<'_>> =
-            candidates.iter().map(|c| (c.name, c)).collect();
         for (name, record) in members
             .iter_mut()
             .filter(|(_, r)| r.phase == Phase::Deferred && r.wave <= wave)
@@ -272,14 +312,12 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
                 started += 1;
                 plan.starts.push((*name).to_owned());
             }
+            let before = record.clone();
             record.phase = phase;
             record.reason = reason;
             record.phase_time = Some(now_time.clone());
-            plan.writes.push(AssignmentWrite {
-                device: (*name).to_owned(),
-                assignment: record.clone(),
-                claim: false,
-            });
+            plan.writes
+                .push(AssignmentWrite::update(name, &before, record.clone()));
         }
 
         let index = (wave - 1) as usize;
@@ -326,6 +364,8 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
                 device: candidate.name.to_owned(),
                 assignment: record.clone(),
                 claim: true,
+                guarded: true,
+                cancel: false,
             });
             members.insert(candidate.name, record);
         }
@@ -339,6 +379,10 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
         }
         claims.extend(std::mem::take(&mut plan.writes));
         plan.writes = claims;
+    }
+
+    if gate == Gate::Final(RolloutPhase::Aborted) {
+        abort::stop_devices(&mut plan, &mut members, &by_name, &now_time);
     }
 
     // Deadlines: the earliest device timeout among devices holding the recipe.
@@ -367,10 +411,7 @@ pub fn plan(facts: &Facts<'_>, candidates: &[Candidate<'_>]) -> Plan {
     };
     plan.status = summary.status(facts, &mut plan.events);
     if facts.previous.phase.is_final() {
-        // A finished Rollout keeps the record it ended with: its devices may take part in
-        // later Rollouts, which replace their assignment records.
-        plan.status = facts.previous.clone();
-        plan.status.observed_generation = facts.generation;
+        plan.status = settle::carried(facts, candidates, &plan.writes);
     }
     plan
 }

@@ -1,6 +1,6 @@
 //! Wave planning from durable state: concurrency, deferral, pauses, thresholds, restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use cloudpillar_crds::{
@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::plan::{Candidate, Facts, Plan, plan};
+use super::settle::settle;
 use super::waves::Observed;
 
 /// A fleet with its durable records, advanced step by step like the controller does.
@@ -21,11 +22,17 @@ struct Fleet {
     reports: BTreeMap<String, DeviceRecipeStatus>,
     busy: Vec<String>,
     elsewhere: Vec<String>,
+    /// Devices a later Rollout took: their records here are kept as previous assignments.
+    handed_over: Vec<String>,
+    /// Devices whose record writes fail.
+    lost: Vec<String>,
     names: Vec<String>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     now: i64,
     /// `changeSpec.id` of a ready Recipe, or why it is not ready.
     recipe: Result<&'static str, &'static str>,
+    /// When the maintenance window opens, while it is closed.
+    window_opens: Option<i64>,
 }
 
 impl Fleet {
@@ -39,14 +46,18 @@ impl Fleet {
             reports: BTreeMap::new(),
             busy: Vec::new(),
             elsewhere: Vec::new(),
+            handed_over: Vec::new(),
+            lost: Vec::new(),
             names: (0..devices).map(|i| format!("dev-{i:02}")).collect(),
             labels: BTreeMap::new(),
             now: 1_000,
             recipe: Ok("r1"),
+            window_opens: None,
         }
     }
 
-    /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed).
+    /// One reconcile: plan, then apply the plan as the executor would (twin writes succeed,
+    /// record writes too except those of the devices in `lost`).
     fn step(&mut self) -> Plan {
         let now = Timestamp::from_second(self.now).expect("valid time");
         let unlabelled = BTreeMap::new();
@@ -57,6 +68,7 @@ impl Fleet {
                 name,
                 selected: true,
                 mine: self.records.get(name),
+                handed_over: self.handed_over.contains(name),
                 held_by: self.elsewhere.contains(name).then_some("fw-1-9"),
                 busy: self.busy.contains(name),
                 labels: self.labels.get(name).unwrap_or(&unlabelled),
@@ -75,22 +87,47 @@ impl Fleet {
             previous: &self.status,
             recipe_id: self.recipe.ok(),
             recipe_problem: self.recipe.err(),
-            window_open: true,
+            window_open: self.window_opens.is_none(),
+            window_opens: self
+                .window_opens
+                .map(|t| Timestamp::from_second(t).expect("valid time")),
             now,
             max_starts: 500,
         };
         let plan = plan(&facts, &candidates);
-        for write in &plan.writes {
+        let unwritten: HashSet<String> = plan
+            .writes
+            .iter()
+            .map(|w| w.device.clone())
+            .filter(|d| self.lost.contains(d))
+            .collect();
+        let status = settle(&facts, &candidates, &plan, &unwritten);
+        for write in plan
+            .writes
+            .iter()
+            .filter(|w| !unwritten.contains(&w.device))
+        {
             self.records
                 .insert(write.device.clone(), write.assignment.clone());
         }
-        for name in &plan.starts {
+        for name in plan.starts.iter().filter(|n| !unwritten.contains(*n)) {
             if let Some(record) = self.records.get_mut(name) {
                 record.assigned_time = Some(Time(now));
             }
         }
-        self.status = plan.status.clone();
+        if let Some(status) = status {
+            self.status = status;
+        }
         plan
+    }
+
+    /// A failure threshold of `count` devices with `action`.
+    fn fail_at(&mut self, count: u32, action: FailureAction) {
+        self.spec.strategy.failure_threshold = Some(FailureThreshold {
+            count: Some(count),
+            percent: None,
+            action,
+        });
     }
 
     fn report(&mut self, name: &str, status: &str) {
@@ -281,11 +318,7 @@ fn a_wave_whose_selector_matches_nothing_left_ends_without_blocking_the_next() {
 #[test]
 fn failure_threshold_pauses_with_the_reason_and_an_event() {
     let mut fleet = Fleet::new(6, vec![Wave::count(2), Wave::count(4)]);
-    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
-        count: Some(1),
-        percent: None,
-        action: FailureAction::Pause,
-    });
+    fleet.fail_at(1, FailureAction::Pause);
     fleet.step();
     fleet.report("dev-00", "Failure");
     fleet.report("dev-01", "Failure");
@@ -310,11 +343,7 @@ fn failure_threshold_pauses_with_the_reason_and_an_event() {
 fn failure_threshold_with_abort_ends_the_rollout() {
     let mut fleet = Fleet::new(4, vec![Wave::percent(100)]);
     fleet.spec.strategy.max_concurrent = Some(1);
-    fleet.spec.strategy.failure_threshold = Some(FailureThreshold {
-        count: Some(0),
-        percent: None,
-        action: FailureAction::Abort,
-    });
+    fleet.fail_at(0, FailureAction::Abort);
     fleet.step();
     fleet.report("dev-00", "Failure");
     fleet.step();
@@ -475,4 +504,283 @@ fn a_missing_recipe_is_named_in_the_pending_rollout() {
     assert_eq!(fleet.status.phase, RolloutPhase::Pending);
     assert_eq!(progressing.reason, "RecipeNotReady");
     assert_eq!(progressing.message, "Recipe fw does not exist");
+}
+
+#[test]
+fn a_device_another_rollout_took_after_it_finished_still_counts_and_is_not_claimed_again() {
+    let mut fleet = Fleet::new(3, vec![Wave::count(1), Wave::percent(100)]);
+    fleet.step();
+    fleet.report("dev-00", "Success");
+    fleet.step();
+    assert_eq!(fleet.status.current_wave, Some(2));
+    let before = fleet.status.counts.clone();
+
+    // A later Rollout takes the finished canary and runs its own recipe on it.
+    fleet.handed_over.push("dev-00".into());
+    fleet.reports.insert(
+        "dev-00".into(),
+        DeviceRecipeStatus {
+            id: Some("other".into()),
+            status: Some("InProgress".into()),
+            ..DeviceRecipeStatus::default()
+        },
+    );
+    let plan = fleet.step();
+    assert!(
+        plan.writes.iter().all(|w| w.device != "dev-00") && !plan.starts.contains(&"dev-00".into()),
+        "the handed-over record is neither rewritten nor claimed again"
+    );
+    assert_eq!(fleet.status.counts, before, "counts do not regress");
+
+    fleet.finish_running("Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
+    assert_eq!(
+        (fleet.status.counts.total, fleet.status.counts.succeeded),
+        (3, 3)
+    );
+}
+
+#[test]
+fn a_timed_out_device_is_cancelled_and_its_late_success_is_recorded_as_it_is() {
+    let mut fleet = Fleet::new(2, vec![Wave::percent(100)]);
+    fleet.spec.strategy.device_timeout = Some(Duration::from_secs(300).into());
+    fleet.step();
+    fleet.report("dev-01", "Success");
+    fleet.now += 301;
+    let plan = fleet.step();
+    let timed_out = plan
+        .writes
+        .iter()
+        .find(|w| w.device == "dev-00")
+        .expect("dev-00 written");
+    assert!(timed_out.cancel, "the twin gets a cancel request first");
+    assert_eq!(
+        timed_out.assignment.reason.as_deref(),
+        Some("Timeout: no result within 5m of receiving the recipe")
+    );
+    assert_eq!(fleet.status.phase, RolloutPhase::Failed);
+    assert_eq!(fleet.status.failed_devices[0].reason, "Timeout");
+
+    // The device had been running all along and reports Success after all.
+    fleet.report("dev-00", "Success");
+    let plan = fleet.step();
+    let late = plan.writes.first().expect("late result written");
+    assert!(late.guarded && !late.cancel);
+    assert_eq!(fleet.records["dev-00"].phase, Phase::Succeeded);
+    assert_eq!(
+        fleet.records["dev-00"].reason.as_deref(),
+        Some("FinishedLate: the device reported Success after it had timed out")
+    );
+    let counts = &fleet.status.counts;
+    assert_eq!((counts.succeeded, counts.failed), (2, 0), "{counts:?}");
+    assert_eq!(fleet.status.waves[0].counts.succeeded, 2);
+    assert!(fleet.status.failed_devices.is_empty());
+    assert_eq!(
+        fleet.status.phase,
+        RolloutPhase::Failed,
+        "an ended Rollout keeps its phase"
+    );
+    assert!(fleet.step().writes.is_empty(), "recorded once");
+}
+
+#[test]
+fn an_abort_cancels_every_device_that_has_not_finished() {
+    let mut fleet = Fleet::new(5, vec![Wave::percent(100)]);
+    fleet.spec.strategy.max_concurrent = Some(3);
+    fleet.fail_at(0, FailureAction::Abort);
+    fleet.busy = vec!["dev-03".into()];
+    fleet.step();
+    fleet.report("dev-01", "InProgress");
+    fleet.report("dev-00", "Failure");
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+    assert!(plan.starts.is_empty());
+    let write = |name: &str| {
+        plan.writes
+            .iter()
+            .find(|w| w.device == name)
+            .cloned()
+            .expect("written")
+    };
+    let running = write("dev-01");
+    assert!(running.cancel);
+    assert_eq!(running.assignment.phase, Phase::InProgress);
+    assert_eq!(
+        running.assignment.reason.as_deref(),
+        Some("CancelRequested: the Rollout was aborted")
+    );
+    let unstarted = write("dev-02");
+    assert!(unstarted.cancel);
+    assert_eq!(
+        (
+            unstarted.assignment.phase,
+            unstarted.assignment.reason.as_deref()
+        ),
+        (
+            Phase::Cancelled,
+            Some("Withdrawn: the Rollout was aborted before the device started the recipe")
+        )
+    );
+    let deferred = write("dev-03");
+    assert!(!deferred.cancel, "its twin never held the recipe");
+    assert_eq!(deferred.assignment.phase, Phase::Cancelled);
+    assert!(
+        plan.writes.iter().all(|w| w.device != "dev-04"),
+        "never claimed"
+    );
+
+    // The running device confirms: counted as Cancelled, the Rollout stays Aborted.
+    fleet.report("dev-01", "Cancelled");
+    fleet.step();
+    assert_eq!(fleet.records["dev-01"].phase, Phase::Cancelled);
+    let counts = &fleet.status.counts;
+    assert_eq!(
+        (
+            counts.failed,
+            counts.cancelled,
+            counts.in_flight(),
+            counts.pending
+        ),
+        (1, 3, 0, 1),
+        "{counts:?}"
+    );
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+}
+
+#[test]
+fn a_rollout_that_selects_no_device_waits_for_one_instead_of_succeeding() {
+    let mut fleet = Fleet::new(0, vec![Wave::percent(100)]);
+    let plan = fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Pending);
+    let progressing = cloudpillar_crds::conditions::find(&fleet.status.conditions, "Progressing")
+        .expect("Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "NoDevicesSelected")
+    );
+    assert_eq!(
+        progressing.message,
+        "no Device in this namespace matches the selector site=lab; \
+         the Rollout starts when one does"
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "NoDevicesSelected")
+    );
+    assert!(fleet.step().events.is_empty(), "announced once");
+
+    fleet.names.push("dev-late".into());
+    assert_eq!(fleet.step().starts, vec!["dev-late".to_owned()]);
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+}
+
+fn condition(fleet: &Fleet, type_: &str) -> (String, String, String) {
+    let found = cloudpillar_crds::conditions::find(&fleet.status.conditions, type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
+    (
+        found.status.clone(),
+        found.reason.clone(),
+        found.message.clone(),
+    )
+}
+
+#[test]
+fn conditions_say_what_the_rollout_is_doing_in_every_phase() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.recipe = Err("Recipe fw does not exist");
+    fleet.step();
+    assert_eq!(condition(&fleet, "Paused").1, "NotStarted");
+
+    fleet.recipe = Ok("r1");
+    fleet.spec.strategy.max_concurrent = Some(2);
+    fleet.step();
+    fleet.report("dev-00", "InProgress");
+    fleet.step();
+    let (status, reason, message) = condition(&fleet, "Progressing");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "WaveInProgress")
+    );
+    assert_eq!(
+        message,
+        "0 of 3 devices succeeded, 0 failed, 1 running, 1 not started yet, 0 deferred, 1 pending"
+    );
+    assert_eq!(condition(&fleet, "Paused").1, "Running");
+
+    fleet.spec.paused = true;
+    fleet.step();
+    let (status, reason, _) = condition(&fleet, "Progressing");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Paused"));
+
+    fleet.spec.paused = false;
+    fleet.finish_running("Success");
+    fleet.step();
+    fleet.finish_running("Success");
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Succeeded);
+    assert_eq!(condition(&fleet, "Paused").1, "Finished");
+    assert!(fleet.step().events.is_empty(), "nothing new to announce");
+}
+
+#[test]
+fn a_closed_maintenance_window_says_when_it_opens() {
+    let mut fleet = Fleet::new(1, vec![Wave::percent(100)]);
+    // 2026-12-12T02:00:00Z.
+    fleet.window_opens = Some(1_797_040_800);
+    fleet.step();
+    let (_, reason, message) = condition(&fleet, "Paused");
+    assert_eq!(reason, "OutsideMaintenanceWindow");
+    assert_eq!(
+        message,
+        "no device starts until the maintenance window opens at 2026-12-12T02:00:00Z"
+    );
+}
+
+#[test]
+fn an_ended_rollout_counts_only_the_changes_that_were_written() {
+    let mut fleet = Fleet::new(3, vec![Wave::percent(100)]);
+    fleet.fail_at(0, FailureAction::Abort);
+    fleet.step();
+    fleet.report("dev-01", "InProgress");
+    fleet.report("dev-02", "InProgress");
+    fleet.step();
+
+    // The abort's write for dev-02 fails: the Rollout is not recorded as ended yet.
+    fleet.report("dev-00", "Failure");
+    fleet.lost = vec!["dev-02".into()];
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Progressing);
+    fleet.lost.clear();
+    fleet.step();
+    assert_eq!(fleet.status.phase, RolloutPhase::Aborted);
+
+    // Both confirm the cancel, but dev-02's record write fails once.
+    fleet.report("dev-01", "Cancelled");
+    fleet.report("dev-02", "Cancelled");
+    fleet.lost = vec!["dev-02".into()];
+    fleet.step();
+    assert_eq!(
+        (
+            fleet.status.counts.cancelled,
+            fleet.status.counts.in_progress
+        ),
+        (1, 1)
+    );
+    fleet.lost.clear();
+    fleet.step();
+    fleet.step();
+    let counts = &fleet.status.counts;
+    assert_eq!(
+        (
+            counts.total,
+            counts.failed,
+            counts.cancelled,
+            counts.in_flight()
+        ),
+        (3, 1, 2, 0),
+        "{counts:?}"
+    );
+    assert_eq!(fleet.status.waves[0].counts, *counts);
 }

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use cloudpillar_crds::conditions::{ROLLOUT_COMPLETE, ROLLOUT_PAUSED, ROLLOUT_PROGRESSING};
 use cloudpillar_crds::rollout::MAX_FAILED_DEVICES;
 use cloudpillar_crds::{
-    DeviceAssignment, DeviceCounts, DeviceRolloutPhase as Phase, FailedDevice, RolloutPhase,
-    RolloutStatus, WaveStatus,
+    Condition, DeviceAssignment, DeviceCounts, DeviceRolloutPhase as Phase, FailedDevice,
+    RolloutPhase, RolloutStatus, WaveStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::Selector;
 
 use super::plan::{Announcement, Facts};
 use crate::status::{condition, merge_conditions};
@@ -38,6 +39,8 @@ pub enum Gate {
     OutsideWindow,
     /// Devices wait for other Rollouts (see [`Summary::waiting`]) and nothing else can run.
     RecipeBusy,
+    /// The selector has never matched a Device.
+    NoDevices,
 }
 
 /// Counts by phase of claimed devices, plus `unclaimed` pending ones.
@@ -107,34 +110,14 @@ impl Summary<'_> {
         if phase.is_final() && status.completion_time.is_none() {
             status.completion_time = Some(Time(facts.now));
         }
-        let wanted = vec![
-            condition(
-                ROLLOUT_PROGRESSING,
-                progressing.0,
-                progressing.1,
-                progressing.2.clone(),
-                generation,
-            ),
-            condition(
-                ROLLOUT_PAUSED,
-                paused.0,
-                paused.1,
-                paused.2.clone(),
-                generation,
-            ),
-            condition(
-                ROLLOUT_COMPLETE,
-                complete.0,
-                complete.1,
-                complete.2.clone(),
-                generation,
-            ),
-        ];
-        status.conditions = merge_conditions(&previous.conditions, wanted);
+        status.conditions = conditions(facts, [&progressing, &paused, &complete]);
 
-        if phase != previous.phase || paused.1 != reason_of(previous, ROLLOUT_PAUSED) {
+        if phase != previous.phase
+            || Some(paused.1) != reason_of(previous, ROLLOUT_PAUSED)
+            || Some(progressing.1) != reason_of(previous, ROLLOUT_PROGRESSING)
+        {
             let warning = matches!(phase, RolloutPhase::Failed | RolloutPhase::Aborted)
-                || self.gate == Gate::FailureThreshold;
+                || matches!(self.gate, Gate::FailureThreshold | Gate::NoDevices);
             let (reason, note) = match phase {
                 RolloutPhase::Paused => (paused.1, paused.2.clone()),
                 RolloutPhase::Aborted | RolloutPhase::Failed | RolloutPhase::Succeeded => {
@@ -163,16 +146,7 @@ impl Summary<'_> {
         (bool, &'static str, String),
         (bool, &'static str, String),
     ) {
-        let c = &self.counts;
-        let mut tally = format!(
-            "{} of {} devices succeeded, {} failed, {} running, {} deferred, {} pending",
-            c.succeeded,
-            c.total,
-            c.failed,
-            c.in_flight(),
-            c.deferred,
-            c.pending
-        );
+        let mut tally = tally(&self.counts);
         if let Some(waiting) = self.waiting_note() {
             tally.push_str(&format!("; {waiting}"));
         }
@@ -191,10 +165,12 @@ impl Summary<'_> {
             .unwrap_or_else(|| format!("Recipe {} is not ready", facts.spec.recipe_ref.name));
         let not_complete = (false, "InProgress", tally.clone());
         let not_paused = (false, "Running", String::new());
+        let finished = (false, "Finished", String::new());
+        let not_started = (false, "NotStarted", String::new());
         let paused = |reason: &'static str, message: String| {
             (
                 RolloutPhase::Paused,
-                (true, "Paused", tally.clone()),
+                (false, "Paused", tally.clone()),
                 (true, reason, message),
                 not_complete.clone(),
             )
@@ -203,19 +179,19 @@ impl Summary<'_> {
             Gate::Final(RolloutPhase::Succeeded) => (
                 RolloutPhase::Succeeded,
                 (false, "Finished", tally.clone()),
-                not_paused,
+                finished,
                 (true, "Succeeded", tally.clone()),
             ),
             Gate::Final(RolloutPhase::Failed) => (
                 RolloutPhase::Failed,
                 (false, "Finished", tally.clone()),
-                not_paused,
+                finished,
                 (true, "Failed", tally.clone()),
             ),
             Gate::Final(_) => (
                 RolloutPhase::Aborted,
                 (false, "Aborted", tally.clone()),
-                not_paused,
+                finished,
                 (
                     true,
                     "FailureThreshold",
@@ -226,7 +202,7 @@ impl Summary<'_> {
                 "FailureThreshold",
                 format!(
                     "failure threshold crossed ({} failed); raise spec.strategy.failureThreshold to go on",
-                    c.failed
+                    self.counts.failed
                 ),
             ),
             Gate::Requested => paused("Requested", "spec.paused is true".into()),
@@ -237,16 +213,27 @@ impl Summary<'_> {
             Gate::WavePause(w) => paused("WavePause", format!("timed pause before wave {w}")),
             Gate::OutsideWindow => paused(
                 "OutsideMaintenanceWindow",
-                "no device starts until the maintenance window opens".into(),
+                match facts.window_opens {
+                    Some(at) => {
+                        format!("no device starts until the maintenance window opens at {at:.0}")
+                    }
+                    None => "no device starts until the maintenance window opens".into(),
+                },
             ),
             Gate::RecipeBusy => paused("RecipeBusy", self.waiting_note().unwrap_or_default()),
             Gate::RecipeNotReady if !started => (
                 RolloutPhase::Pending,
                 (false, "RecipeNotReady", recipe_problem),
-                not_paused,
+                not_started,
                 not_complete,
             ),
             Gate::RecipeNotReady => paused("RecipeNotReady", recipe_problem),
+            Gate::NoDevices => (
+                RolloutPhase::Pending,
+                (false, "NoDevicesSelected", no_devices(facts)),
+                not_started,
+                not_complete,
+            ),
             Gate::Open => (
                 RolloutPhase::Progressing,
                 (true, "WaveInProgress", tally.clone()),
@@ -324,54 +311,131 @@ impl Summary<'_> {
     }
 
     fn failed_devices(&self) -> Vec<FailedDevice> {
-        let mut failed: Vec<FailedDevice> = self
+        let failed = self
             .members
             .iter()
             .filter(|(_, a)| a.phase == Phase::Failed)
-            .map(|(name, a)| FailedDevice {
-                name: (*name).to_owned(),
-                wave: a.wave,
-                reason: a
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.split([' ', ':']).next())
-                    .unwrap_or("Failed")
-                    .to_owned(),
-                message: a.reason.clone(),
-                action_path: a
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.split_once(" at "))
-                    // `StepFailed at <path>: <device's text>`; paths hold no ": ".
-                    .and_then(|(_, rest)| rest.split(": ").next())
-                    .map(str::to_owned),
-                time: a.phase_time.clone(),
-            })
+            .map(|(name, a)| failed_entry(name, a))
             .collect();
-        failed.sort_by(|a, b| {
-            b.time
-                .as_ref()
-                .map(|t| t.0)
-                .cmp(&a.time.as_ref().map(|t| t.0))
-        });
-        failed.truncate(MAX_FAILED_DEVICES);
-        failed
+        newest_failures(failed)
     }
 }
 
-fn reason_of(status: &RolloutStatus, type_: &str) -> &'static str {
-    // Only compared against the static reasons above; unknown text never matches one.
-    match cloudpillar_crds::conditions::find(&status.conditions, type_) {
-        Some(c) if c.status == "True" => match c.reason.as_str() {
-            "FailureThreshold" => "FailureThreshold",
-            "Requested" => "Requested",
-            "WaitingForApproval" => "WaitingForApproval",
-            "WavePause" => "WavePause",
-            "OutsideMaintenanceWindow" => "OutsideMaintenanceWindow",
-            "RecipeBusy" => "RecipeBusy",
-            "RecipeNotReady" => "RecipeNotReady",
-            _ => "Paused",
-        },
-        _ => "Running",
+/// `Progressing`, `Paused` and `Complete` from their (holds, reason, message), merged into
+/// the previous ones.
+fn conditions(facts: &Facts<'_>, wanted: [&(bool, &str, String); 3]) -> Vec<Condition> {
+    let wanted = [ROLLOUT_PROGRESSING, ROLLOUT_PAUSED, ROLLOUT_COMPLETE]
+        .into_iter()
+        .zip(wanted)
+        .map(|(type_, (holds, reason, message))| {
+            condition(type_, *holds, reason, message.clone(), facts.generation)
+        })
+        .collect();
+    merge_conditions(&facts.previous.conditions, wanted)
+}
+
+/// The entry of `status.failedDevices` for a failed device.
+fn failed_entry(name: &str, assignment: &DeviceAssignment) -> FailedDevice {
+    let reason = assignment.reason.as_deref();
+    FailedDevice {
+        name: name.to_owned(),
+        wave: assignment.wave,
+        reason: reason
+            .and_then(|r| r.split([' ', ':', ';']).next())
+            .unwrap_or("Failed")
+            .to_owned(),
+        message: assignment.reason.clone(),
+        action_path: reason
+            .filter(|r| r.starts_with("StepFailed at "))
+            .and_then(|r| r.split_once(" at "))
+            // `StepFailed at <path>: <device's text>`; paths hold no ": ".
+            .and_then(|(_, rest)| rest.split(": ").next())
+            .map(str::to_owned),
+        time: assignment.phase_time.clone(),
     }
+}
+
+/// The most recent failures first, at most [`MAX_FAILED_DEVICES`].
+fn newest_failures(mut failed: Vec<FailedDevice>) -> Vec<FailedDevice> {
+    failed.sort_by(|a, b| {
+        b.time
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&a.time.as_ref().map(|t| t.0))
+    });
+    failed.truncate(MAX_FAILED_DEVICES);
+    failed
+}
+
+/// The status an ended Rollout ended with, with `changes` (device, phase before, record
+/// now) of the devices it still holds applied to its counts, wave counts, failures and the
+/// messages of its conditions. Its phase stays.
+pub fn carry(facts: &Facts<'_>, changes: &[(&str, Phase, &DeviceAssignment)]) -> RolloutStatus {
+    let ended = facts.previous;
+    let mut status = ended.clone();
+    status.observed_generation = facts.generation;
+    for (name, before, record) in changes {
+        status.counts.remove(*before);
+        status.counts.add(record.phase);
+        if let Some(wave) = status.waves.iter_mut().find(|w| w.number == record.wave) {
+            wave.counts.remove(*before);
+            wave.counts.add(record.phase);
+        }
+        status.failed_devices.retain(|f| f.name != *name);
+        if record.phase == Phase::Failed {
+            status.failed_devices.push(failed_entry(name, record));
+        }
+    }
+    status.failed_devices = newest_failures(status.failed_devices);
+
+    let members = BTreeMap::new();
+    let summary = Summary {
+        members: &members,
+        counts: status.counts.clone(),
+        targets: &[],
+        wave: ended.current_wave.unwrap_or(1),
+        gate: Gate::Final(ended.phase),
+        completed: BTreeMap::new(),
+        waiting: &[],
+    };
+    let (_, progressing, paused, complete) = summary.conditions(facts, true);
+    status.conditions = conditions(facts, [&progressing, &paused, &complete]);
+    status
+}
+
+/// `2 of 9 devices succeeded, 1 failed, 3 running, 1 not started yet, 1 deferred, 1 pending`;
+/// devices that have not started the recipe, unreachable and cancelled ones only when there
+/// are some.
+fn tally(c: &DeviceCounts) -> String {
+    let mut parts = vec![
+        format!("{} of {} devices succeeded", c.succeeded, c.total),
+        format!("{} failed", c.failed),
+        format!("{} running", c.in_progress),
+    ];
+    for (count, what) in [
+        (c.assigned, "not started yet"),
+        (c.unreachable, "unreachable"),
+        (c.cancelled, "cancelled"),
+    ] {
+        if count > 0 {
+            parts.push(format!("{count} {what}"));
+        }
+    }
+    parts.push(format!("{} deferred, {} pending", c.deferred, c.pending));
+    parts.join(", ")
+}
+
+/// The reason of the condition `type_` in `status`, whatever its status.
+fn reason_of<'a>(status: &'a RolloutStatus, type_: &str) -> Option<&'a str> {
+    cloudpillar_crds::conditions::find(&status.conditions, type_).map(|c| c.reason.as_str())
+}
+
+/// `no Device in this namespace matches the selector fleet=rev; ...`.
+fn no_devices(facts: &Facts<'_>) -> String {
+    let selector = Selector::try_from(facts.spec.selector.clone())
+        .map_or_else(|e| format!("({e})"), |s| s.to_string());
+    format!(
+        "no Device in this namespace matches the selector {selector}; \
+         the Rollout starts when one does"
+    )
 }

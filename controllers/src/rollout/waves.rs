@@ -7,6 +7,8 @@ use cloudpillar_crds::{
 };
 use k8s_openapi::jiff::Timestamp;
 
+use super::reasons;
+
 /// Cumulative device targets: entry `i` is how many devices waves `1..=i+1` take together.
 ///
 /// A wave takes `count` devices or `percent` of `total` rounded up; the last wave takes every
@@ -61,12 +63,15 @@ pub struct Observed<'a> {
 
 /// The phase a claimed device is in now, with a reason when there is one.
 ///
-/// Finished devices keep their phase, and so do devices deferred before they received the
-/// recipe (that deferral is lifted by the start logic). A device is Assigned until it reports
-/// the recipe, InProgress while it runs it, then Succeeded, Failed or Cancelled as it reports.
-/// One that turns BUSY meanwhile is Deferred (reason Busy) until it is back, and is not timed
-/// out while busy; one that is disconnected or stale is Unreachable, which is not failure; one
-/// that takes longer than `timeout` from receiving the recipe has Failed with reason Timeout.
+/// Devices deferred before they received the recipe keep their phase (that deferral is
+/// lifted by the start logic). A device is Assigned until it reports the recipe, InProgress
+/// while it runs it, then Succeeded, Failed or Cancelled as it reports. One that turns BUSY
+/// meanwhile is Deferred (reason Busy) until it is back, and is not timed out while busy;
+/// one that is disconnected or stale is Unreachable, which is not failure; one that takes
+/// longer than `timeout` from receiving the recipe has Failed with reason Timeout. A device
+/// asked to cancel keeps that reason until it reports. Finished devices keep their phase,
+/// unless the result of a device the operator had stopped waiting for arrives (see
+/// `reasons::late`).
 pub fn observe(
     assignment: &DeviceAssignment,
     device: &Observed<'_>,
@@ -75,55 +80,69 @@ pub fn observe(
 ) -> (DeviceRolloutPhase, Option<String>) {
     use DeviceRolloutPhase as Phase;
     let current = assignment.phase;
+    let report = device
+        .report
+        .filter(|r| r.id.as_deref() == Some(assignment.recipe_id.as_str()));
+    let result = report.and_then(result_of);
+    if current.is_finished() {
+        let late = result.and_then(|r| reasons::late(assignment, r));
+        return late.unwrap_or((current, assignment.reason.clone()));
+    }
     let deferred_before_start = current == Phase::Deferred && assignment.assigned_time.is_none();
-    if current.is_finished() || deferred_before_start || current == Phase::Pending {
+    if deferred_before_start || current == Phase::Pending {
         return (current, assignment.reason.clone());
     }
     let Some(assigned) = assignment.assigned_time.as_ref() else {
         return (Phase::Assigned, None);
     };
-    let report = device
-        .report
-        .filter(|r| r.id.as_deref() == Some(assignment.recipe_id.as_str()));
-    let reported = report.and_then(|r| r.status.as_deref());
-    let fault = || {
-        let report = report?;
-        let path = report
-            .last_faulted_path
-            .as_deref()
-            .or(report.action_path.as_deref())?;
-        Some(path.to_owned())
+    if let Some(result) = result {
+        let late = reasons::cancel_pending(assignment)
+            .then(|| reasons::late(assignment, result.clone()))
+            .flatten();
+        return late.unwrap_or(result);
+    }
+    let (phase, reason) = if device.busy {
+        (Phase::Deferred, Some("Busy".into()))
+    } else if let Some(limit) = timeout
+        && now.duration_since(assigned.0).unsigned_abs() > limit
+    {
+        (Phase::Failed, Some(reasons::timeout(limit)))
+    } else if !device.reachable {
+        (Phase::Unreachable, None)
+    } else if report.is_some() {
+        (Phase::InProgress, None)
+    } else {
+        (Phase::Assigned, None)
     };
+    if reasons::cancel_pending(assignment) && !phase.is_finished() {
+        return (phase, assignment.reason.clone());
+    }
+    (phase, reason)
+}
+
+/// The finished phase a report shows, with the reason it gives; `None` while it runs.
+fn result_of(report: &DeviceRecipeStatus) -> Option<(DeviceRolloutPhase, Option<String>)> {
+    use DeviceRolloutPhase as Phase;
     let why = || {
         report
-            .and_then(|r| r.result_text.as_deref())
+            .result_text
+            .as_deref()
             .map(|t| format!(": {t}"))
             .unwrap_or_default()
     };
-    match reported {
-        Some("Success") => return (Phase::Succeeded, None),
+    match report.status.as_deref() {
+        Some("Success") => Some((Phase::Succeeded, None)),
         Some("Failure") => {
-            let at = fault().map(|p| format!(" at {p}")).unwrap_or_default();
-            return (Phase::Failed, Some(format!("StepFailed{at}{}", why())));
+            let path = report
+                .last_faulted_path
+                .as_deref()
+                .or(report.action_path.as_deref());
+            let at = path.map(|p| format!(" at {p}")).unwrap_or_default();
+            Some((Phase::Failed, Some(format!("StepFailed{at}{}", why()))))
         }
-        Some("Refused") => return (Phase::Failed, Some(format!("Refused{}", why()))),
-        Some("Cancelled") => return (Phase::Cancelled, None),
-        _ => {}
-    }
-    if device.busy {
-        return (Phase::Deferred, Some("Busy".into()));
-    }
-    if let Some(limit) = timeout
-        && now.duration_since(assigned.0).unsigned_abs() > limit
-    {
-        return (Phase::Failed, Some("Timeout".into()));
-    }
-    if !device.reachable {
-        return (Phase::Unreachable, None);
-    }
-    match reported {
-        Some(_) => (Phase::InProgress, None),
-        None => (Phase::Assigned, None),
+        Some("Refused") => Some((Phase::Failed, Some(format!("Refused{}", why())))),
+        Some("Cancelled") => Some((Phase::Cancelled, None)),
+        _ => None,
     }
 }
 
@@ -298,7 +317,10 @@ mod tests {
         let (phase, reason) = observe(&claimed, &device, limit, at(161));
         assert_eq!(
             (phase, reason.as_deref()),
-            (DeviceRolloutPhase::Failed, Some("Timeout"))
+            (
+                DeviceRolloutPhase::Failed,
+                Some("Timeout: no result within 1m of receiving the recipe")
+            )
         );
 
         let done = assignment(DeviceRolloutPhase::Succeeded, Some(100));

@@ -387,24 +387,26 @@ async fn controllers(
     }
 }
 
-/// Rollouts a Device change may concern: those whose selector matches it and the one that
-/// claimed it.
+/// Rollouts a Device change may concern: those whose selector matches it, the one that
+/// claimed it and those whose finished records it keeps.
 fn rollouts_of_device(
     rollouts: Store<Rollout>,
 ) -> impl Fn(Arc<Device>) -> Vec<ObjectRef<Rollout>> + Send + 'static {
     move |device| {
         let namespace = device.namespace();
-        let claimed = device
-            .status
-            .as_ref()
+        let status = device.status.as_ref();
+        let claimed: Vec<&str> = status
             .and_then(|s| s.assignment.as_ref())
-            .map(|a| a.rollout.clone());
+            .into_iter()
+            .chain(status.into_iter().flat_map(|s| &s.previous_assignments))
+            .map(|a| a.rollout.as_str())
+            .collect();
         rollouts
             .state()
             .into_iter()
             .filter(|r| r.namespace() == namespace)
             .filter(|r| {
-                claimed.as_deref() == Some(r.name_any().as_str())
+                claimed.contains(&r.name_any().as_str())
                     || Selector::try_from(r.spec.selector.clone())
                         .is_ok_and(|s| s.matches(device.labels()))
             })

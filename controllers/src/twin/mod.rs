@@ -394,6 +394,33 @@ impl TwinError {
             Self::Unavailable { .. } | Self::Transport { .. } | Self::EventHub { .. }
         )
     }
+
+    /// The hub's own words when it refused the request for good: a 4xx answer other than
+    /// throttling (429), timeouts (408), conflicts (409, 412) and authorization (401, 403),
+    /// which a retry or a fixed hub configuration may clear. Azure's and the edge hub's body
+    /// `{"Message":"ErrorCode:<code>;<words>", ...}` gives `<words>`.
+    pub fn lasting_refusal(&self) -> Option<String> {
+        let Self::Refused {
+            status, message, ..
+        } = self
+        else {
+            return None;
+        };
+        if !(400..500).contains(status) || matches!(status, 401 | 403 | 408 | 409 | 412 | 429) {
+            return None;
+        }
+        // The message is IoT Hub's `Code: reason` (or its raw body): the reason is the words.
+        let text = refusal_message(message);
+        let words = match text.split_once(": ") {
+            Some((code, reason))
+                if !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                reason
+            }
+            _ => text.as_str(),
+        };
+        Some(words.trim().to_owned())
+    }
 }
 
 /// How long a SAS token the client makes stays valid.
@@ -415,6 +442,15 @@ pub(crate) mod tests {
             device_id: id.to_owned(),
             status: 400,
             message: refusal_message(&body.to_string()),
+        }
+    }
+
+    fn refused(status: u16, message: &str) -> TwinError {
+        TwinError::Refused {
+            operation: "patch twin",
+            device_id: "pc-01".into(),
+            status,
+            message: message.into(),
         }
     }
 
@@ -445,5 +481,25 @@ pub(crate) mod tests {
              requests"
         );
         assert_eq!(refusal_message("bad gateway"), "bad gateway");
+    }
+
+    #[test]
+    fn a_lasting_refusal_gives_the_hubs_words_and_a_passing_one_gives_none() {
+        let body = r#"{"Message":"ErrorCode:MessageTooLarge;twin section is 35137 bytes, more than 32768","ExceptionMessage":"MessageTooLarge twin section is 35137 bytes, more than 32768"}"#;
+        assert_eq!(
+            refused(413, body).lasting_refusal().as_deref(),
+            Some("twin section is 35137 bytes, more than 32768")
+        );
+        assert_eq!(
+            refused(400, "not json").lasting_refusal().as_deref(),
+            Some("not json")
+        );
+        for status in [401, 403, 408, 409, 412, 429, 500] {
+            assert_eq!(refused(status, body).lasting_refusal(), None, "{status}");
+        }
+        let gone = TwinError::NotFound {
+            device_id: "pc-01".into(),
+        };
+        assert_eq!(gone.lasting_refusal(), None);
     }
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::Condition;
 use crate::common::{FreeFormObject, conditions_list, free_form_object};
 
+/// Most entries kept in `status.previousAssignments`.
+pub const MAX_PREVIOUS_ASSIGNMENTS: usize = 16;
+
 /// Observed state of a device, mirrored from its twin and from the Rollout that assigned it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -44,9 +47,18 @@ pub struct DeviceStatus {
     pub recipe: Option<DeviceRecipeStatus>,
 
     /// The Rollout that assigned a recipe to this device, and the device's phase in it.
-    /// A device runs one recipe at a time: another Rollout waits until this one is done.
+    /// A device runs one recipe at a time: another Rollout waits while this assignment is
+    /// unfinished, and may take the device once its phase is Succeeded, Failed or Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<DeviceAssignment>,
+
+    /// Finished assignments of Rollouts that are still running, oldest first: when another
+    /// Rollout takes the device, the assignment it replaces moves here, so that its Rollout
+    /// goes on counting this device's outcome. Records of Rollouts that have ended or been
+    /// deleted are dropped at the next assignment write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_PREVIOUS_ASSIGNMENTS))]
+    pub previous_assignments: Vec<DeviceAssignment>,
 
     /// The last UpgradeProvisioning message the operator queued for the device after
     /// `spec.mode` changed, and whether the agent applied it. Sent once per change.
@@ -163,7 +175,9 @@ pub struct DeviceAssignment {
     pub phase: DeviceRolloutPhase,
 
     /// Why the device is in this phase, for example `Busy`, `OutsideMaintenanceWindow`,
-    /// `Timeout` or the failed step's result code.
+    /// `Timeout: no result within 6h of receiving the recipe`, `CancelRequested: ...` or
+    /// the failed step with the device's words. A result the device reported after it timed
+    /// out or after the Rollout was aborted says so here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
@@ -191,11 +205,13 @@ pub enum DeviceRolloutPhase {
     InProgress,
     /// The device finished every step.
     Succeeded,
-    /// A step failed or the device timed out.
+    /// A step failed, the device timed out, or it could not receive the recipe (its twin
+    /// refused it, or its Hub is unusable).
     Failed,
     /// The device has been disconnected or stale too long to make progress; not failed.
     Unreachable,
-    /// The Rollout was cancelled and the device confirmed it stopped.
+    /// The Rollout was deleted or aborted, and the device confirmed it stopped the recipe
+    /// or never received or started it.
     Cancelled,
 }
 

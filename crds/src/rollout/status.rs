@@ -20,8 +20,9 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending (waiting for a valid, signed recipe), Progressing, Paused, Succeeded,
-    /// Failed (finished with failed devices), Aborted (stopped by the failure threshold) or
+    /// Pending (waiting for a valid, signed recipe, or for a Device the selector matches),
+    /// Progressing, Paused, Succeeded, Failed (finished with failed devices), Aborted
+    /// (stopped by the failure threshold; its unfinished devices are asked to cancel) or
     /// Invalid (the spec holds something the operator cannot use; the Progressing condition
     /// says what).
     #[serde(default)]
@@ -59,9 +60,12 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// Current state: `Progressing` (False with reason InvalidSpec when the spec cannot be
-    /// used), `Paused` (the reason says why: Requested, WaitingForApproval, WavePause,
-    /// FailureThreshold, OutsideMaintenanceWindow, RecipeBusy) and `Complete`.
+    /// Current state: `Progressing` (True while devices start, reason `WaveInProgress`;
+    /// False while Pending with reason `RecipeNotReady` or `NoDevicesSelected`, while
+    /// Paused, once ended, and with reason `InvalidSpec` when the spec cannot be used),
+    /// `Paused` (True: the reason says why: Requested, WaitingForApproval, WavePause,
+    /// FailureThreshold, OutsideMaintenanceWindow, RecipeBusy, RecipeNotReady; False:
+    /// `Running`, `NotStarted` or `Finished`) and `Complete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_list")]
     pub conditions: Vec<Condition>,
@@ -70,7 +74,8 @@ pub struct RolloutStatus {
 /// Phase of a rollout.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum RolloutPhase {
-    /// Not started: the recipe is not yet valid and signed, or no wave has begun.
+    /// Not started: the recipe is not yet valid and signed, or no Device matches the
+    /// selector yet.
     #[default]
     Pending,
     /// Devices are being started or are running the recipe.
@@ -81,7 +86,8 @@ pub enum RolloutPhase {
     Succeeded,
     /// Every selected device finished, and some failed.
     Failed,
-    /// Stopped early because the failure threshold was crossed with action Abort.
+    /// Stopped early because the failure threshold was crossed with action Abort. Devices
+    /// that had not finished are asked to cancel the recipe.
     Aborted,
     /// The spec holds something the operator cannot use, such as an unknown time zone; the
     /// Progressing condition says what. No device starts until the spec is fixed; devices
@@ -118,13 +124,14 @@ pub struct DeviceCounts {
     /// Finished successfully.
     #[serde(default)]
     pub succeeded: u32,
-    /// Failed a step or timed out.
+    /// Failed a step, timed out, or could not receive the recipe (its twin refused it).
     #[serde(default)]
     pub failed: u32,
     /// Disconnected or stale while holding the recipe; not failed.
     #[serde(default)]
     pub unreachable: u32,
-    /// Stopped by a cancellation the device confirmed.
+    /// Stopped by a cancellation (Rollout deleted or aborted) the device confirmed, or
+    /// withdrawn before the device started the recipe.
     #[serde(default)]
     pub cancelled: u32,
 }
@@ -133,7 +140,18 @@ impl DeviceCounts {
     /// Counts one more device in `phase` (and in `total`).
     pub fn add(&mut self, phase: DeviceRolloutPhase) {
         self.total += 1;
-        let slot = match phase {
+        *self.slot(phase) += 1;
+    }
+
+    /// Counts one device less in `phase` (and in `total`), never below zero.
+    pub fn remove(&mut self, phase: DeviceRolloutPhase) {
+        self.total = self.total.saturating_sub(1);
+        let slot = self.slot(phase);
+        *slot = slot.saturating_sub(1);
+    }
+
+    fn slot(&mut self, phase: DeviceRolloutPhase) -> &mut u32 {
+        match phase {
             DeviceRolloutPhase::Pending => &mut self.pending,
             DeviceRolloutPhase::Deferred => &mut self.deferred,
             DeviceRolloutPhase::Assigned => &mut self.assigned,
@@ -142,8 +160,7 @@ impl DeviceCounts {
             DeviceRolloutPhase::Failed => &mut self.failed,
             DeviceRolloutPhase::Unreachable => &mut self.unreachable,
             DeviceRolloutPhase::Cancelled => &mut self.cancelled,
-        };
-        *slot += 1;
+        }
     }
 
     /// Devices that hold the recipe and have not finished: these count against
@@ -209,7 +226,7 @@ pub struct FailedDevice {
     /// Wave the device belonged to (1 is the first wave).
     pub wave: u32,
 
-    /// Short machine-readable reason, for example `StepFailed` or `Timeout`.
+    /// Short machine-readable reason, for example `StepFailed`, `Timeout` or `TwinRefused`.
     pub reason: String,
 
     /// What the device reported, for example the step's result code and text.

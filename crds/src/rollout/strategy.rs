@@ -58,8 +58,10 @@ pub struct RolloutStrategy {
     pub maintenance_window: Option<MaintenanceWindow>,
 
     /// How long one device may take from receiving the recipe to finishing it before it
-    /// counts as Failed (for example `6h`). Time spent unreachable counts too. Unset: no
-    /// limit.
+    /// counts as Failed (for example `6h`); its twin then gets a cancel request, so that the
+    /// device stops the recipe or never starts it. Time spent unreachable counts too, time
+    /// spent busy does not. A result the device reports afterwards is recorded (a late
+    /// success counts as succeeded). Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "duration")]
     pub device_timeout: Option<Duration>,
@@ -180,8 +182,9 @@ pub struct FailureThreshold {
     pub percent: Option<u32>,
 
     /// What to do when the threshold is crossed: `Pause` (default) stops starting devices
-    /// until a person intervenes; `Abort` ends the rollout as Aborted. Devices already
-    /// running finish either way.
+    /// until a person intervenes, and devices already running finish; `Abort` ends the
+    /// rollout as Aborted and asks every device that has not finished to cancel the recipe
+    /// (one that never received or started it counts as Cancelled at once).
     #[serde(default)]
     pub action: FailureAction,
 }
