@@ -1053,3 +1053,54 @@ async fn a_rollout_that_selects_no_device_waits_for_one_and_then_runs() -> anyho
     assert_eq!(done.status.expect("status").counts.succeeded, 1);
     site.finish().await
 }
+
+#[tokio::test]
+async fn a_device_refused_as_a_duplicate_id_is_not_rolled_out_to() -> anyhow::Result<()> {
+    let mut site = Site::start("ctl-ro-dup").await?;
+    site.recipe("quick9", quick_recipe("quick9")).await?;
+    site.devices(&["pc-01"], json!({"fleet": "dup"})).await?;
+    // A second Device naming pc-01's device id, with the Rollout's labels.
+    let impostor = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Device",
+        "metadata": { "name": "impostor", "labels": { "fleet": "dup" } },
+        "spec": { "deviceId": "pc-01", "hubRef": { "name": "edge" } },
+    });
+    apply::<Device>(&site.client, &site.ns, impostor).await?;
+    let devices: Api<Device> = Api::namespaced(site.client.clone(), &site.ns);
+    eventually("the impostor refused", WAIT, || async {
+        let conditions = devices
+            .get("impostor")
+            .await?
+            .status
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        Ok(
+            cloudpillar_crds::conditions::find(&conditions, "Registered")
+                .filter(|c| c.reason == "DuplicateDeviceId")
+                .map(|_| ()),
+        )
+    })
+    .await?;
+
+    let rollout = json!({
+        "apiVersion": "cloudpillar.io/v1alpha1", "kind": "Rollout", "metadata": { "name": "dup" },
+        "spec": { "recipeRef": { "name": "quick9" }, "selector": { "matchLabels": { "fleet": "dup" } } },
+    });
+    apply::<Rollout>(&site.client, &site.ns, rollout).await?;
+    eventually("the recipe in pc-01's twin", WAIT, || async {
+        Ok(site.twin_recipe("pc-01").filter(|id| id == "quick9"))
+    })
+    .await?;
+    site.recipe_status("pc-01", "quick9", "Success").await?;
+    let done = site
+        .wait_rollout(
+            "dup",
+            "rollout succeeded",
+            phase_is(RolloutPhase::Succeeded),
+        )
+        .await?;
+    let counts = done.status.expect("status").counts;
+    assert_eq!((counts.succeeded, counts.total), (1, 1), "{counts:?}");
+    assert_eq!(site.assignment("impostor").await?, None);
+    site.finish().await
+}

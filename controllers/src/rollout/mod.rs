@@ -24,6 +24,7 @@ pub mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cloudpillar_crds::conditions::DEVICE_REGISTERED;
 use cloudpillar_crds::{Device, DeviceAssignment, Recipe, Rollout};
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
@@ -251,6 +252,14 @@ fn is_mine(device: &Device, uid: &str) -> bool {
     record_of(device, uid).is_some()
 }
 
+/// Whether `device` is refused because another Device holds its device id.
+fn is_duplicate(device: &Device) -> bool {
+    let conditions = device.status.as_ref().map(|s| s.conditions.as_slice());
+    conditions
+        .and_then(|c| cloudpillar_crds::conditions::find(c, DEVICE_REGISTERED))
+        .is_some_and(|c| c.status == "False" && c.reason == crate::device::DUPLICATE_DEVICE_ID)
+}
+
 fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context) -> Candidate<'a> {
     let status = device.status.as_ref();
     let mine = record_of(device, uid);
@@ -266,7 +275,9 @@ fn candidate<'a>(device: &'a Device, rollout: &Rollout, uid: &str, ctx: &Context
     let busy = status.and_then(|s| s.device_state.as_deref()) == Some("BUSY");
     Candidate {
         name: device.meta().name.as_deref().unwrap_or_default(),
+        // A Device refused for naming another's device id owns no twin to write into.
         selected: device.meta().deletion_timestamp.is_none()
+            && !is_duplicate(device)
             && Selector::try_from(rollout.spec.selector.clone())
                 .is_ok_and(|s| s.matches(device.labels())),
         mine: mine.map(|(record, _)| record),
