@@ -49,7 +49,14 @@ pub async fn reconcile(hub: Arc<Hub>, ctx: Arc<Context>) -> Result<Action> {
 
     let probe = match ctx
         .hubs
-        .service_rechecked(&namespace, &hub.name_any(), &object)
+        // Each probe reads the Secrets again, not each reconcile (the event pump's checkpoint
+        // writes reconcile the Hub every few seconds).
+        .service_checked_within(
+            &namespace,
+            &hub.name_any(),
+            &object,
+            ctx.config.hub_probe_period / 2,
+        )
         .await
     {
         Ok(service) => service

@@ -120,19 +120,9 @@ impl HubClients {
             .await
     }
 
-    /// Like [`Self::service`], reading the Hub's Secrets again now: a deleted or emptied one
-    /// shows at once.
-    pub async fn service_rechecked(
-        &self,
-        namespace: &str,
-        name: &str,
-        object: &str,
-    ) -> Result<Arc<dyn TwinService>> {
-        self.service_checked_within(namespace, name, object, Duration::ZERO)
-            .await
-    }
-
-    async fn service_checked_within(
+    /// Like [`Self::service`], reading the Hub's Secrets again when they were last read more
+    /// than `recheck` ago, so that a deleted or emptied one shows within that time.
+    pub async fn service_checked_within(
         &self,
         namespace: &str,
         name: &str,
